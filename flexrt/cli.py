@@ -5,6 +5,8 @@
     flexavatar stream ...           flexrt.runtime.cli
     flexavatar demo ...             flexrt.runtime.cli
     flexavatar bench ...            flexrt.benchmarks.cli
+
+Only the module of the chosen subcommand is imported (the others may pull in heavy or GPU-only packages).
 """
 from __future__ import annotations
 
@@ -12,33 +14,34 @@ import argparse
 import importlib
 import sys
 
-# subcommand -> module that provides `add_parser(subparsers)`; the parser sets `func(args) -> int`.
-_SUBCOMMAND_MODULES = {
-    "export-engines": "flexrt.export.cli",
-    "serve": "flexrt.runtime.cli",
-    "stream": "flexrt.runtime.cli",
-    "demo": "flexrt.runtime.cli",
-    "bench": "flexrt.benchmarks.cli",
+# subcommand -> (module providing `add_parser(subparsers)`, one-line help for the top-level listing)
+SUBCOMMANDS = {
+    "export-engines": ("flexrt.export.cli", "export encoder/decoder to ONNX (fp32, fp16) and TensorRT FP16"),
+    "serve": ("flexrt.runtime.cli", "run the gRPC streaming server"),
+    "stream": ("flexrt.runtime.cli", "stream a driving sequence to a server and write frames + latency"),
+    "demo": ("flexrt.runtime.cli", "the main job: export, serve, create an avatar, stream, summarise latency"),
+    "bench": ("flexrt.benchmarks.cli", "latency benchmarks (per stage and end to end)"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flexavatar",
         description="FlexAvatar Runtime: export FLEX-1 engines, serve avatars over gRPC, stream and benchmark.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    added = set()
-    for module_name in dict.fromkeys(_SUBCOMMAND_MODULES.values()):
-        module = importlib.import_module(module_name)
-        module.add_parser(sub)
-        added.add(module_name)
+    if command in SUBCOMMANDS:
+        importlib.import_module(SUBCOMMANDS[command][0]).add_parser(sub)
+    else:
+        for name, (_, help_text) in SUBCOMMANDS.items():
+            sub.add_parser(name, help=help_text)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)
 

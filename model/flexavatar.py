@@ -246,7 +246,8 @@ class FlexAvatarModel(nn.Module):
         out = htm._expression_transformer(sample, context)  # [BT, HT, D]
         r = cfg.res_head_tokens
         uv_map = out.transpose(1, 2).reshape(bt, d, r, r)  # token = row * r + col
-        img = gd._stylegan_upsampler(uv_map.float(), intermediates)  # [BT, Cg, 4r, 4r], fp32
+        with torch.autocast(device_type=uv_map.device.type, enabled=False):  # fp32 even under bf16 autocast
+            img = gd._stylegan_upsampler(uv_map.float(), intermediates)  # [BT, Cg, 4r, 4r]
         grid = gd._uv_samples.expand(bt, -1, -1, -1)  # [BT, G, 1, 2]
         feats = F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         feats = feats.squeeze(-1).transpose(1, 2)  # [BT, G, Cg]
@@ -269,4 +270,5 @@ class FlexAvatarModel(nn.Module):
                 sampled_uv_features=feats,
                 xyz_offsets=offsets,
             )
-        return Gaussians(positions=positions, scales=scales, rotations=rotations, colors=colors, opacities=opacities)
+        return Gaussians(positions=positions.float(), scales=scales.float(), rotations=rotations.float(),
+                         colors=colors.float(), opacities=opacities.float())

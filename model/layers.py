@@ -179,6 +179,7 @@ class JointTransformerBlock(nn.Module):
 
     def __init__(self, dim: int, n_heads: int, context_pre_only: bool):
         super().__init__()
+        self.dim = dim
         self.context_pre_only = context_pre_only
         self.norm1 = nn.LayerNorm(dim, eps=1e-5)
         self.norm1_context = nn.LayerNorm(dim, eps=1e-5)
@@ -188,7 +189,7 @@ class JointTransformerBlock(nn.Module):
             self.ff_context = FeedForward(dim)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor):  # x [B, N, D], c [B, M, D]
-        d = x.shape[-1]
+        d = self.dim
         attn_x, attn_c = self.attn(self.norm1(x), self.norm1_context(c))
         x = x + attn_x
         x = x + self.ff(F.layer_norm(x, (d,), eps=1e-6))

@@ -1,8 +1,10 @@
 """StyleGAN2 pixel-shuffle upsampler (``_gaussian_decoder._stylegan_upsampler``), spec section 5.5.
 
 The official code always passes ``ws = 0``, so every style vector is the affine layer's bias and all modulation
-and demodulation is input-independent. ``folded_*`` computes the effective static conv weights from the
-checkpoint parameters; the forward pass uses plain conv / transposed conv / depthwise FIR ops (ONNX-exportable).
+and demodulation is input-independent. ``folded_weight`` computes the effective static conv weight from the
+checkpoint parameters; :meth:`StyleGANPixelShuffleUpsampler.fold` caches them (the deployed graphs use the cached
+constants, so ``affine`` never appears in them); the forward pass uses plain conv / transposed conv / depthwise
+FIR ops (ONNX-exportable).
 
 Layout: x [N, C, H, W] float32 throughout (the official code forces fp32 here even under bf16 autocast).
 """
@@ -45,6 +47,7 @@ class SynthesisLayer(nn.Module):
         self.bias = nn.Parameter(torch.zeros(c_out))
         self.register_buffer("resample_filter", _fir_filter())
         self.affine = _Affine(c_in)
+        self.register_buffer("folded", None, persistent=False)  # set by fold(): static W'' [c_out, c_in, 3, 3]
 
     def folded_weight(self) -> torch.Tensor:  # [c_out, c_in, 3, 3]
         styles = self.affine.bias  # [c_in]
@@ -52,18 +55,17 @@ class SynthesisLayer(nn.Module):
         dcoefs = (w.square().sum(dim=[1, 2, 3]) + 1e-8).rsqrt()  # [c_out]
         return w * dcoefs.reshape(-1, 1, 1, 1)
 
-    def forward(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-        w = self.folded_weight() if weight is None else weight
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.folded_weight() if self.folded is None else self.folded
         if self.up == 1:
             x = F.conv2d(x, w, padding=1)
         else:
             # transposed conv with the (unflipped) kernel, stride 2 -> [2H+1, 2W+1]; pad 1; 4x4 FIR x up^2
             x = F.conv_transpose2d(x, w.transpose(0, 1), stride=2)
-            x = F.pad(x, [1, 1, 1, 1])
-            c = x.shape[1]
+            c = w.shape[0]
             fir = (self.resample_filter * (self.up**2)).to(x.dtype)
             fir = fir.flip([0, 1])[None, None].expand(c, 1, 4, 4)
-            x = F.conv2d(x, fir, groups=c)
+            x = F.conv2d(x, fir, groups=c, padding=1)  # zero-pad 1, depthwise 4x4 FIR
         x = x + self.bias.to(x.dtype).reshape(1, -1, 1, 1)
         x = F.leaky_relu(x, 0.2) * LRELU_GAIN
         return x.clamp(-CONV_CLAMP, CONV_CLAMP)
@@ -77,13 +79,14 @@ class ToRGBLayer(nn.Module):
         self.weight = nn.Parameter(torch.randn(c_img, c_in, 1, 1))
         self.bias = nn.Parameter(torch.zeros(c_img))
         self.affine = _Affine(c_in)
+        self.register_buffer("folded", None, persistent=False)  # set by fold(): static W' [c_img, c_in, 1, 1]
 
     def folded_weight(self) -> torch.Tensor:  # [c_img, c_in, 1, 1]
         styles = self.affine.bias * (1.0 / math.sqrt(self.weight.shape[1]))
         return self.weight * styles.reshape(1, -1, 1, 1)
 
-    def forward(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-        w = self.folded_weight() if weight is None else weight
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.folded_weight() if self.folded is None else self.folded
         x = F.conv2d(x, w) + self.bias.to(x.dtype).reshape(1, -1, 1, 1)
         return x.clamp(-CONV_CLAMP, CONV_CLAMP)
 
@@ -115,6 +118,20 @@ class StyleGANPixelShuffleUpsampler(nn.Module):
             blocks.append(SynthesisBlock(c_in, c_out, c_img))
             c_in = c_out
         self.blocks = nn.ModuleList(blocks)
+
+    def _layers(self):
+        for block in self.blocks:
+            yield from (block.conv0, block.conv1, block.torgb)
+
+    @torch.no_grad()
+    def fold(self) -> None:
+        """Precompute the static modulated weights (call after loading weights; ``unfold`` undoes it)."""
+        for layer in self._layers():
+            layer.folded = layer.folded_weight().detach().clone()
+
+    def unfold(self) -> None:
+        for layer in self._layers():
+            layer.folded = None
 
     def forward(self, uv_map: torch.Tensor, intermediates: dict | None = None) -> torch.Tensor:
         x = img = uv_map

@@ -1,0 +1,70 @@
+"""``load_engine``: pick and load a backend for an engine directory, and say which one was picked."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from flexrt.export.manifest import find_file, read_manifest, verify_file
+
+from .base import Engine
+
+log = logging.getLogger("flexrt.engines")
+BACKENDS = ("auto", "onnxruntime", "torch", "tensorrt")
+
+
+def _torch_pipeline(root: Path, manifest: dict):
+    from flexrt.model.pipeline import build_pipeline
+
+    m = manifest["model"]
+    paths = {k: verify_file(root, find_file(manifest, f"torch.{k}")) for k in ("model", "dinov2", "template", "config")}
+    return build_pipeline(paths["config"], paths["model"], paths["dinov2"], paths["template"],
+                          m["stylegan_channel_base"], m["stylegan_channel_max"], dinov2_size=m["dinov2_size"])
+
+
+def load_engine(engine_dir: str | Path, backend: str = "auto", device: str = "auto", precision: str = "fp32",
+                graphs: str = "none") -> Engine:
+    """Load an engine directory written by ``export-engines``.
+
+    backend: "onnxruntime", "torch", "tensorrt", or "auto" (CPU: onnxruntime; CUDA: tensorrt if its engines and
+    the package are present, else torch with CUDA graphs). device: "cpu", "cuda", "cuda:N" or "auto".
+    precision: "fp32" | "fp16" (onnxruntime), "fp32" | "bf16" (torch); tensorrt is always fp16.
+    No silent fallbacks: an explicitly requested backend that is unavailable raises with the reason.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    root = Path(engine_dir)
+    manifest = read_manifest(root)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} requested but torch sees no CUDA device")
+    if backend == "auto":
+        if device == "cpu":
+            backend = "onnxruntime"
+        else:
+            has_trt = any(k.startswith("tensorrt.") for k in manifest["files"])
+            try:
+                import tensorrt  # noqa: F401
+                trt_ok = has_trt
+            except ImportError:
+                trt_ok = False
+            backend, graphs = ("tensorrt", graphs) if trt_ok else ("torch", "cuda")
+    if backend == "onnxruntime":
+        from .ort_engine import OrtEngine
+
+        engine = OrtEngine(root, device=device, precision=precision, manifest=manifest)
+    elif backend == "torch":
+        from .torch_engine import TorchEngine
+
+        engine = TorchEngine(_torch_pipeline(root, manifest), device=device, precision=precision, graphs=graphs,
+                             identity=manifest["model"])
+    else:
+        from .tensorrt_engine import TensorRTEngine
+
+        engine = TensorRTEngine(root, device=device, manifest=manifest)
+    for w in manifest.get("warnings", []):
+        log.warning(w)
+    log.info("engine: %s", engine.info.describe())
+    return engine

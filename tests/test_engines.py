@@ -93,3 +93,15 @@ def test_gpu_onnxruntime_cuda_iobinding_matches_cpu(engines_dir):
     for k in ref.keys():
         rel = float((out[k].cpu() - ref[k]).abs().max() / ref[k].abs().max())
         assert rel <= 1e-4, (k, rel)  # CUDA fp32 kernels, TF32 disabled
+
+
+def test_torch_bf16_engine_equals_official_autocast_and_leaves_model_alone():
+    p = build_pipeline("tiny")
+    engine = TorchEngine(p, precision="bf16")
+    code, expr = torch.randn(2, 64, 64), torch.randn(2, 135)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = p.model.decode_frames(code, expr)  # the official bf16 setting: autocast over fp32 weights
+    got = engine.decode(code, expr)
+    for k in got.keys():
+        torch.testing.assert_close(got[k], ref[k].float(), rtol=0, atol=0)
+    assert p.model._head_transformer._expression_mlp[0].weight.dtype == torch.float32

@@ -1,0 +1,270 @@
+"""Run ``cuda/rasterize.cu`` on the CPU (test tool, no GPU needed).
+
+The CUDA source is compiled as C++20 by g++ with a small prelude: one OS thread per CUDA thread, one block at
+a time, ``std::barrier`` for ``__syncthreads``/``__syncthreads_count`` and warp shuffles, ``__shared__`` as
+function statics. The host orchestration is the real one (``_cupy_backend.render``) with numpy standing in
+for CuPy/thrust. Slow (thousands of threads), meant for small scenes in CPU CI: it checks the kernels' logic
+(binning, keys, ranges, blending, batching) against the PyTorch reference. It says nothing about GPU-only
+behaviour (races between real warps, memory model, NVRTC).
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import _cupy_backend as cb
+
+_PRELUDE = r"""
+#include <algorithm>
+#include <atomic>
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <thread>
+#include <vector>
+#define FR_HOST_EMU 1
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __noinline__ __attribute__((noinline))
+#define __launch_bounds__(...)
+#define __shared__ static
+struct fr_dim3 { unsigned int x = 0, y = 0, z = 0; };
+static thread_local fr_dim3 threadIdx, blockIdx;
+static fr_dim3 blockDim, gridDim;
+struct float4 { float x, y, z, w; };
+struct int2 { int x, y; };
+static inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+using std::max;
+using std::min;
+static inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+#define __expf(x) std::exp((float)(x))
+static inline float __fmul_rn(float a, float b) { return a * b; }
+static inline float __fadd_rn(float a, float b) { return a + b; }
+static inline float __fsub_rn(float a, float b) { return a - b; }
+static inline float __fdiv_rn(float a, float b) { return a / b; }
+static inline float __fsqrt_rn(float a) { return std::sqrt(a); }
+static inline unsigned int __float_as_uint(float f) { unsigned int u; std::memcpy(&u, &f, 4); return u; }
+static inline unsigned short fr_emu_f2h(float f) {
+    _Float16 h = (_Float16)f; unsigned short u; std::memcpy(&u, &h, 2); return u;
+}
+struct FrEmuBlock {
+    std::unique_ptr<std::barrier<>> bar;
+    std::vector<std::unique_ptr<std::barrier<>>> warp;
+    std::atomic<int> count{0};
+    long long sh[1024];
+};
+static FrEmuBlock* fr_emu_blk = nullptr;
+static inline void __syncthreads() { fr_emu_blk->bar->arrive_and_wait(); }
+static inline int __syncthreads_count(int pred) {
+    FrEmuBlock* b = fr_emu_blk;
+    b->count.fetch_add(pred ? 1 : 0);
+    b->bar->arrive_and_wait();
+    const int r = b->count.load();
+    b->bar->arrive_and_wait();
+    if (threadIdx.x == 0) b->count.store(0);
+    b->bar->arrive_and_wait();
+    return r;
+}
+template <typename T> static inline T fr_emu_shfl(T v, int src, bool take) {
+    FrEmuBlock* b = fr_emu_blk;
+    const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    b->sh[w * 32 + lane] = (long long)v;
+    b->warp[w]->arrive_and_wait();
+    const T r = take ? (T)b->sh[w * 32 + src] : v;
+    b->warp[w]->arrive_and_wait();
+    return r;
+}
+static inline int __shfl_up_sync(unsigned, int v, int o) {
+    const int lane = threadIdx.x & 31;
+    return fr_emu_shfl<int>(v, lane - o, lane >= o);
+}
+static inline unsigned int __shfl_sync(unsigned, unsigned int v, int src) { return fr_emu_shfl<unsigned int>(v, src, true); }
+static inline unsigned int atomicAdd(unsigned int* p, unsigned int v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
+template <typename F> static void fr_emu_launch(unsigned gx, unsigned gy, unsigned bx, bool threads, F f) {
+    gridDim = fr_dim3{gx, gy, 1};
+    blockDim = fr_dim3{bx, 1, 1};
+    for (unsigned by_ = 0; by_ < gy; ++by_)
+        for (unsigned bx_ = 0; bx_ < gx; ++bx_) {
+            if (!threads) {  // kernels without barriers or shuffles: run the threads one after another
+                for (unsigned t = 0; t < bx; ++t) { threadIdx = fr_dim3{t, 0, 0}; blockIdx = fr_dim3{bx_, by_, 0}; f(); }
+                continue;
+            }
+            FrEmuBlock blk;
+            blk.bar = std::make_unique<std::barrier<>>(bx);
+            for (unsigned w = 0; w < (bx + 31) / 32; ++w)
+                blk.warp.push_back(std::make_unique<std::barrier<>>(std::min(32u, bx - 32 * w)));
+            fr_emu_blk = &blk;
+            std::vector<std::thread> ts;
+            ts.reserve(bx);
+            for (unsigned t = 0; t < bx; ++t)
+                ts.emplace_back([&, t] { threadIdx = fr_dim3{t, 0, 0}; blockIdx = fr_dim3{bx_, by_, 0}; f(); });
+            for (auto& th : ts) th.join();
+            fr_emu_blk = nullptr;
+        }
+}
+"""
+
+_WRAPPERS = r"""
+extern "C" void emu_fr_project(unsigned gx, unsigned gy, unsigned bx,
+    const float* means, const float* quats, const float* scales, const float* opacities, const float* colors,
+    const float* viewmats, const float* Ks, int C, int N, long long n_total, int width, int height, int tiles_x,
+    int tiles_y, float near_plane, float far_plane, float eps2d, int wide, float4* geo0, float4* geo1,
+    u32* dkey32, u64* dkey64, int* counts, int* offsets, u32* total) {
+    fr_emu_launch(gx, gy, bx, true, [&] {
+        fr_project(means, quats, scales, opacities, colors, viewmats, Ks, C, N, n_total, width, height, tiles_x,
+                   tiles_y, near_plane, far_plane, eps2d, wide, geo0, geo1, dkey32, dkey64, counts, offsets, total);
+    });
+}
+extern "C" void emu_fr_emit(unsigned gx, unsigned gy, unsigned bx,
+    const long long* order, const float4* geo0, const float4* geo1, const int* counts, const int* offsets,
+    const float* colors, int C, int N, long long n_total, int tiles_x, int tiles_y, int rbits, int wide,
+    float4* recA, float4* recB, float* recC, u32* keys32, u64* keys64) {
+    fr_emu_launch(gx, gy, bx, false, [&] {
+        fr_emit(order, geo0, geo1, counts, offsets, colors, C, N, n_total, tiles_x, tiles_y, rbits, wide, recA,
+                recB, recC, keys32, keys64);
+    });
+}
+extern "C" void emu_fr_ranges(unsigned gx, unsigned gy, unsigned bx, const u32* keys32, const u64* keys64,
+    int wide, long long n, int rbits, long long n_all_tiles, int2* ranges) {
+    fr_emu_launch(gx, gy, bx, false, [&] { fr_ranges(keys32, keys64, wide, n, rbits, n_all_tiles, ranges); });
+}
+#define EMU_BLEND(NAME, KEYT)                                                                                  \
+    extern "C" void emu_##NAME(unsigned gx, unsigned gy, unsigned bx, const KEYT* keys, const int2* ranges,  \
+        const float4* recA, const float4* recB, const float* recC, int N, int rbits, int width, int height,    \
+        int tiles_x, const float* bg, void* out_rgb, void* out_alpha) {                                        \
+        fr_emu_launch(gx, gy, bx, true, [&] {                                                                  \
+            NAME(keys, ranges, recA, recB, recC, N, rbits, width, height, tiles_x, bg, out_rgb, out_alpha);     \
+        });                                                                                                    \
+    }
+EMU_BLEND(fr_blend_k32_f32_p1, u32)
+EMU_BLEND(fr_blend_k32_f16_p1, u32)
+EMU_BLEND(fr_blend_k64_f32_p1, u64)
+EMU_BLEND(fr_blend_k64_f16_p1, u64)
+EMU_BLEND(fr_blend_k32_f32_p2, u32)
+EMU_BLEND(fr_blend_k32_f16_p2, u32)
+EMU_BLEND(fr_blend_k64_f32_p2, u64)
+EMU_BLEND(fr_blend_k64_f16_p2, u64)
+"""
+
+_lib = None
+_lib_lock = threading.Lock()
+
+
+def compiler() -> str | None:
+    """Path of g++ if present (the emulation needs C++20 <barrier>)."""
+    return shutil.which("g++")
+
+
+def load() -> ctypes.CDLL:
+    """Compile (cached by source hash) and load the emulation library."""
+    global _lib
+    with _lib_lock:
+        if _lib is not None:
+            return _lib
+        cxx = compiler()
+        if cxx is None:
+            raise RuntimeError("host emulation needs g++ (C++20)")
+        src = _PRELUDE + "\n" + cb._SRC.read_text() + "\n" + _WRAPPERS
+        digest = hashlib.sha256(src.encode()).hexdigest()[:16]
+        out_dir = Path(tempfile.gettempdir()) / "flexrt_host_emu"
+        out_dir.mkdir(exist_ok=True)
+        so = out_dir / f"fr_emu_{digest}.so"
+        if not so.exists():
+            cpp = out_dir / f"fr_emu_{digest}.cpp"
+            cpp.write_text(src)
+            tmp = so.with_suffix(".tmp.so")
+            subprocess.run([cxx, "-std=c++20", "-O1", "-fPIC", "-shared", "-pthread", "-x", "c++", str(cpp),
+                            "-o", str(tmp)], check=True, capture_output=True, text=True)
+            tmp.replace(so)
+        _lib = ctypes.CDLL(str(so))
+        return _lib
+
+
+class HostOps:
+    """``_cupy_backend`` device operations on the CPU: numpy buffers, emulated kernels, numpy sorts."""
+
+    _conv = {np.uint64: ctypes.c_uint64, np.int64: ctypes.c_int64, np.int32: ctypes.c_int32,
+             np.float32: ctypes.c_float}
+
+    def __init__(self):
+        self.lib = load()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    @staticmethod
+    def empty(n, dtype):
+        return np.empty(max(int(n), 1), dtype=dtype)
+
+    @staticmethod
+    def ptr(a) -> int:
+        return int(a.ctypes.data)
+
+    @staticmethod
+    def memset0(a, nbytes):
+        a.view(np.uint8)[: int(nbytes)] = 0
+
+    def launch(self, name, grid, block, args):
+        gx, gy = (tuple(grid) + (1,))[:2]
+        bx = block if isinstance(block, int) else block[0]
+        cargs = [self._conv[type(a)](a.item()) for a in args]
+        getattr(self.lib, "emu_" + name)(ctypes.c_uint(gx), ctypes.c_uint(gy), ctypes.c_uint(bx), *cargs)
+
+    @staticmethod
+    def argsort(keys, idx, n):
+        o = np.argsort(keys[:n], kind="stable")
+        idx[:n] = o
+        keys[:n] = keys[:n][o]
+
+    @staticmethod
+    def sort(keys, n):
+        keys[:n] = np.sort(keys[:n], kind="stable")
+
+    @staticmethod
+    def event():
+        return None
+
+    @staticmethod
+    def elapsed_ms(e0, e1):
+        return float("nan")
+
+    @staticmethod
+    def read_u32(a, index):
+        return int(a.view(np.uint32)[index])
+
+
+def rasterize_host_emu(
+    means, quats, scales, opacities, colors, viewmats, Ks,  # [B, N, *] / [B, C, *] float32 CPU, contiguous
+    width: int, height: int, background=None, near_plane=0.01, far_plane=1e10, eps2d=0.3,
+    out_dtype=torch.float32, ppt: int = 1, stats: dict | None = None, poison: bool = True,
+):
+    """The CUDA pipeline on the CPU -> (rgb [B, C, H, W, 3], alpha [B, C, H, W, 1]); outputs NaN-poisoned first."""
+    B, N = means.shape[:2]
+    C = viewmats.shape[1]
+    rgb = torch.empty(B, C, height, width, 3, dtype=out_dtype)
+    alpha = torch.empty(B, C, height, width, 1, dtype=out_dtype)
+    if poison:
+        rgb.fill_(float("nan"))
+        alpha.fill_(float("nan"))
+    ops = HostOps()
+    ws = cb.Workspace()
+    cb.render(ops, ws, means, quats, scales, opacities, colors, viewmats, Ks, width, height, background, rgb, alpha,
+              near_plane, far_plane, eps2d, ppt=ppt, stats=stats)
+    return rgb, alpha
+
+
+__all__ = ["compiler", "load", "HostOps", "rasterize_host_emu"]

@@ -1,0 +1,297 @@
+"""Python client of the flexavatar.v1 service.
+
+    with FlexAvatarClient("127.0.0.1:50051") as client:
+        avatar = client.create_avatar(image=open("photo.png", "rb").read())
+        for result in client.animate(avatar.avatar_id, expression_codes, width=256, height=256, fps=30):
+            result.image          # uint8 [H,W,3]
+            result.latency_us     # send -> receive, this client's clock
+
+Errors are ``grpc.RpcError`` with the server's status code and message (``err.code()``, ``err.details()``).
+"""
+from __future__ import annotations
+
+import io
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from flexrt.proto import flexavatar_pb2 as pb
+from flexrt.proto import flexavatar_pb2_grpc as pb_grpc
+
+from . import codec
+
+MiB = 1 << 20
+
+
+@dataclass
+class FrameInput:
+    """One driving frame: the 135-float expression code and, optionally, a camera for this frame."""
+
+    expression: np.ndarray  # [135]
+    cam2world: np.ndarray | None = None  # [4,4] OpenCV, head-centric
+    intrinsics: np.ndarray | None = None  # [3,3] normalised (pixel intrinsics / image size)
+
+
+@dataclass
+class AnimateResult:
+    sequence: int
+    data: bytes  # the encoded frame as received
+    image: np.ndarray | None  # uint8 [H,W,3] when animate(decode=True)
+    width: int
+    height: int
+    encoding: str  # "raw_rgb8" | "jpeg" | "png"
+    latency_us: int  # end to end: frame handed to gRPC -> response received (this client's clock)
+    queue_us: int
+    decode_us: int
+    render_us: int
+    encode_us: int
+    server_us: int
+    batch_size: int
+    received: int  # stream counters on the server when this frame was sent back
+    rendered: int
+    dropped: int
+
+
+def camera_proto(cam2world, intrinsics) -> pb.Camera:
+    c2w = np.asarray(cam2world, dtype=np.float32).reshape(-1)
+    K = np.asarray(intrinsics, dtype=np.float32).reshape(-1)
+    return pb.Camera(cam2world=c2w.tolist(), intrinsics=K.tolist())
+
+
+def _now_us() -> int:
+    return time.perf_counter_ns() // 1000
+
+
+class _InFlight:
+    """Bounds the frames sent but not yet answered (a response for sequence s answers every frame <= s)."""
+
+    def __init__(self, limit: int | None):
+        self.limit = limit
+        self.sent = -1
+        self.answered = -1
+        self.finished = False
+        self._cond = threading.Condition()
+
+    def wait_for_slot(self) -> bool:
+        with self._cond:
+            while self.limit and not self.finished and self.sent - self.answered >= self.limit:
+                self._cond.wait(0.5)
+            return not self.finished
+
+    def mark_sent(self, sequence: int) -> None:
+        with self._cond:
+            self.sent = sequence
+
+    def mark_answered(self, sequence: int) -> None:
+        with self._cond:
+            self.answered = max(self.answered, sequence)
+            self._cond.notify_all()
+
+    def finish(self) -> None:
+        with self._cond:
+            self.finished = True
+            self._cond.notify_all()
+
+
+class FlexAvatarClient:
+    """Synchronous client. ``target``: "host:port". ``token``: bearer token when the server requires one.
+    ``tls_root_cert``: PEM file/bytes of the CA that signed the server's certificate (enables TLS)."""
+
+    def __init__(self, target: str, token: str | None = None, tls_root_cert: str | bytes | None = None,
+                 tls_server_name: str | None = None, timeout: float = 60.0, max_message_bytes: int = 64 * MiB):
+        self.target = target
+        self.timeout = timeout
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        options = [
+            # Largest response accepted: RAW_RGB8 frames at the server's largest size fit easily.
+            ("grpc.max_receive_message_length", max_message_bytes),
+            # Largest request sent: photos and .npy avatar codes (the server has its own, usually lower, limit).
+            ("grpc.max_send_message_length", max_message_bytes),
+            # Ping every 30 s on an idle connection so a dead server is detected during long pauses ...
+            ("grpc.keepalive_time_ms", 30_000),
+            # ... and give up on it when a ping is unanswered for 10 s.
+            ("grpc.keepalive_timeout_ms", 10_000),
+            # Animate streams carry their own state; a transparent retry would restart a stream mid-way.
+            ("grpc.enable_retries", 0),
+        ]
+        if tls_root_cert is not None:
+            root = Path(tls_root_cert).read_bytes() if isinstance(tls_root_cert, (str, Path)) else tls_root_cert
+            if tls_server_name:
+                # Check the certificate against this name instead of the host in `target` (e.g. an IP address).
+                options.append(("grpc.ssl_target_name_override", tls_server_name))
+            self.channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=root), options)
+        else:
+            self.channel = grpc.insecure_channel(target, options)
+        self.stub = pb_grpc.FlexAvatarStub(self.channel)
+        self.health_stub = health_pb2_grpc.HealthStub(self.channel)
+
+    # ---- lifecycle ----
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> "FlexAvatarClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        """Block until the channel is connected (raises grpc.FutureTimeoutError)."""
+        grpc.channel_ready_future(self.channel).result(timeout=timeout)
+
+    # ---- health / info ----
+    def health(self, service: str = "") -> str:
+        """'SERVING', 'NOT_SERVING', ... of ``service`` ("" = the whole server), via grpc.health.v1."""
+        response = self.health_stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    def server_info(self) -> pb.ServerInfo:
+        return self.stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=self.timeout, metadata=self._metadata)
+
+    # ---- avatars ----
+    def create_avatar(self, image: bytes | str | Path | np.ndarray | None = None,
+                      npy: bytes | str | Path | np.ndarray | None = None,
+                      cam2world=None, intrinsics=None, name: str = "") -> pb.Avatar:
+        """From a photo (PNG/JPEG bytes, a file path, or uint8 [H,W,3]) with an optional input camera
+        (cam2world [4,4], normalised intrinsics [3,3]), or from an avatar code (.npy bytes/path, or an array
+        [HT,1,D] / [HT,D])."""
+        if (image is None) == (npy is None):
+            raise ValueError("pass exactly one of image= or npy=")
+        request = pb.CreateAvatarRequest(name=name)
+        if image is not None:
+            if isinstance(image, np.ndarray):
+                image = codec.encode_frame(np.ascontiguousarray(image, dtype=np.uint8), "png")
+            elif isinstance(image, (str, Path)):
+                image = Path(image).read_bytes()
+            request.image = image
+            if (cam2world is None) != (intrinsics is None):
+                raise ValueError("pass both cam2world and intrinsics, or neither")
+            if cam2world is not None:
+                request.camera.CopyFrom(camera_proto(cam2world, intrinsics))
+        else:
+            if isinstance(npy, np.ndarray):
+                buf = io.BytesIO()
+                np.save(buf, np.ascontiguousarray(npy, dtype=np.float32), allow_pickle=False)
+                npy = buf.getvalue()
+            elif isinstance(npy, (str, Path)):
+                npy = Path(npy).read_bytes()
+            request.avatar_code_npy = npy
+        return self.stub.CreateAvatar(request, timeout=self.timeout, metadata=self._metadata)
+
+    def get_avatar(self, avatar_id: str) -> pb.Avatar:
+        return self.stub.GetAvatar(pb.GetAvatarRequest(avatar_id=avatar_id), timeout=self.timeout,
+                                   metadata=self._metadata)
+
+    def list_avatars(self) -> list[pb.Avatar]:
+        return list(self.stub.ListAvatars(pb.ListAvatarsRequest(), timeout=self.timeout,
+                                          metadata=self._metadata).avatars)
+
+    def delete_avatar(self, avatar_id: str) -> None:
+        self.stub.DeleteAvatar(pb.DeleteAvatarRequest(avatar_id=avatar_id), timeout=self.timeout,
+                               metadata=self._metadata)
+
+    # ---- streaming ----
+    def animate(self, avatar_id: str, frames: Iterable[FrameInput | np.ndarray], width: int, height: int,
+                encoding: str = "raw_rgb8", quality: int = 0, background=None, cam2world=None, intrinsics=None,
+                fps: float | None = None, max_in_flight: int | None = 2, decode: bool = True,
+                timeout: float | None = None) -> Iterator[AnimateResult]:
+        """Stream ``frames`` (FrameInput, or a [135] expression array) and yield one AnimateResult per rendered
+        frame, in order.
+
+        fps: send at most this many frames per second (None = as fast as allowed).
+        max_in_flight: frames sent but not yet answered (2 keeps the server busy without drops; None = no limit,
+            the server then drops stale frames: latest wins). cam2world/intrinsics: the session camera.
+        """
+        config = pb.SessionConfig(avatar_id=avatar_id, width=width, height=height,
+                                  encoding=codec.encoding_value(encoding), quality=quality)
+        if background is not None:
+            config.background.extend([float(v) for v in background])
+        if (cam2world is None) != (intrinsics is None):
+            raise ValueError("pass both cam2world and intrinsics, or neither")
+        if cam2world is not None:
+            config.camera.CopyFrom(camera_proto(cam2world, intrinsics))
+        in_flight = _InFlight(max_in_flight)
+        sent_at: dict[int, int] = {}
+        sent_lock = threading.Lock()
+
+        def requests():
+            yield pb.AnimateRequest(config=config)
+            interval = 1.0 / fps if fps else 0.0
+            next_t = time.perf_counter()
+            for sequence, item in enumerate(frames):
+                if interval:
+                    delay = next_t - time.perf_counter()
+                    if delay > 0:
+                        time.sleep(delay)
+                    next_t = max(next_t + interval, time.perf_counter() - interval)
+                if not in_flight.wait_for_slot():
+                    return
+                frame = item if isinstance(item, FrameInput) else FrameInput(expression=item)
+                message = pb.Frame(sequence=sequence,
+                                   expression=np.asarray(frame.expression, dtype=np.float32).reshape(-1).tolist())
+                if frame.cam2world is not None:
+                    message.camera.CopyFrom(camera_proto(frame.cam2world, frame.intrinsics))
+                now = _now_us()
+                message.client_timestamp_us = now
+                with sent_lock:
+                    sent_at[sequence] = now
+                in_flight.mark_sent(sequence)
+                yield pb.AnimateRequest(frame=message)
+
+        call = self.stub.Animate(requests(), timeout=timeout, metadata=self._metadata)
+        try:
+            for response in call:
+                received_us = _now_us()
+                in_flight.mark_answered(response.sequence)
+                with sent_lock:
+                    for s in [s for s in sent_at if s <= response.sequence]:
+                        del sent_at[s]
+                image = (codec.decode_frame(response.image, response.encoding, response.width, response.height)
+                         if decode else None)
+                t, c = response.timings, response.counters
+                yield AnimateResult(
+                    sequence=response.sequence, data=response.image, image=image, width=response.width,
+                    height=response.height, encoding=codec.encoding_name(response.encoding),
+                    latency_us=received_us - response.client_timestamp_us, queue_us=t.queue_us,
+                    decode_us=t.decode_us, render_us=t.render_us, encode_us=t.encode_us, server_us=t.server_us,
+                    batch_size=t.batch_size, received=c.received, rendered=c.rendered, dropped=c.dropped,
+                )
+        finally:
+            in_flight.finish()
+            call.cancel()  # no-op when the stream already ended; frees the stream when the caller stops early
+
+
+def latency_summary(results: list[AnimateResult]) -> dict:
+    """Percentiles (p50/p90/p99, mean, max) in milliseconds of the end-to-end latency and of each server stage."""
+    keys = ("latency_us", "queue_us", "decode_us", "render_us", "encode_us", "server_us")
+    names = {"latency_us": "end_to_end", "queue_us": "queue", "decode_us": "decode", "render_us": "render",
+             "encode_us": "encode", "server_us": "server"}
+    summary: dict = {"frames": len(results)}
+    if not results:
+        return summary
+    for key in keys:
+        values = np.array([getattr(r, key) for r in results], dtype=np.float64) / 1000.0
+        summary[names[key]] = {
+            "p50_ms": float(np.percentile(values, 50)), "p90_ms": float(np.percentile(values, 90)),
+            "p99_ms": float(np.percentile(values, 99)), "mean_ms": float(values.mean()), "max_ms": float(values.max()),
+        }
+    summary["batch_size_mean"] = float(np.mean([r.batch_size for r in results]))
+    summary["dropped"] = int(results[-1].dropped)
+    return summary
+
+
+def format_latency_table(summary: dict) -> str:
+    rows = ["stage         p50 ms   p90 ms   p99 ms  mean ms"]
+    for name in ("end_to_end", "server", "queue", "decode", "render", "encode"):
+        if name in summary:
+            s = summary[name]
+            rows.append(f"{name:<12} {s['p50_ms']:8.2f} {s['p90_ms']:8.2f} {s['p99_ms']:8.2f} {s['mean_ms']:8.2f}")
+    rows.append(f"frames: {summary.get('frames', 0)}, dropped by the server: {summary.get('dropped', 0)}, "
+                f"mean batch size: {summary.get('batch_size_mean', 0):.2f}")
+    return "\n".join(rows)

@@ -1,0 +1,538 @@
+"""The flexavatar.v1 gRPC service (grpc.aio): avatars, server info and the Animate bidirectional stream.
+
+    engine = TorchEngine(load_official("tiny"))                  # any flexrt.runtime.engines.Engine
+    with start_server(engine, ServerConfig(port=0)) as server:   # in-process, on a background thread
+        client = FlexAvatarClient(server.address)
+
+    serve(engine, ServerConfig(port=50051))                      # blocking; SIGINT/SIGTERM shut down gracefully
+
+Besides flexavatar.v1.FlexAvatar the server runs the standard grpc.health.v1 health service ("" and
+"flexavatar.v1.FlexAvatar") and server reflection. Shutdown: health NOT_SERVING, optional drain delay, then
+in-flight calls get a grace period before they are cancelled.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+
+import grpc
+import numpy as np
+import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+import flexrt
+from flexrt.proto import flexavatar_pb2 as pb
+from flexrt.proto import flexavatar_pb2_grpc as pb_grpc
+
+from . import codec
+from .batcher import Batcher, resolve_rasterizer
+from .engines.base import Engine
+from .limits import BearerTokenInterceptor, ServerConfig, TokenBucket, server_credentials, server_options
+from .session import (
+    Session,
+    StreamError,
+    default_camera_arrays,
+    invalid,
+    parse_camera,
+    parse_frame,
+    parse_session_config,
+)
+from .store import AvatarNotFound, AvatarRecord, AvatarStore, is_valid_avatar_id, parse_avatar_code_npy
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["FlexAvatar"].full_name  # "flexavatar.v1.FlexAvatar"
+
+
+def model_identity(engine: Engine) -> str:
+    """A short, stable description of the model behind ``engine`` (stored with each avatar it encodes), from
+    the engine's manifest identity (exported engines) and its EngineInfo.detail."""
+    identity: dict = {}
+    manifest = getattr(engine, "manifest", None)
+    if isinstance(manifest, dict) and isinstance(manifest.get("model"), dict):
+        identity.update(manifest["model"])
+    identity.update(engine.info.detail or {})
+    parts = [f"{k}={identity[k]}" for k in ("preset", "config_sha256", "weights", "template_sha256") if identity.get(k)]
+    return ", ".join(parts) or f"{engine.info.backend}:{engine.num_head_tokens}x{engine.hidden_dim}"
+
+
+def _avatar_proto(record: AvatarRecord) -> pb.Avatar:
+    return pb.Avatar(
+        avatar_id=record.avatar_id, name=record.name, source=record.source, num_head_tokens=record.num_head_tokens,
+        hidden_dim=record.hidden_dim, created_unix_s=record.created_unix_s, model=record.model,
+    )
+
+
+class FlexAvatarService(pb_grpc.FlexAvatarServicer):
+    """The servicer. Runs on one event loop; the engine runs on the batcher's engine thread."""
+
+    def __init__(self, engine: Engine, config: ServerConfig, store: AvatarStore, rasterizer: str):
+        self.engine = engine
+        self.config = config
+        self.store = store
+        self.rasterizer = rasterizer
+        self.model = model_identity(engine)
+        self.batcher = Batcher(engine, rasterizer, config.max_batch_size, config.max_batch_wait_ms / 1000.0,
+                               active_streams=lambda: len(self.sessions))
+        # Pillow encodes/decodes here (it releases the GIL), off the event loop and off the engine thread.
+        self.codec_executor = ThreadPoolExecutor(config.encode_workers, thread_name_prefix="flexrt-codec")
+        self.sessions: dict[int, Session] = {}
+        self.open_streams = 0
+        self.shutting_down = False
+        self.streams_total = 0
+        self.frames_received = 0
+        self.frames_dropped_closed = 0  # drops of sessions that already ended
+
+    # ---- lifecycle ----
+    def start(self) -> None:
+        self.batcher.start()
+
+    async def stop(self) -> None:
+        await self.batcher.stop()
+        await asyncio.get_running_loop().run_in_executor(None, self.codec_executor.shutdown, True)
+
+    # ---- stats ----
+    def stats(self) -> dict:
+        sessions = [s.snapshot() for s in self.sessions.values()]
+        return {
+            "active_streams": len(self.sessions),
+            "streams_total": self.streams_total,
+            "frames_received": self.frames_received,
+            "frames_rendered": self.batcher.frames_rendered,
+            "frames_dropped": self.frames_dropped_closed + sum(s["dropped"] for s in sessions),
+            "batches": self.batcher.batches,
+            "batch_sizes": dict(self.batcher.batch_sizes),
+            "batcher_waiting": self.batcher.waiting,
+            "sessions": sessions,
+        }
+
+    def _check_avatar_id(self, avatar_id: str) -> None:
+        if not is_valid_avatar_id(avatar_id):
+            raise invalid(f"avatar_id must be 32 lowercase hex characters, got {avatar_id!r}")
+
+    async def _run_unary(self, context, fn, *args):
+        try:
+            return await fn(*args)
+        except StreamError as err:
+            await context.abort(err.code, err.message)
+        except AvatarNotFound as err:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(err))
+        except Exception as exc:  # engine or disk failure: logged here, reported as INTERNAL
+            logger.exception("%s failed", fn.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+
+    # ---- avatars ----
+    async def CreateAvatar(self, request: pb.CreateAvatarRequest, context) -> pb.Avatar:
+        return await self._run_unary(context, self._create_avatar, request)
+
+    async def _create_avatar(self, request: pb.CreateAvatarRequest) -> pb.Avatar:
+        loop = asyncio.get_running_loop()
+        source = request.WhichOneof("source")
+        if len(request.name) > 128:
+            raise invalid(f"name has {len(request.name)} characters, at most 128 are allowed")
+        expected = (self.engine.num_head_tokens, self.engine.hidden_dim)
+        if source is None:
+            raise invalid("CreateAvatarRequest needs 'image' (PNG/JPEG bytes) or 'avatar_code_npy' (.npy bytes)")
+        if source == "avatar_code_npy":
+            try:
+                code = parse_avatar_code_npy(request.avatar_code_npy)  # [HT,D] float32
+            except ValueError as exc:
+                raise invalid(str(exc)) from None
+            if tuple(code.shape) != expected:
+                raise invalid(f"avatar code is [HT,D] = {list(code.shape)}, this server's model expects "
+                              f"{list(expected)}")
+            model = "imported"
+        else:
+            if request.HasField("camera"):
+                c2w, K = parse_camera(request.camera, "CreateAvatarRequest.camera")
+            else:
+                c2w, K = default_camera_arrays()
+            size = self.engine.image_size
+            try:
+                rgb = await loop.run_in_executor(self.codec_executor, _decode_photo, request.image, size)
+            except ValueError as exc:
+                raise invalid(str(exc)) from None
+            code = await self.batcher.run_on_engine(self._encode_photo, rgb, c2w, K)  # [HT,D] host
+            model = self.model
+        record = await loop.run_in_executor(
+            None, lambda: self.store.add(code, source=source if source == "image" else "npy", model=model,
+                                         name=request.name))
+        logger.info("created avatar %s from %s (%s)", record.avatar_id, source, record.name or "unnamed")
+        return _avatar_proto(record)
+
+    @torch.inference_mode()
+    def _encode_photo(self, rgb: np.ndarray, c2w: np.ndarray, K: np.ndarray) -> np.ndarray:
+        """Engine thread: uint8 [512,512,3] photo + camera -> avatar code float32 [HT,D] on the host."""
+        device = self.engine.device
+        images = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].to(device).float().div_(255.0)  # [1,3,512,512]
+        cam2world = torch.from_numpy(c2w)[None].to(device)  # [1,4,4]
+        intrinsics = torch.from_numpy(K)[None].to(device)  # [1,3,3]
+        code = self.engine.encode(images, cam2world, intrinsics)  # [1,HT,D]
+        return code[0].float().cpu().numpy()
+
+    async def GetAvatar(self, request: pb.GetAvatarRequest, context) -> pb.Avatar:
+        async def get():
+            self._check_avatar_id(request.avatar_id)
+            return _avatar_proto(self.store.get(request.avatar_id))
+
+        return await self._run_unary(context, get)
+
+    async def ListAvatars(self, request: pb.ListAvatarsRequest, context) -> pb.ListAvatarsResponse:
+        return pb.ListAvatarsResponse(avatars=[_avatar_proto(r) for r in self.store.list()])
+
+    async def DeleteAvatar(self, request: pb.DeleteAvatarRequest, context) -> pb.DeleteAvatarResponse:
+        async def delete():
+            self._check_avatar_id(request.avatar_id)
+            record = await asyncio.get_running_loop().run_in_executor(None, self.store.delete, request.avatar_id)
+            logger.info("deleted avatar %s", record.avatar_id)
+            return pb.DeleteAvatarResponse(avatar_id=record.avatar_id)
+
+        return await self._run_unary(context, delete)
+
+    # ---- server info ----
+    def server_info(self) -> pb.ServerInfo:
+        cfg, info, stats = self.config, self.engine.info, self.stats()
+        return pb.ServerInfo(
+            version=flexrt.__version__,
+            engine_backend=info.backend,
+            engine_device=info.device,
+            engine_precision=info.precision,
+            engine_description=info.describe(),
+            engine_detail={str(k): str(v) for k, v in (info.detail or {}).items()},
+            rasterizer_backend=self.rasterizer,
+            model=self.model,
+            num_head_tokens=self.engine.num_head_tokens,
+            hidden_dim=self.engine.hidden_dim,
+            num_gaussians=self.engine.num_gaussians,
+            limits=pb.Limits(
+                min_size=cfg.min_size, max_width=cfg.max_width, max_height=cfg.max_height,
+                max_streams=cfg.max_streams, max_message_bytes=cfg.max_message_bytes,
+                max_stream_fps=cfg.max_stream_fps, max_stream_messages_per_s=cfg.max_stream_messages_per_s,
+                max_batch_size=cfg.max_batch_size, max_batch_wait_us=int(cfg.max_batch_wait_ms * 1000),
+                auth_required=cfg.auth_token is not None, tls=cfg.tls,
+            ),
+            stats=pb.ServerStats(
+                active_streams=stats["active_streams"], streams_total=stats["streams_total"],
+                frames_received=stats["frames_received"], frames_rendered=stats["frames_rendered"],
+                frames_dropped=stats["frames_dropped"], batches=stats["batches"], batch_sizes=stats["batch_sizes"],
+            ),
+        )
+
+    async def GetServerInfo(self, request: pb.GetServerInfoRequest, context) -> pb.ServerInfo:
+        return self.server_info()
+
+    # ---- Animate ----
+    async def Animate(self, request_iterator, context) -> None:
+        if self.shutting_down:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+        if self.open_streams >= self.config.max_streams:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"server is at its limit of {self.config.max_streams} concurrent Animate streams")
+        self.open_streams += 1  # counts streams still sending their config too
+        session = None
+        reader = None
+        try:
+            session = await self._open_session(request_iterator)
+            self.sessions[session.session_id] = session
+            self.streams_total += 1
+            logger.info("stream %d: avatar %s, %dx%d %s", session.session_id, session.avatar_id, session.width,
+                        session.height, codec.encoding_name(session.encoding))
+            reader = asyncio.get_running_loop().create_task(self._read_frames(request_iterator, session))
+            await self._render_loop(session, context)
+        except StreamError as err:
+            await context.abort(err.code, err.message)
+        finally:
+            self.open_streams -= 1
+            if reader is not None:
+                reader.cancel()
+            if session is not None and self.sessions.pop(session.session_id, None) is not None:
+                self.frames_dropped_closed += session.counters.dropped
+                logger.info("stream %d closed: %d received, %d rendered, %d dropped", session.session_id,
+                            session.counters.received, session.counters.rendered, session.counters.dropped)
+
+    async def _open_session(self, request_iterator) -> Session:
+        try:
+            first = await asyncio.wait_for(anext(request_iterator), self.config.config_timeout_s)
+        except StopAsyncIteration:
+            raise invalid("the stream ended before its SessionConfig") from None
+        except asyncio.TimeoutError:
+            raise StreamError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                              f"no SessionConfig within {self.config.config_timeout_s:g} s") from None
+        cfg, settings = parse_session_config(first, self.config)
+        self._check_avatar_id(cfg.avatar_id)
+        try:
+            record = self.store.get(cfg.avatar_id)
+        except AvatarNotFound as err:
+            raise StreamError(grpc.StatusCode.NOT_FOUND, str(err)) from None
+        expected = (self.engine.num_head_tokens, self.engine.hidden_dim)
+        if (record.num_head_tokens, record.hidden_dim) != expected:
+            raise StreamError(grpc.StatusCode.FAILED_PRECONDITION,
+                              f"avatar {record.avatar_id} has a [{record.num_head_tokens},{record.hidden_dim}] code, "
+                              f"this server's model expects {list(expected)}")
+        code = await asyncio.get_running_loop().run_in_executor(None, self.store.load_code, cfg.avatar_id)
+        avatar_code = torch.tensor(code, device=self.engine.device)  # [HT,D], uploaded once per stream
+        return Session(avatar_id=cfg.avatar_id, avatar_code=avatar_code, **settings)
+
+    async def _read_frames(self, request_iterator, session: Session) -> None:
+        bucket = TokenBucket(self.config.max_stream_messages_per_s)
+        try:
+            async for request in request_iterator:
+                if not bucket.take():
+                    session.fail(StreamError(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"stream sends more than {self.config.max_stream_messages_per_s:g} messages per second"))
+                    return
+                session.offer(parse_frame(request, session))
+                self.frames_received += 1
+            session.close_input()
+        except StreamError as err:
+            session.fail(err)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the transport failed or the client went away: end the stream quietly
+            logger.debug("stream %d: reading stopped: %s", session.session_id, exc)
+            session.close_input()
+
+    async def _render_loop(self, session: Session, context) -> None:
+        loop = asyncio.get_running_loop()
+        min_interval = 1.0 / self.config.max_stream_fps if self.config.max_stream_fps > 0 else 0.0
+        next_start = 0.0
+        while True:
+            frame = await session.next_frame()
+            if frame is None:
+                return  # the client half-closed and every frame it sent is answered or dropped
+            if min_interval:
+                wait = next_start - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                    frame = session.take_newer(frame)
+                next_start = max(next_start, loop.time()) + min_interval  # earliest start of the next frame
+            try:
+                rendered = await self.batcher.submit(session, frame)
+            except RuntimeError as exc:
+                raise StreamError(grpc.StatusCode.INTERNAL, str(exc)) from None
+            t0 = time.perf_counter_ns()
+            image = await loop.run_in_executor(
+                self.codec_executor, codec.encode_frame, rendered.rgb, session.encoding, session.quality)
+            encode_us = (time.perf_counter_ns() - t0) // 1000
+            session.counters.rendered += 1
+            response = pb.AnimateResponse(
+                sequence=frame.sequence,
+                client_timestamp_us=frame.client_timestamp_us,
+                image=image,
+                width=session.width,
+                height=session.height,
+                encoding=session.encoding,
+                timings=pb.StageTimings(
+                    queue_us=_u32(rendered.queue_us), decode_us=_u32(rendered.decode_us),
+                    render_us=_u32(rendered.render_us), encode_us=_u32(encode_us),
+                    server_us=_u32((time.perf_counter_ns() - frame.received_ns) // 1000),
+                    batch_size=rendered.batch_size,
+                ),
+                counters=pb.StreamCounters(received=session.counters.received, rendered=session.counters.rendered,
+                                           dropped=session.counters.dropped),
+            )
+            await context.write(response)  # waits while the client does not read (HTTP/2 flow control)
+
+
+def _u32(value: int) -> int:
+    return int(min(max(value, 0), 0xFFFFFFFF))
+
+
+def _decode_photo(data: bytes, size: int) -> np.ndarray:
+    return codec.resize_square(codec.decode_image(data), size)  # uint8 [size,size,3]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# running a server
+# ---------------------------------------------------------------------------------------------------------
+
+class _RunningServer:
+    """One started grpc.aio server with its service, health and reflection (lives on one event loop)."""
+
+    def __init__(self, engine: Engine, config: ServerConfig, store: AvatarStore | None = None):
+        self.config = config.validate()
+        self.engine = engine
+        self.store = store if store is not None else AvatarStore(config.store_dir)
+        self.rasterizer = resolve_rasterizer(config.rasterizer, engine)
+        self.service: FlexAvatarService | None = None
+        self.server: grpc.aio.Server | None = None
+        self.health: health_aio.HealthServicer | None = None
+        self.port: int | None = None
+        self._stopped = False
+
+    async def start(self) -> None:
+        cfg = self.config
+        self.service = FlexAvatarService(self.engine, cfg, self.store, self.rasterizer)
+        interceptors = [BearerTokenInterceptor(cfg.auth_token)] if cfg.auth_token else []
+        self.server = grpc.aio.server(options=server_options(cfg), interceptors=interceptors)
+        pb_grpc.add_FlexAvatarServicer_to_server(self.service, self.server)
+        self.health = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self.server,
+        )
+        address = f"{cfg.host}:{cfg.port}"
+        credentials = server_credentials(cfg)
+        try:
+            if credentials is None:
+                port = self.server.add_insecure_port(address)
+            else:
+                port = self.server.add_secure_port(address, credentials)
+        except RuntimeError as exc:
+            raise RuntimeError(f"cannot listen on {address}: {exc}") from None
+        if not port:
+            raise RuntimeError(f"cannot listen on {address}")
+        self.port = port
+        self.service.start()
+        await self.server.start()
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        logger.info("flexavatar server on %s:%d (%s); engine: %s; rasterizer: %s; model: %s; store: %s "
+                    "(%d avatars); auth: %s", cfg.host, port, "TLS" if cfg.tls else "insecure",
+                    self.engine.info.describe(), self.rasterizer, self.service.model,
+                    cfg.store_dir or "memory", len(self.store), "bearer token" if cfg.auth_token else "off")
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Health NOT_SERVING -> drain delay -> refuse new calls, grace for in-flight ones -> engine stops."""
+        if self._stopped:
+            return
+        self._stopped = True
+        grace = self.config.shutdown_grace_s if grace is None else grace
+        self.service.shutting_down = True
+        await self.health.enter_graceful_shutdown()
+        logger.info("shutting down: health NOT_SERVING, drain %.1f s, grace %.1f s, %d active streams",
+                    self.config.shutdown_drain_s, grace, len(self.service.sessions))
+        if self.config.shutdown_drain_s > 0:
+            await asyncio.sleep(self.config.shutdown_drain_s)
+        await self.server.stop(grace)
+        await self.service.stop()
+        logger.info("server stopped")
+
+
+class ServerHandle:
+    """A server running on its own event-loop thread; for tests and embedding. Use as a context manager."""
+
+    def __init__(self, running: _RunningServer, loop: asyncio.AbstractEventLoop, thread: threading.Thread):
+        self._running = running
+        self._loop = loop
+        self._thread = thread
+
+    @property
+    def port(self) -> int:
+        return self._running.port
+
+    @property
+    def address(self) -> str:
+        host = self._running.config.host
+        host = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host in ("::", "[::]") else host)
+        return f"{host}:{self.port}"
+
+    @property
+    def config(self) -> ServerConfig:
+        return self._running.config
+
+    @property
+    def rasterizer(self) -> str:
+        return self._running.rasterizer
+
+    def _call(self, coro_fn, timeout: float = 30.0):
+        return asyncio.run_coroutine_threadsafe(coro_fn(), self._loop).result(timeout)
+
+    def stats(self) -> dict:
+        """A snapshot of the service counters (taken on the server's loop)."""
+
+        async def snap():
+            return self._running.service.stats()
+
+        return self._call(snap)
+
+    def server_info(self) -> pb.ServerInfo:
+        async def info():
+            return self._running.service.server_info()
+
+        return self._call(info)
+
+    def stop(self, grace: float | None = None) -> None:
+        if not self._thread.is_alive():
+            return
+        wait = (self._running.config.shutdown_grace_s if grace is None else grace) + self._running.config.shutdown_drain_s
+        try:
+            self._call(lambda: self._running.stop(grace), timeout=wait + 30.0)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=30.0)
+
+    def __enter__(self) -> "ServerHandle":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop(grace=0.5)
+
+
+def start_server(engine: Engine, config: ServerConfig | None = None, store: AvatarStore | None = None,
+                 **overrides) -> ServerHandle:
+    """Start a server on a background thread and return once it listens. ``overrides`` replace config fields
+    (e.g. ``port=0`` for an ephemeral port)."""
+    config = replace(config or ServerConfig(), **overrides)
+    loop = asyncio.new_event_loop()
+    running = _RunningServer(engine, config, store)
+    started = threading.Event()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+
+        async def boot():
+            try:
+                await running.start()
+            except BaseException as exc:  # reported to the caller below
+                failure.append(exc)
+            finally:
+                started.set()
+
+        loop.run_until_complete(boot())
+        if not failure:
+            loop.run_forever()
+        with contextlib.suppress(Exception):
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+    thread = threading.Thread(target=run, name="flexrt-server", daemon=True)
+    thread.start()
+    started.wait()
+    if failure:
+        thread.join(timeout=10)
+        raise failure[0]
+    return ServerHandle(running, loop, thread)
+
+
+def serve(engine: Engine, config: ServerConfig | None = None, store: AvatarStore | None = None,
+          ready=None) -> None:
+    """Run a server in the foreground until SIGINT/SIGTERM, then shut down gracefully.
+    ``ready(port)`` is called once it listens."""
+    config = config or ServerConfig()
+
+    async def main() -> None:
+        running = _RunningServer(engine, config, store)
+        await running.start()
+        if ready is not None:
+            ready(running.port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await running.stop()
+
+    asyncio.run(main())

@@ -54,6 +54,8 @@ class OrtEngine(Engine):
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
+        # worker threads must not busy-wait after a run: they would steal the cores of the CPU rasterizer
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.sessions = {}
         for graph in graphs:
             path = verify_file(self.root, find_file(self.manifest, f"{graph}.{precision}"))

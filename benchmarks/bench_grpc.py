@@ -1,0 +1,300 @@
+"""gRPC benchmarks through the real service and client library (flexrt.runtime.server / client) on 127.0.0.1:
+
+* round trip: one Animate stream, one frame in flight, per encoding: client send -> response received
+  (``latency``), the server's own stage timings, and ``transport`` = latency - server time;
+* concurrency sweep: S streams at ``fps`` each (1 .. 64), for ``duration`` seconds after ``warmup`` seconds, frames
+  sent on schedule with no client-side in-flight limit (the server keeps the newest frame and drops stale ones):
+  achieved fps, dropped frames, latency p50 / p99.
+
+The server runs in this process (its asyncio loop and engine thread), the streams in separate client processes
+(``client_procs``; each runs its streams on threads), so client work does not share the server's interpreter
+lock. This module imports neither torch nor the engines at import time: the client processes stay light.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+
+import numpy as np
+
+log = logging.getLogger("flexrt.bench")
+
+DEFAULT_STREAMS = (1, 2, 4, 8, 16, 32, 48, 64)
+TARGET_P99_MS = 33.0
+MIN_FPS_FRACTION = 0.95  # a stream "keeps up" when it gets at least this share of the frames it sent per second
+MAX_DROP_FRACTION = 0.01
+_FIELDS = ("latency_us", "queue_us", "decode_us", "render_us", "encode_us", "server_us", "batch_size")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# client side (runs in the client processes)
+# ------------------------------------------------------------------------------------------------------------
+
+def _one_stream(target: str, avatar_id: str, expressions: np.ndarray, offset: int, n_frames: int, fps: float,
+                width: int, height: int, encoding: str, start_at: float, out: dict) -> None:
+    from flexrt.runtime.client import FlexAvatarClient
+
+    t = len(expressions)
+    frames = (expressions[(offset + j) % t] for j in range(n_frames))
+    records = []
+    last_dropped = 0
+    try:
+        with FlexAvatarClient(target, timeout=60.0) as client:
+            client.wait_ready(10.0)
+            delay = start_at - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            t0 = time.perf_counter()
+            for r in client.animate(avatar_id, frames, width, height, encoding=encoding, fps=fps or None,
+                                    max_in_flight=None if fps else 1, decode=False,
+                                    timeout=n_frames / (fps or 10.0) + 60.0):
+                records.append((r.sequence, *(getattr(r, f) for f in _FIELDS)))
+                last_dropped = r.dropped
+            out["wall_s"] = time.perf_counter() - t0
+    except Exception as e:  # a failed stream is a result too (e.g. RESOURCE_EXHAUSTED at the stream limit)
+        out["error"] = f"{type(e).__name__}: {e}"
+    out["records"] = records
+    out["server_dropped"] = last_dropped
+
+
+def stream_worker(task: dict) -> list[dict]:
+    """One client process: ``task['streams']`` concurrent streams on threads; returns one dict per stream."""
+    outs = [dict() for _ in range(task["streams"])]
+    threads = [threading.Thread(target=_one_stream, args=(
+        task["target"], task["avatar_id"], task["expressions"], task["offset"] + 37 * k, task["frames"],
+        task["fps"], task["width"], task["height"], task["encoding"], task["start_at"], outs[k]), daemon=True)
+        for k in range(task["streams"])]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    for o in outs:
+        o["records"] = np.asarray(o.get("records", []), dtype=np.int64).reshape(-1, 1 + len(_FIELDS))
+    return outs
+
+
+def _ping(_):
+    import flexrt.runtime.client  # noqa: F401  (import once, before the first timed sweep point)
+
+    return os.getpid()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# analysis
+# ------------------------------------------------------------------------------------------------------------
+
+def _percentiles(values_ms: np.ndarray) -> dict:
+    if values_ms.size == 0:
+        return {"p50_ms": None, "p90_ms": None, "p99_ms": None, "mean_ms": None, "max_ms": None}
+    return {"p50_ms": float(np.percentile(values_ms, 50)), "p90_ms": float(np.percentile(values_ms, 90)),
+            "p99_ms": float(np.percentile(values_ms, 99)), "mean_ms": float(values_ms.mean()),
+            "max_ms": float(values_ms.max())}
+
+
+def summarize_streams(outs: list[dict], fps: float, warmup_frames: int, measured_frames: int) -> dict:
+    """Per-stream results -> one concurrency row (frames before ``warmup_frames`` are not counted)."""
+    recs = [o["records"] for o in outs]
+    measured = [r[r[:, 0] >= warmup_frames] for r in recs]
+    allm = np.concatenate(measured) if measured else np.zeros((0, 1 + len(_FIELDS)), np.int64)
+    window_s = measured_frames / fps if fps else None
+    per_stream_fps = [len(m) / window_s for m in measured] if window_s else []
+    answered = int(sum(len(m) for m in measured))
+    sent = measured_frames * len(outs)
+    lat = allm[:, 1] / 1e3 if allm.size else np.zeros(0)
+    row = {
+        "frames_sent": sent, "frames_answered": answered, "dropped": sent - answered,
+        "drop_fraction": (sent - answered) / sent if sent else None,
+        "server_dropped_total": int(sum(o.get("server_dropped", 0) for o in outs)),
+        "achieved_fps_total": answered / window_s if window_s else None,
+        "achieved_fps_per_stream_median": float(np.median(per_stream_fps)) if per_stream_fps else None,
+        "achieved_fps_per_stream_min": float(min(per_stream_fps)) if per_stream_fps else None,
+        "latency": _percentiles(lat),
+        "server_stage_median_ms": {f[:-3]: (float(np.median(allm[:, 1 + j])) / 1e3 if allm.size else None)
+                                   for j, f in enumerate(_FIELDS[1:-1], start=1)},
+        "batch_size_mean": float(allm[:, -1].mean()) if allm.size else None,
+        "stream_errors": [o["error"] for o in outs if "error" in o][:5],
+        "failed_streams": sum(1 for o in outs if "error" in o),
+    }
+    if allm.size:
+        row["transport_median_ms"] = float(np.median((allm[:, 1] - allm[:, 6]) / 1e3))
+    keeps_up = (row["achieved_fps_per_stream_min"] or 0) >= MIN_FPS_FRACTION * fps if fps else None
+    row["keeps_up"] = bool(keeps_up and row["failed_streams"] == 0 and
+                           (row["drop_fraction"] or 0) <= MAX_DROP_FRACTION)
+    p99 = row["latency"]["p99_ms"]
+    row["meets_target"] = bool(row["keeps_up"] and p99 is not None and p99 <= TARGET_P99_MS)
+    return row
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the benchmark (server side)
+# ------------------------------------------------------------------------------------------------------------
+
+def resolve_backend(ctx, requested: str, best: dict | None = None) -> str:
+    """'best' (the e2e phase's fastest decoder), 'auto' (what `flexavatar serve` picks) or a decoder name."""
+    from .bench_decoder import DECODER_BACKENDS, Unavailable
+
+    if requested == "best" and best:
+        return best["decoder"]
+    if requested in ("best", "auto"):
+        order = ("tensorrt-fp16", "torch-graphs-fp32") if ctx.device.type == "cuda" else ("ort-fp32", "torch-eager-fp32")
+        for name in order:
+            try:
+                ctx.make_engine(name)
+                return name
+            except Unavailable:
+                continue
+        return order[-1]
+    if requested not in DECODER_BACKENDS:
+        raise ValueError(f"unknown gRPC backend {requested!r}: 'best', 'auto' or one of {list(DECODER_BACKENDS)}")
+    return requested
+
+
+def warm_engine(ctx, engine, rasterizer: str, max_batch: int, resolution: int) -> None:
+    """Capture / autotune every batch size the batcher can form and compile the rasterizer, before timing."""
+    import torch
+
+    from flexrt.kernels import rasterize, sh_dc_to_rgb
+
+    from .bench_e2e import camera_tensors
+
+    codes = ctx.avatar_codes(max_batch)
+    exprs = ctx.expression_batches(max_batch, ctx.device, count=1)[0]
+    with torch.inference_mode():
+        for b in range(1, max_batch + 1):
+            g = engine.decode(codes[:b], exprs[:b])
+            if b in (1, max_batch):
+                rdev = torch.device("cpu") if rasterizer == "cpu" else ctx.device
+                g = g.map(lambda t: t.to(rdev))
+                viewmats, Ks, bg = camera_tensors(b, resolution, resolution, rdev)
+                rasterize(g.positions, g.rotations, g.scales, g.opacities[..., 0], sh_dc_to_rgb(g.colors), viewmats,
+                          Ks, resolution, resolution, background=bg, backend=rasterizer)
+    if ctx.device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def run(ctx, backend: str = "best", best: dict | None = None, resolution: int = 512, encoding: str = "jpeg",
+        round_trip_encodings=("raw", "jpeg", "png"), round_trip_frames: int = 100, streams=DEFAULT_STREAMS,
+        fps: float = 30.0, duration: float = 5.0, warmup_s: float = 1.0, client_procs: int | None = None,
+        encode_workers: int | None = None, max_batch: int = 8, max_batch_wait_ms: float = 2.0,
+        rasterizer: str = "auto", budget=None, on_row=None, sink: dict | None = None) -> dict:
+    """-> {"server": {...}, "round_trip": [rows], "concurrency": [rows]} (filled into ``sink`` when given, so a
+    caller saving it after every row keeps partial results)."""
+    import multiprocessing as mp
+
+    from flexrt.runtime.batcher import resolve_rasterizer
+    from flexrt.runtime.client import FlexAvatarClient
+    from flexrt.runtime.limits import ServerConfig
+    from flexrt.runtime.server import start_server
+
+    from .bench_decoder import Unavailable, release_memory
+    from .timing import Budget
+
+    budget = budget or Budget(None)
+    result = sink if sink is not None else {}
+    result.update(round_trip=[], concurrency=[])
+    name = resolve_backend(ctx, backend, best)
+    try:
+        engine = ctx.make_engine(name)
+    except Unavailable as e:
+        result["server"] = {"status": "unavailable", "backend": name, "reason": str(e)}
+        return result
+    limit = ctx.max_batch(name)
+    max_batch = min(max_batch, limit) if limit else max_batch
+    raster = resolve_rasterizer(rasterizer, engine)
+    warm_engine(ctx, engine, raster, max_batch, resolution)
+    streams = sorted(set(int(s) for s in streams))
+    cfg_fields = dict(host="127.0.0.1", port=0, store_dir=None, max_streams=max(streams) + 8,
+                      max_width=max(1024, resolution), max_height=max(1024, resolution), max_batch_size=max_batch,
+                      max_batch_wait_ms=max_batch_wait_ms, rasterizer=raster, shutdown_grace_s=1.0)
+    if encode_workers:
+        cfg_fields["encode_workers"] = int(encode_workers)
+    config = ServerConfig(**cfg_fields)
+    procs = max(1, int(client_procs or max(1, min(8, (os.cpu_count() or 2) // 2))))
+    expressions = ctx.expression_pool()
+    code = ctx.avatar_codes(1)[0].cpu().numpy()
+    result["server"] = {"status": "ok", "backend": name, "engine": engine.info.describe(), "rasterizer": raster,
+                        "resolution": resolution, "encoding": encoding, "fps": fps, "duration_s": duration,
+                        "warmup_s": warmup_s, "client_procs": procs, "config": config.public_dict(),
+                        "in_flight": "unbounded (server keeps the newest frame per stream, drops stale ones)"}
+
+    with start_server(engine, config) as server, FlexAvatarClient(server.address) as client:
+        avatar_id = client.create_avatar(npy=code, name="bench").avatar_id
+        # ---- round trip: one stream, one frame in flight, as fast as the server answers ----
+        for enc in round_trip_encodings:
+            if budget.exhausted():
+                result["round_trip"].append({"encoding": enc, "resolution": resolution, "status": "skipped",
+                                             "reason": "time budget used up"})
+                continue
+            n_warm = 10
+            frames = (expressions[j % len(expressions)] for j in range(n_warm + round_trip_frames))
+            recs = [(r.sequence, *(getattr(r, f) for f in _FIELDS))
+                    for r in client.animate(avatar_id, frames, resolution, resolution, encoding=enc, fps=None,
+                                            max_in_flight=1, decode=False)]
+            a = np.asarray(recs, dtype=np.float64)
+            a = a[a[:, 0] >= n_warm]
+            row = {"encoding": enc, "resolution": resolution, "status": "ok", "n": int(len(a)),
+                   "latency": _percentiles(a[:, 1] / 1e3),
+                   "server_stage_median_ms": {f[:-3]: float(np.median(a[:, 1 + j])) / 1e3
+                                              for j, f in enumerate(_FIELDS[1:-1], start=1)},
+                   "transport_median_ms": float(np.median((a[:, 1] - a[:, 6]) / 1e3))}
+            result["round_trip"].append(row)
+            if on_row is not None:
+                on_row(row)
+            log.info("grpc round trip %-4s %d²: p50 %.2f ms, p99 %.2f ms (server %.2f, transport %.2f)", enc,
+                     resolution, row["latency"]["p50_ms"], row["latency"]["p99_ms"],
+                     row["server_stage_median_ms"]["server"], row["transport_median_ms"])
+
+        # ---- concurrency sweep ----
+        warm_frames = int(round(warmup_s * fps))
+        measured_frames = max(1, int(round(duration * fps)))
+        ctx_mp = mp.get_context("spawn")
+        with ctx_mp.Pool(procs) as pool:
+            pool.map(_ping, range(procs), chunksize=1)
+            for k, s in enumerate(streams):
+                point_s = (warm_frames + measured_frames) / fps + 2.0
+                if budget.remaining() < point_s:
+                    row = {"streams": s, "status": "skipped",
+                           "reason": f"time budget: {budget.remaining():.0f} s left, a point needs ~{point_s:.0f} s"}
+                    result["concurrency"].append(row)
+                    continue
+                n_tasks = min(s, procs)
+                per = [s // n_tasks + (1 if i < s % n_tasks else 0) for i in range(n_tasks)]
+                start_at = time.time() + 0.5
+                tasks = [{"target": server.address, "avatar_id": avatar_id, "expressions": expressions,
+                          "offset": 1000 * i, "frames": warm_frames + measured_frames, "fps": fps,
+                          "width": resolution, "height": resolution, "encoding": encoding, "start_at": start_at,
+                          "streams": n} for i, n in enumerate(per)]
+                before = server.stats()["batch_sizes"]
+                outs = [o for chunk in pool.map(stream_worker, tasks, chunksize=1) for o in chunk]
+                after = server.stats()["batch_sizes"]
+                row = {"streams": s, "status": "ok", "fps_target": fps,
+                       **summarize_streams(outs, fps, warm_frames, measured_frames),
+                       "batch_histogram": {int(b): int(after.get(b, 0)) - int(before.get(b, 0)) for b in after
+                                           if int(after.get(b, 0)) - int(before.get(b, 0)) > 0}}
+                result["concurrency"].append(row)
+                if on_row is not None:
+                    on_row(row)
+                lat = row["latency"]
+                log.info("grpc %2d streams @ %g fps: %.1f fps/stream (min %.1f), dropped %d, p50 %s ms, p99 %s ms",
+                         s, fps, row["achieved_fps_per_stream_median"] or 0, row["achieved_fps_per_stream_min"] or 0,
+                         row["dropped"], _fmt(lat["p50_ms"]), _fmt(lat["p99_ms"]))
+    del engine
+    release_memory(ctx.device)
+    return result
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.1f}"
+
+
+def max_streams_meeting_target(rows: list[dict]) -> int | None:
+    """The largest stream count whose point met the target (and every smaller measured point did too)."""
+    best = None
+    for row in sorted((r for r in rows if r.get("status") == "ok"), key=lambda r: r["streams"]):
+        if not row["meets_target"]:
+            break
+        best = row["streams"]
+    return best

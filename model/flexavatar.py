@@ -250,7 +250,7 @@ class FlexAvatarModel(nn.Module):
             img = gd._stylegan_upsampler(uv_map.float(), intermediates)  # [BT, Cg, 4r, 4r]
         grid = gd._uv_samples.expand(bt, -1, -1, -1)  # [BT, G, 1, 2]
         feats = F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        feats = feats.squeeze(-1).transpose(1, 2)  # [BT, G, Cg]
+        feats = feats.flatten(2).transpose(1, 2)  # [BT, Cg, G, 1] -> [BT, G, Cg]
         heads = gd._mlp_decoder.out_layers
         colors = heads["shs"](feats)
         scales = torch.exp(heads["scaling"](feats)).clamp(0.0, MAX_SCALE)

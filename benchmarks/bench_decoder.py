@@ -43,6 +43,7 @@ class BackendSpec:
     precision: str
     graphs: str = "none"
     note: str = ""
+    compile: bool = False  # TorchEngine(compile=True): inductor-fused decoder under CUDA graphs
 
 
 DECODER_BACKENDS: dict[str, BackendSpec] = {
@@ -50,6 +51,8 @@ DECODER_BACKENDS: dict[str, BackendSpec] = {
     "torch-eager-bf16": BackendSpec("torch", "bf16", note="official training setting (autocast)"),
     "torch-graphs-fp32": BackendSpec("torch", "fp32", "cuda", note="CUDA graphs"),
     "torch-graphs-bf16": BackendSpec("torch", "bf16", "cuda", note="CUDA graphs, bf16 autocast"),
+    "torch-compiled-bf16": BackendSpec("torch", "bf16", "cuda", compile=True,
+                                       note="torch.compile + CUDA graphs, bf16 autocast (the GPU default)"),
     "ort-fp32": BackendSpec("onnxruntime", "fp32"),
     "ort-fp16": BackendSpec("onnxruntime", "fp16"),
     "tensorrt-fp16": BackendSpec("tensorrt", "fp16"),
@@ -242,7 +245,8 @@ class BenchContext:
 
             if spec.graphs == "cuda" and dev.type != "cuda":
                 raise Unavailable(f"CUDA graphs need a CUDA device (this run's device is {dev})")
-            return TorchEngine(self.pipeline(), device=dev, precision=spec.precision, graphs=spec.graphs)
+            return TorchEngine(self.pipeline(), device=dev, precision=spec.precision, graphs=spec.graphs,
+                               compile=spec.compile)
         if spec.kind == "compile":
             return CompiledDecoder(self.pipeline(), dev)
         if spec.kind == "onnxruntime":

@@ -139,7 +139,7 @@ def resolve_backend(ctx, requested: str, best: dict | None = None) -> str:
     if requested == "best" and best:
         return best["decoder"]
     if requested in ("best", "auto"):
-        order = ("tensorrt-fp16", "torch-graphs-fp32") if ctx.device.type == "cuda" else ("ort-fp32", "torch-eager-fp32")
+        order = ("tensorrt-fp16", "torch-compiled-bf16") if ctx.device.type == "cuda" else ("ort-fp32", "torch-eager-fp32")
         for name in order:
             try:
                 ctx.make_engine(name)

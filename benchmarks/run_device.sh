@@ -116,6 +116,7 @@ if [ -z "$SHARED" ]; then
   done
 fi
 if [ -n "$SHARED" ]; then
+  SHARED=$(cd "$SHARED" && pwd)
   export FLEXRT_SHARED=$SHARED
 else
   say "WARNING: reference data not found (FLEXRT_SHARED, ../shared, ./shared, ./.device/shared): FLEX-1 uses the" \
@@ -134,6 +135,8 @@ if ! $PY -c "import flexrt.benchmarks.cli" >/dev/null 2>&1; then
   for d in model export runtime kernels proto benchmarks; do ln -s "$REPO/$d" "$site/flexrt/$d"; done
   export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 fi
+# run every phase from the scratch folder: from the repo root, its own flexrt/ folder would shadow the namespace
+mkdir -p "$WORK" && cd "$WORK"
 GSPLAT_MARK="$WORK/gsplat_unavailable"
 GSPLAT_READY="$WORK/gsplat_ready"
 
@@ -240,7 +243,7 @@ EOF
       ;;
     tests)  # the project's GPU tests (pytest -m gpu), log copied to OUT as gpu_tests.log
       env FLEXRT_SHARED="${FLEXRT_SHARED:-}" timeout --kill-after=10 "$t" $PY -m pytest -m gpu -q -rs -p no:cacheprovider \
-        tests >"$WORK/gpu_tests.log" 2>&1
+        "$REPO/tests" >"$WORK/gpu_tests.log" 2>&1
       rc=$?
       tail -n 25 "$WORK/gpu_tests.log" | tee -a "$LOG"
       ;;

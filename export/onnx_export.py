@@ -84,10 +84,28 @@ def convert_fp16(src: Path, dst: Path, keep_fp32_ops: list[str] | None = None) -
         warnings.simplefilter("ignore")  # "the model has values out of fp16 range" warnings are reported by parity
         half = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False,
                                         op_block_list=FP16_KEEP_FP32_OPS if keep_fp32_ops is None else keep_fp32_ops)
+    _drop_duplicate_casts(half.graph)  # some onnxruntime versions emit the same Cast twice (an SSA violation)
     _toposort(half.graph)  # the converter appends its input casts at the end of the node list
     extra = _save(half, dst)
     onnx.checker.check_model(str(dst))
     return extra
+
+
+def _drop_duplicate_casts(graph: onnx.GraphProto) -> None:
+    producers: dict[str, onnx.NodeProto] = {}
+    kept = []
+    for node in graph.node:
+        dup = [o for o in node.output if o in producers]
+        if dup:
+            prev = producers[dup[0]]
+            if node.op_type == "Cast" and prev.op_type == "Cast" and list(prev.input) == list(node.input) \
+                    and list(prev.attribute) == list(node.attribute):
+                continue  # an identical Cast of the same value: keep the first
+            raise ValueError(f"fp16 conversion produced {dup[0]!r} twice from different nodes")
+        producers.update({o: node for o in node.output})
+        kept.append(node)
+    del graph.node[:]
+    graph.node.extend(kept)
 
 
 def _toposort(graph: onnx.GraphProto) -> None:

@@ -48,6 +48,7 @@ class SynthesisLayer(nn.Module):
         self.register_buffer("resample_filter", _fir_filter())
         self.affine = _Affine(c_in)
         self.register_buffer("folded", None, persistent=False)  # set by fold(): static W'' [c_out, c_in, 3, 3]
+        self.register_buffer("folded_subpixel", None, persistent=False)  # up-convs: [4 c_out, c_in, 3, 3]
 
     def folded_weight(self) -> torch.Tensor:  # [c_out, c_in, 3, 3]
         styles = self.affine.bias  # [c_in]
@@ -55,17 +56,31 @@ class SynthesisLayer(nn.Module):
         dcoefs = (w.square().sum(dim=[1, 2, 3]) + 1e-8).rsqrt()  # [c_out]
         return w * dcoefs.reshape(-1, 1, 1, 1)
 
+    def subpixel_weight(self, w: torch.Tensor) -> torch.Tensor:
+        """The up-conv as a sub-pixel conv: [c_out, c_in, 3, 3] -> [4 c_out, c_in, 3, 3].
+
+        Transposed conv (stride 2, unflipped kernel) followed by zero-pad 1 and the 4x4 FIR (x up^2) is linear:
+        it equals one stride-2 transposed conv with the 6x6 composite kernel K = W * FIR, whose four polyphase
+        3x3 parts, run as an ordinary 3x3 conv (padding 1) with 4 c_out channels and PixelShuffle(2), give the
+        same output. Output channel o*4 + 2*ry + rx holds phase (ry, rx), PixelShuffle's (CRD) order.
+        """
+        fir = (self.resample_filter * (self.up**2)).to(w.dtype)  # [4, 4], symmetric
+        c_out, c_in = w.shape[:2]
+        k6 = w.new_zeros(c_out, c_in, 6, 6)  # composite kernel, index m + 2 for m in [-2, 3]
+        for ty in range(4):
+            for tx in range(4):
+                k6[:, :, 3 - ty:6 - ty, 3 - tx:6 - tx] += fir[ty, tx] * w
+        idx = torch.tensor([[4, 2, 0], [5, 3, 1]], device=w.device)  # [ry, ky] -> 4 - 2 ky + ry
+        q = k6[:, :, idx][:, :, :, :, idx]  # [c_out, c_in, ry, ky, rx, kx]
+        return q.permute(0, 2, 4, 1, 3, 5).reshape(4 * c_out, c_in, 3, 3)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.folded_weight() if self.folded is None else self.folded
         if self.up == 1:
             x = F.conv2d(x, w, padding=1)
         else:
-            # transposed conv with the (unflipped) kernel, stride 2 -> [2H+1, 2W+1]; pad 1; 4x4 FIR x up^2
-            x = F.conv_transpose2d(x, w.transpose(0, 1), stride=2)
-            c = w.shape[0]
-            fir = (self.resample_filter * (self.up**2)).to(x.dtype)
-            fir = fir.flip([0, 1])[None, None].expand(c, 1, 4, 4)
-            x = F.conv2d(x, fir, groups=c, padding=1)  # zero-pad 1, depthwise 4x4 FIR
+            w_sub = self.subpixel_weight(w) if self.folded is None else self.folded_subpixel
+            x = F.pixel_shuffle(F.conv2d(x, w_sub, padding=1), 2)  # = conv_transpose(stride 2) + pad 1 + FIR
         x = x + self.bias.to(x.dtype).reshape(1, -1, 1, 1)
         x = F.leaky_relu(x, 0.2) * LRELU_GAIN
         return x.clamp(-CONV_CLAMP, CONV_CLAMP)
@@ -128,10 +143,14 @@ class StyleGANPixelShuffleUpsampler(nn.Module):
         """Precompute the static modulated weights (call after loading weights; ``unfold`` undoes it)."""
         for layer in self._layers():
             layer.folded = layer.folded_weight().detach().clone()
+            if isinstance(layer, SynthesisLayer) and layer.up != 1:
+                layer.folded_subpixel = layer.subpixel_weight(layer.folded)
 
     def unfold(self) -> None:
         for layer in self._layers():
             layer.folded = None
+            if isinstance(layer, SynthesisLayer):
+                layer.folded_subpixel = None
 
     def forward(self, uv_map: torch.Tensor, intermediates: dict | None = None) -> torch.Tensor:
         x = img = uv_map

@@ -240,8 +240,11 @@ def build_engine(args):
         logger.warning("no --checkpoint: the %s model has seeded RANDOM weights (renders are not a real avatar)",
                        args.model)
     pipeline = build_pipeline(args.model, args.checkpoint, args.dinov2)  # model + DINOv2 encoder
-    graphs = "cuda" if device == "cuda" else "none"  # CUDA graphs replay the decoder on a GPU
-    return TorchEngine(pipeline, device=device, precision=args.precision, graphs=graphs)
+    on_cuda = device == "cuda"
+    precision = ("bf16" if on_cuda else "fp32") if args.precision == "auto" else args.precision
+    # on a GPU: CUDA graphs replay the decoder, torch.compile fuses its small kernels (see docs/BENCHMARKS.md)
+    return TorchEngine(pipeline, device=device, precision=precision, graphs="cuda" if on_cuda else "none",
+                       compile=on_cuda)
 
 
 def _server_config(args):
@@ -396,8 +399,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--dinov2", help="with --model: DINOv2 weights; default: random weights")
     p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
-                   help="engine precision (onnxruntime: fp32/fp16, torch: fp32/bf16)")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
+                   help="engine precision (onnxruntime: fp32/fp16, torch: fp32/bf16); auto = bf16 for the torch "
+                        "backend on a GPU (render PSNR vs fp32 in docs/BENCHMARKS.md), else fp32")
     p.add_argument("--rasterizer", default="auto", choices=("auto", "cpu", "cupy"))
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 for all)")
     p.add_argument("--port", type=int, default=50051)

@@ -394,6 +394,11 @@ class _RunningServer:
             raise RuntimeError(f"cannot listen on {address}")
         self.port = port
         self.service.start()
+        # compile / capture every batch size the batcher can form before the first stream arrives (on the
+        # engine thread, which owns the engine); health stays NOT_SERVING until then
+        t0 = time.perf_counter()
+        await self.service.batcher.run_on_engine(self.service.engine.warmup, cfg.max_batch_size)
+        logger.info("engine warm-up for batches up to %d took %.1f s", cfg.max_batch_size, time.perf_counter() - t0)
         await self.server.start()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -54,6 +54,10 @@ class Engine(abc.ABC):
     def decode(self, avatar_code: torch.Tensor, expression_codes: torch.Tensor) -> Gaussians:
         """avatar_code [B,HT,D], expression_codes [B,135] -> Gaussians with attributes [B,G,*]."""
 
+    def warmup(self, max_batch: int) -> None:
+        """Prepare every batch size up to ``max_batch`` (compilation, CUDA-graph capture) before serving, so
+        that no stream waits for it later. Backends with nothing to prepare do nothing."""
+
     # ---- input validation shared by every backend -------------------------------------------------
     def check_decode_inputs(self, avatar_code: torch.Tensor, expression_codes: torch.Tensor) -> None:
         if avatar_code.dim() != 3 or tuple(avatar_code.shape[1:]) != (self.num_head_tokens, self.hidden_dim):

@@ -23,13 +23,16 @@ def _torch_pipeline(root: Path, manifest: dict):
                           m["stylegan_channel_base"], m["stylegan_channel_max"], dinov2_size=m["dinov2_size"])
 
 
-def load_engine(engine_dir: str | Path, backend: str = "auto", device: str = "auto", precision: str = "fp32",
-                graphs: str = "none") -> Engine:
+def load_engine(engine_dir: str | Path, backend: str = "auto", device: str = "auto", precision: str = "auto",
+                graphs: str | None = None, compile: bool | None = None) -> Engine:
     """Load an engine directory written by ``export-engines``.
 
-    backend: "onnxruntime", "torch", "tensorrt", or "auto" (CPU: onnxruntime; CUDA: tensorrt if its engines and
-    the package are present, else torch with CUDA graphs). device: "cpu", "cuda", "cuda:N" or "auto".
-    precision: "fp32" | "fp16" (onnxruntime), "fp32" | "bf16" (torch); tensorrt is always fp16.
+    backend: "onnxruntime", "torch", "tensorrt", or "auto" (CPU: onnxruntime fp32; CUDA: tensorrt if its engines
+    and the package are present, else torch bf16 + torch.compile + CUDA graphs, the fastest path measured in
+    docs/BENCHMARKS.md). device: "cpu", "cuda", "cuda:N" or "auto".
+    precision: "auto" | "fp32" | "fp16" (onnxruntime) | "bf16" (torch); tensorrt is always fp16. "auto" is fp32,
+    except bf16 for the torch backend on CUDA. graphs ("none" | "cuda") and compile default to the device's best:
+    CUDA graphs and torch.compile on CUDA, neither on the CPU.
     No silent fallbacks: an explicitly requested backend that is unavailable raises with the reason.
     """
     if backend not in BACKENDS:
@@ -50,7 +53,14 @@ def load_engine(engine_dir: str | Path, backend: str = "auto", device: str = "au
                 trt_ok = has_trt
             except ImportError:
                 trt_ok = False
-            backend, graphs = ("tensorrt", graphs) if trt_ok else ("torch", "cuda")
+            backend = "tensorrt" if trt_ok else "torch"
+    on_cuda = device.startswith("cuda")
+    if precision == "auto":
+        precision = "bf16" if (backend == "torch" and on_cuda) else "fp32"
+    if graphs is None:
+        graphs = "cuda" if on_cuda else "none"
+    if compile is None:
+        compile = on_cuda
     if backend == "onnxruntime":
         from .ort_engine import OrtEngine
 
@@ -59,7 +69,7 @@ def load_engine(engine_dir: str | Path, backend: str = "auto", device: str = "au
         from .torch_engine import TorchEngine
 
         engine = TorchEngine(_torch_pipeline(root, manifest), device=device, precision=precision, graphs=graphs,
-                             identity=manifest["model"])
+                             identity=manifest["model"], compile=compile)
     else:
         from .tensorrt_engine import TensorRTEngine
 

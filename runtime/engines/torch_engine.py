@@ -1,7 +1,13 @@
 """PyTorch engine: the model itself, eager or replayed from CUDA graphs.
 
 precision: "fp32" (the official inference setting) or "bf16" (autocast, the official training setting: the
-StyleGAN upsampler stays fp32). For bf16 the engine keeps its own copy of the per-frame modules with the Linear
+StyleGAN upsampler stays fp32 unless ``upsampler="bf16"``, a runtime option measured against fp32 in
+docs/BENCHMARKS.md). ``compile=True`` runs the decoder through ``torch.compile`` (inductor fuses the many small
+elementwise kernels) before CUDA-graph capture.
+
+CUDA graphs are captured per batch *bucket* (1, 2, 4, 8, 16, 32, then exact sizes); a batch is padded up to its
+bucket (rows are independent, the padding rows' outputs are dropped), so a new batch size never triggers a capture
+or recompilation mid-stream once :meth:`warmup` has run. For bf16 the engine keeps its own copy of the per-frame modules with the Linear
 and Embedding weights stored in bf16: autocast would round them to bf16 at every call anyway, so the numbers are the
 same, minus one cast kernel per weight per frame (norm gains stay fp32, as in the official autocast run). graphs: "none" (eager) or "cuda" (one CUDA graph per batch size, captured on first
 use; outputs are views of static buffers, valid until the next ``decode`` call on this engine).
@@ -21,15 +27,23 @@ from .base import Engine, EngineInfo
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 GRAPH_MODES = ("none", "cuda")
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32)
+
+
+def batch_bucket(b: int) -> int:
+    return next((k for k in BATCH_BUCKETS if k >= b), b)
 
 
 class TorchEngine(Engine):
     def __init__(self, pipeline: Pipeline | FlexAvatarModel, device: str | torch.device = "cpu",
-                 precision: str = "fp32", graphs: str = "none", identity: dict | None = None):
+                 precision: str = "fp32", graphs: str = "none", identity: dict | None = None,
+                 upsampler: str = "fp32", compile: bool = False):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
         if graphs not in GRAPH_MODES:
             raise ValueError(f"graphs must be one of {GRAPH_MODES}, got {graphs!r}")
+        if upsampler not in ("fp32", "bf16"):
+            raise ValueError(f"upsampler must be 'fp32' or 'bf16', got {upsampler!r}")
         device = torch.device(device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("TorchEngine: device 'cuda' requested but torch sees no CUDA device")
@@ -44,6 +58,11 @@ class TorchEngine(Engine):
         self.model._gaussian_decoder._stylegan_upsampler.fold()  # static modulated weights (ws is always zero)
         if PRECISIONS[precision] is not None:
             self.model = _with_low_precision_linears(self.model, PRECISIONS[precision])
+        if upsampler == "bf16":
+            if self.model is pipeline or (isinstance(pipeline, Pipeline) and self.model is pipeline.model):
+                self.model = copy.deepcopy(self.model)
+            self.model._gaussian_decoder._stylegan_upsampler.to(torch.bfloat16).to(memory_format=torch.channels_last)
+            self.model.upsampler_dtype = torch.bfloat16
         self.model.to(device).eval()
         if self.encoder is not None:
             self.encoder.to(device).eval()
@@ -54,8 +73,10 @@ class TorchEngine(Engine):
         self.num_gaussians = self.model.num_gaussians
         self.image_size = self.model.cfg.image_resolution
         dev = str(device) if device.type == "cpu" else f"cuda:{device.index or 0}"
+        self._decode_fn = torch.compile(self._decode_eager, dynamic=False) if compile else self._decode_eager
         self.info = EngineInfo(backend="torch", device=dev, precision=precision,
-                               detail={"graphs": graphs, "torch": torch.__version__, **{k: v for k, v in identity.items()
+                               detail={"graphs": graphs, "upsampler": upsampler, "compile": compile,
+                                       "torch": torch.__version__, **{k: v for k, v in identity.items()
                                                                                          if k in ("weights", "preset")}})
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, tuple, tuple]] = {}
 
@@ -86,16 +107,30 @@ class TorchEngine(Engine):
         code = avatar_code.to(self.device, torch.float32)
         expr = expression_codes.to(self.device, torch.float32)
         if self.graphs == "none":
-            return Gaussians(*self._decode_eager(code, expr))
+            return Gaussians(*self._decode_fn(code, expr))
         b = code.shape[0]
-        if b not in self._graphs:
-            self._capture(b)
-        graph, (s_code, s_expr), outs = self._graphs[b]
-        s_code.copy_(code)
-        s_expr.copy_(expr)
+        bucket = batch_bucket(b)
+        if bucket not in self._graphs:
+            self._capture(bucket)
+        graph, (s_code, s_expr), outs = self._graphs[bucket]
+        s_code[:b].copy_(code)
+        s_expr[:b].copy_(expr)
         graph.replay()
-        return Gaussians(*outs)
+        return Gaussians(*(o[:b] for o in outs))
 
+    def warmup(self, max_batch: int) -> None:
+        if self.graphs != "cuda":
+            if self._decode_fn is not self._decode_eager:  # compile for every bucket up to max_batch
+                for k in sorted({batch_bucket(b) for b in range(1, max_batch + 1)}):
+                    self.decode(torch.zeros(k, self.num_head_tokens, self.hidden_dim, device=self.device),
+                                torch.zeros(k, 135, device=self.device))
+            return
+        for k in sorted({batch_bucket(b) for b in range(1, max_batch + 1)}):
+            if k not in self._graphs:
+                self._capture(k)
+
+    @torch.inference_mode(False)  # static buffers must stay writable outside inference mode
+    @torch.no_grad()
     def _capture(self, b: int) -> None:
         # static input buffers; the graph reads them and writes its outputs to static buffers on every replay
         s_code = torch.zeros(b, self.num_head_tokens, self.hidden_dim, device=self.device)
@@ -103,12 +138,12 @@ class TorchEngine(Engine):
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
-            for _ in range(2):  # warm up: cuBLAS handles, autotuning, allocator pools
-                self._decode_eager(s_code, s_expr)
+            for _ in range(3):  # warm up: compilation, cuBLAS handles, autotuning, allocator pools
+                self._decode_fn(s_code, s_expr)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            outs = self._decode_eager(s_code, s_expr)
+            outs = self._decode_fn(s_code, s_expr)
         self._graphs[b] = (graph, (s_code, s_expr), outs)
 
 

@@ -72,6 +72,7 @@ def test_gpu_torch_cuda_graphs_equal_eager_with_bucket_padding():
     expr = torch.randn(3, 135, device="cuda")
     b = graphed.decode(code, expr)  # batch 3 runs in the batch-4 graph, padded
     assert b.positions.shape[0] == 3 and set(graphed._graphs) == {4}
+    b = b.map(lambda t: t.clone())  # outputs are views of the graph's static buffers until the next decode
     pad = lambda t: torch.cat([t, torch.zeros_like(t[:1])])  # noqa: E731  the bucket's (zero) padding row
     a = eager.decode(pad(code), pad(expr))
     for k in a.keys():
@@ -83,16 +84,20 @@ def test_gpu_torch_cuda_graphs_equal_eager_with_bucket_padding():
 
 
 @pytest.mark.gpu
-def test_gpu_torch_compiled_bf16_close_to_eager_bf16():
+def test_gpu_torch_compiled_bf16_no_worse_than_eager_bf16():
     p = build_pipeline("tiny")
+    fp32 = TorchEngine(p, device="cuda", precision="fp32", graphs="none")
     eager = TorchEngine(p, device="cuda", precision="bf16", graphs="none")
     compiled = TorchEngine(p, device="cuda", precision="bf16", graphs="cuda", compile=True)
     code = torch.randn(2, 64, 64, device="cuda")
     expr = torch.randn(2, 135, device="cuda")
-    a, b = eager.decode(code, expr), compiled.decode(code, expr)
-    for k in a.keys():
-        rel = float((b[k] - a[k]).abs().max() / a[k].abs().max())
-        assert rel <= 2e-2, (k, rel)  # same bf16 math; inductor only reorders / fuses
+    ref = fp32.decode(code, expr)
+    a = eager.decode(code, expr)
+    b = compiled.decode(code, expr).map(lambda t: t.clone())
+    for k in ref.keys():
+        rel = lambda x: float((x[k] - ref[k]).abs().max() / ref[k].abs().max())  # noqa: E731
+        # the same bf16 weights; inductor fuses and reorders: no further from fp32 than eager bf16 is
+        assert rel(b) <= max(1.5 * rel(a), 1e-3), (k, rel(b), rel(a))
 
 
 @pytest.mark.gpu

@@ -164,7 +164,8 @@ class FlexAvatarModel(nn.Module):
             )
         d, r = cfg.d_hidden, cfg.res_image_tokens
 
-        plucker = plucker_embedding(cam2world.reshape(b * v, 4, 4), intrinsics.reshape(b * v, 3, 3), h, w)
+        with torch.autocast(device_type=images.device.type, enabled=False):  # Plücker rays are float32 (spec 3.3)
+            plucker = plucker_embedding(cam2world.reshape(b * v, 4, 4), intrinsics.reshape(b * v, 3, 3), h, w)
         x = torch.cat([images.reshape(b * v, 3, h, w).to(plucker.dtype), plucker], dim=1)  # [BV, 9, H, W]
         patches = self._conv_patchify(x)  # [BV, D, r, r]
         tokens = patches.reshape(b, v, d, r * r).permute(0, 1, 3, 2).reshape(b, v * r * r, d)  # (v h w) order

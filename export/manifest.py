@@ -6,10 +6,11 @@ sha256, the graphs' tensor names, shapes and dtypes, precision, opset, tool vers
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
+
+from flexrt.model.checkpoint import file_sha256 as sha256_file
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
@@ -17,14 +18,6 @@ MANIFEST_VERSION = 1
 
 class ManifestError(RuntimeError):
     """The engine directory is incomplete, tampered with, or not an engine directory."""
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def file_entry(root: Path, rel: str, **extra: Any) -> dict[str, Any]:

@@ -239,7 +239,7 @@ def build_engine(args):
     if args.checkpoint is None:
         logger.warning("no --checkpoint: the %s model has seeded RANDOM weights (renders are not a real avatar)",
                        args.model)
-    pipeline = build_pipeline(args.model, args.checkpoint, args.dinov2)  # model + DINOv2 encoder
+    pipeline = build_pipeline(args.model, args.checkpoint, args.dinov2, args.template)  # model + DINOv2 encoder
     on_cuda = device == "cuda"
     precision = ("bf16" if on_cuda else "fp32") if args.precision == "auto" else args.precision
     # on a GPU: CUDA graphs replay the decoder, torch.compile fuses its small kernels (see docs/BENCHMARKS.md)
@@ -326,7 +326,8 @@ def cmd_demo(args) -> int:
         config = args.config or ("flex1" if args.checkpoint else "tiny")
         print(f"[demo] exporting the {config!r} model to {engine_dir} "
               f"({'checkpoint ' + str(args.checkpoint) if args.checkpoint else 'random weights'})")
-        export_engines(config=config, checkpoint=args.checkpoint, dinov2=args.dinov2, out_dir=engine_dir,
+        export_engines(config=config, checkpoint=args.checkpoint, dinov2=args.dinov2, template=args.template,
+                       out_dir=engine_dir,
                        precisions=("fp32",), tensorrt=False, max_batch=args.max_batch, progress=not args.no_progress)
     engine = load_engine(engine_dir, backend=args.backend, device=device)
     print(f"[demo] engine: {engine.info.describe()}")
@@ -397,6 +398,8 @@ def add_parser(subparsers) -> None:
     src.add_argument("--model", help="build a PyTorch engine from a preset ('tiny', 'flex1') or model_config.json")
     p.add_argument("--checkpoint", help="with --model: FLEX-1 weights (.pt/.safetensors); default: random weights")
     p.add_argument("--dinov2", help="with --model: DINOv2 weights; default: random weights")
+    p.add_argument("--template", help="with --model: head template OBJ or template_samples.npz (FLEX-1: the official "
+                                      "gghead_template.obj); default: the project's own head")
     p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
@@ -450,6 +453,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", default="demo_out", help="output folder (engines/, avatars/, frames/, latency.json)")
     p.add_argument("--checkpoint", help="FLEX-1 weights; without it the tiny preset with random weights is used")
     p.add_argument("--dinov2", help="DINOv2 weights for the encoder")
+    p.add_argument("--template", help="head template OBJ or template_samples.npz (FLEX-1: the official "
+                                      "gghead_template.obj); default: the project's own head")
     p.add_argument("--config", help="model preset or model_config.json (default: tiny, or flex1 with --checkpoint)")
     p.add_argument("--engines", help="use this engine directory instead of exporting")
     p.add_argument("--backend", default="auto", choices=BACKENDS)

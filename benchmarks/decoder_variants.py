@@ -21,10 +21,11 @@ import torch
 
 
 def _template():
-    shared = os.environ.get("FLEXRT_SHARED")
-    if shared and (Path(shared) / "reference/assets/gghead_template.obj").is_file():
-        return Path(shared) / "reference/assets/gghead_template.obj"
-    return None
+    from flexrt.runtime.cli import find_shared_dir
+
+    shared = find_shared_dir()
+    obj = shared / "reference" / "assets" / "gghead_template.obj" if shared else None
+    return obj if obj is not None and obj.is_file() else None
 
 
 def _time(engine, codes, exprs, batch: int, warmup: int = 10, iters: int = 50) -> dict:

@@ -45,15 +45,6 @@ def pixel_intrinsics(intrinsics_normalized: torch.Tensor, width: int, height: in
     return K
 
 
-def normalized_intrinsics(K_pixels: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """Pixel intrinsics [..., 3, 3] -> normalised intrinsics (inverse of :func:`pixel_intrinsics`)."""
-    K = K_pixels.clone()
-    K[..., 0, :] = K[..., 0, :] / width
-    K[..., 1, :] = K[..., 1, :] / height
-    K[..., 2, :] = torch.tensor([0.0, 0.0, 1.0], dtype=K.dtype, device=K.device)
-    return K
-
-
 def look_at_cam2world(eye, target=(0.0, 0.0, 0.0), up=(0.0, 1.0, 0.0), dtype=torch.float32) -> torch.Tensor:
     """OpenCV cam2world [4, 4] of a camera at ``eye`` looking at ``target``.
 

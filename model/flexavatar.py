@@ -60,7 +60,6 @@ class HeadTransformer(nn.Module):
     def __init__(self, cfg: FlexConfig):
         super().__init__()
         d, ht = cfg.d_hidden, cfg.num_head_tokens
-        self.cfg = cfg
         self._head_token_embeddings = nn.Parameter(torch.zeros(ht, 1, d))  # unused in FLEX-1, in the checkpoint
         self._query_point_embedder = PointEmbed(d)
         self._transformer = JointTransformer(d, cfg.n_heads, cfg.n_layers_head_transformer)

@@ -13,7 +13,7 @@ Gaussians are in the row-major order of the valid samples of the template's UV g
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 
@@ -39,9 +39,6 @@ class Gaussians:
 
     def items(self):
         return [(k, getattr(self, k)) for k in GAUSSIAN_ATTRIBUTES]
-
-    def as_dict(self) -> dict[str, torch.Tensor]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @property
     def num_gaussians(self) -> int:

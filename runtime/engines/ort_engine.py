@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from flexrt.export.manifest import find_file, read_manifest, verify_file
-from flexrt.model.gaussians import GAUSSIAN_ATTRIBUTES, Gaussians
+from flexrt.model.gaussians import GAUSSIAN_ATTRIBUTES, GAUSSIAN_WIDTHS, Gaussians
 
 from .base import Engine, EngineInfo
 
@@ -100,7 +100,6 @@ class OrtEngine(Engine):
     def decode(self, avatar_code, expression_codes):
         self.check_decode_inputs(avatar_code, expression_codes)
         b, g = avatar_code.shape[0], self.num_gaussians
-        widths = {"positions": 3, "scales": 3, "rotations": 4, "colors": 3, "opacities": 1}
         out = self._run("decoder", {"avatar_code": avatar_code, "expression_codes": expression_codes},
-                        {k: (b, g, widths[k]) for k in GAUSSIAN_ATTRIBUTES})
+                        {k: (b, g, GAUSSIAN_WIDTHS[k]) for k in GAUSSIAN_ATTRIBUTES})
         return Gaussians(**out)

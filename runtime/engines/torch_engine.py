@@ -56,11 +56,11 @@ class TorchEngine(Engine):
             self.model, self.encoder = pipeline, None
             identity = identity or getattr(pipeline, "identity", {})
         self.model._gaussian_decoder._stylegan_upsampler.fold()  # static modulated weights (ws is always zero)
+        if PRECISIONS[precision] is not None or upsampler == "bf16":
+            self.model = copy.deepcopy(self.model)  # the engine's own copy: the caller's model keeps fp32 weights
         if PRECISIONS[precision] is not None:
-            self.model = _with_low_precision_linears(self.model, PRECISIONS[precision])
+            _store_linears_in(self.model, PRECISIONS[precision])
         if upsampler == "bf16":
-            if self.model is pipeline or (isinstance(pipeline, Pipeline) and self.model is pipeline.model):
-                self.model = copy.deepcopy(self.model)
             self.model._gaussian_decoder._stylegan_upsampler.to(torch.bfloat16).to(memory_format=torch.channels_last)
             self.model.upsampler_dtype = torch.bfloat16
         self.model.to(device).eval()
@@ -147,12 +147,10 @@ class TorchEngine(Engine):
         self._graphs[b] = (graph, (s_code, s_expr), outs)
 
 
-def _with_low_precision_linears(model, dtype: torch.dtype):
-    """A copy of ``model`` whose per-frame Linear / Embedding weights are stored in ``dtype``."""
-    model = copy.deepcopy(model)
+def _store_linears_in(model, dtype: torch.dtype) -> None:
+    """Store the per-frame Linear / Embedding weights of ``model`` in ``dtype`` (in place)."""
     htm = model._head_transformer
     for part in (htm._expression_mlp, htm._expression_transformer, htm._dataset_embedding):
         for m in part.modules():
             if isinstance(m, (nn.Linear, nn.Embedding)):
                 m.to(dtype)
-    return model

@@ -2,7 +2,7 @@
 
 Head-like synthetic scenes (flexrt.kernels.scenes), cameras on an arc at 1 m, fx = 1500 * W / 512, white
 background, fp32 output. Each timed call is one full frame through the public API (validation, launches,
-the host synchronisation inside), measured with CUDA events around the call and a synchronisation after it
+everything it enqueues), measured with CUDA events around the call and a synchronisation after it
 (per-frame latency, not pipelined throughput). Warm-up first; median and p99 over ``iters`` calls.
 
     python -m flexrt.benchmarks.bench_rasterizer --out bench.json
@@ -29,8 +29,7 @@ DEFAULT_CONFIG = {
     "cams": [1, 8],
     "warmup": 20,
     "iters": 100,
-    "backends": ["cupy", "gsplat"],
-    "ppt": [2],  # blend-kernel pixels per thread for the cupy backend; several -> one row each ("cupy-p1")
+    "backends": ["cupy", "cupy-eager", "gsplat"],
     "seed": 0,
     "check": True,  # PSNR / max |alpha| difference of cupy vs gsplat per config
     "profile": True,  # per-stage GPU times of one cupy frame (CUDA events between stages)
@@ -113,16 +112,29 @@ def run(config: dict | None = None) -> list[dict]:
                 bgs = bg.expand(cams, 3).contiguous()
                 base = {"G": G, "res": res, "cams": cams}
                 fns = {}
-                if "cupy" in cfg["backends"]:
-                    for ppt in cfg["ppt"]:
-                        name = "cupy" if ppt == cfg["ppt"][0] else f"cupy-p{ppt}"
+                for name in ("cupy", "cupy-eager"):
+                    if name not in cfg["backends"]:
+                        continue
 
-                        def f_cupy(ppt=ppt):
-                            _cupy_backend.DEFAULT_PPT = ppt
+                    def f_cupy(graphs=(name == "cupy"), default=_cupy_backend.GRAPHS):
+                        _cupy_backend.GRAPHS = graphs  # cupy: captured frames replayed (the default)
+                        try:
                             return rasterize(**scene, viewmats=view, Ks=K, width=res, height=res, background=bg,
                                              backend="cupy")
+                        finally:
+                            _cupy_backend.GRAPHS = default
 
-                        fns[name] = f_cupy
+                    fns[name] = f_cupy
+                for variant in cfg.get("blend_variants", []):
+                    def f_variant(variant=variant, default=_cupy_backend.BLEND_VARIANT):
+                        _cupy_backend.BLEND_VARIANT = variant  # blend-kernel variant, CUDA-graph path
+                        try:
+                            return rasterize(**scene, viewmats=view, Ks=K, width=res, height=res, background=bg,
+                                             backend="cupy")
+                        finally:
+                            _cupy_backend.BLEND_VARIANT = default
+
+                    fns[f"cupy-{variant}"] = f_variant
                 if gsplat_rast is not None:
                     def f_gsplat():
                         out = gsplat_rast(
@@ -141,13 +153,13 @@ def run(config: dict | None = None) -> list[dict]:
                     try:
                         outs[name] = fn()
                         row.update(_time(fn, cfg["warmup"], cfg["iters"]))
-                        if name.startswith("cupy") and cfg["profile"]:
+                        if name == "cupy" and cfg["profile"]:
                             stats = {"profile": True}
                             flat = [scene[k][None] for k in ("means", "quats", "scales", "opacities", "colors")]
                             _cupy_backend.rasterize_cupy(*flat, view[None], K[None], res, res,
-                                                         bg.expand(1, cams, 3).contiguous(), stats=stats,
-                                                         ppt=int(name[6:]) if name != "cupy" else cfg["ppt"][0])
+                                                         bg.expand(1, cams, 3).contiguous(), stats=stats)
                             row["n_isect"] = stats["n_isect"]
+                            row["bitmap_bytes"] = stats["bitmap_bytes"]
                             row["stage_ms"] = {k: round(v, 4) for k, v in stats["stage_ms"].items()}
                     except Exception as exc:  # keep going: one broken backend must not hide the others
                         row["error"] = f"{type(exc).__name__}: {exc}"
@@ -205,15 +217,19 @@ def main(argv=None) -> int:
     ap.add_argument("--cams", type=int, nargs="+", default=DEFAULT_CONFIG["cams"], help="cameras per call")
     ap.add_argument("--warmup", type=int, default=DEFAULT_CONFIG["warmup"])
     ap.add_argument("--iters", type=int, default=DEFAULT_CONFIG["iters"])
-    ap.add_argument("--backends", nargs="+", default=DEFAULT_CONFIG["backends"], choices=["cupy", "gsplat"])
-    ap.add_argument("--ppt", type=int, nargs="+", default=DEFAULT_CONFIG["ppt"], choices=[1, 2],
-                    help="blend pixels per thread variants of the cupy backend")
+    ap.add_argument("--backends", nargs="+", default=DEFAULT_CONFIG["backends"],
+                    choices=["cupy", "cupy-eager", "gsplat"],
+                    help="cupy: the default path (captured frames replayed from CUDA graphs); cupy-eager: every "
+                         "kernel launched from Python on each call")
+    ap.add_argument("--blend-variants", nargs="*", default=[], metavar="V",
+                    help="also time these blend-kernel variants (rows cupy-V; see _cupy_backend.BLEND_VARIANTS)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-check", action="store_true", help="skip the PSNR check against gsplat")
     ap.add_argument("--no-profile", action="store_true", help="skip the per-stage timing of one cupy frame")
     ap.add_argument("--out", type=str, default=None, help="write rows + environment as JSON here")
     a = ap.parse_args(argv)
-    cfg = dict(G=a.G, res=a.res, cams=a.cams, warmup=a.warmup, iters=a.iters, backends=a.backends, ppt=a.ppt,
+    cfg = dict(G=a.G, res=a.res, cams=a.cams, warmup=a.warmup, iters=a.iters, backends=a.backends,
+               blend_variants=a.blend_variants,
                seed=a.seed, check=not a.no_check, profile=not a.no_profile)
     env = environment()
     rows = run(cfg)

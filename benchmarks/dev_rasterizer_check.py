@@ -102,27 +102,13 @@ def main() -> int:
                      str(ROOT / "tests/test_rasterizer_gpu.py"), "-k", "gsplat"], out / "pytest_gsplat.log", timeout=150, env=env)
         summary.append(f"PYTEST gsplat rc={rc} ({dt:.0f}s): " + tail(out / "pytest_gsplat.log", 1))
 
-    # sort choice: thrust keys-only radix sort (used) vs torch.sort, on tile-key-like data
-    sort_code = r"""
-import numpy as np, torch, cupy
-from cupy.cuda import thrust
-def t(fn, n=30):
-    fn(); torch.cuda.synchronize(); s = torch.cuda.Event(enable_timing=True); e = torch.cuda.Event(enable_timing=True)
-    s.record()
-    for _ in range(n): fn()
-    e.record(); e.synchronize(); return s.elapsed_time(e) / n
-for n in (1_100_000, 4_000_000):
-    base = cupy.random.randint(0, 2**28, size=n, dtype=cupy.uint32)
-    k = base.copy()
-    def f_thrust(): k[:] = base; thrust.sort(k.dtype, k.data.ptr, 0, (n,))
-    kt = torch.as_tensor(base.astype(cupy.int64), device="cuda")
-    kt32 = torch.as_tensor(base.view(cupy.int32), device="cuda")
-    def f_copy(): k[:] = base
-    print(f"n={n}: copy {t(f_copy):.4f} ms, thrust keys-only u32 {t(f_thrust):.4f} ms (incl. copy), "
-          f"torch.sort int32 {t(lambda: torch.sort(kt32)):.4f} ms, torch.sort int64 {t(lambda: torch.sort(kt)):.4f} ms")
-"""
-    rc, dt = sh([sys.executable, "-c", sort_code], out / "sortbench.log", timeout=60, env=env)
-    summary.append("SORT " + tail(out / "sortbench.log", 2).replace("\n", " | "))
+    # GPU-side floor: per-kernel CUPTI times and CUDA-graph replay of one frame
+    for G, res, cams in ((58361, 512, 1), (58361, 512, 8)):
+        tag = f"profile_{G}_{res}_{cams}"
+        rc, dt = sh([sys.executable, "-m", "flexrt.benchmarks.profile_rasterizer", "--G", str(G), "--res", str(res),
+                     "--cams", str(cams), "--variants", "group", "group8", "pass", "pass8", "group", "pass8",
+                     "--out", str(out / f"{tag}.json")], out / f"{tag}.log", timeout=120, env=env)
+        summary.append(f"PROFILE {G}/{res}/{cams} rc={rc}: " + tail(out / f"{tag}.log", 18).replace("\n", " | "))
 
     left = a.budget - (time.time() - t_start)
     bench = [sys.executable, "-m", "flexrt.benchmarks.bench_rasterizer", "--out", str(out / "bench.json")]

@@ -1,19 +1,20 @@
 """CuPy/CUDA backend (``backend="cupy"``): NVRTC-compiled kernels from ``cuda/rasterize.cu``.
 
 Per frame (all B*C images in one pass, on torch's current CUDA stream; CuPy and torch share memory by pointer,
-no copies):
+no copies, **no host synchronisation**):
 
-1. ``fr_project``: EWA projection, culling, exact ellipse-vs-tile-row count, warp-aggregated atomic slot
-   offsets, depth keys.
-2. thrust ``argsort`` of the depth keys (image, depth, index) -> depth order.
-3. **One host synchronisation**: read the total number of (tile, Gaussian) intersections (4 bytes) to size the
-   key buffer (grow-only) and the sort. Everything else is asynchronous.
-4. ``fr_emit``: depth-ordered blend records + keys ``(image*n_tiles + tile) << rbits | depth_rank`` (32-bit
-   keys when they fit, else 64-bit); ``rank`` indexes the depth-ordered records, so no value array is sorted.
-5. thrust radix ``sort`` of the keys (keys only), 6. ``fr_ranges`` per-tile ranges, 7. ``fr_blend_*``.
+1. ``fr_project``: EWA projection and culling -> ellipse parameters and a depth key (+inf when culled).
+2. ``torch.sort(stable=True)`` of the depth keys per image -> ``order[image, rank]``.
+3. clear the tile bitmaps (one bit per (tile, depth rank); rows padded to whole warp passes).
+4. ``fr_emit``: the depth-ordered blend records and, with the exact ellipse vs tile-row test, one ``atomicOr``
+   per touched tile. A tile's bitmap read in word order is its depth-ordered list: no key buffer to size, so
+   nothing has to come back to the host, and no (tile, depth) sort.
+5. ``fr_blend_f32`` / ``fr_blend_f16``: 4 independent warps per 16x16 tile, one per 8x8 sub-tile, each culling
+   the tile's records against its sub-tile before blending; fp32 or fp16 output written by the kernel.
 
-Work buffers are cached per (device, stream) and only grow. Output: float32 or float16 (written by the
-kernel directly).
+Bitmap memory is ``images x tiles x ceil(N / 2048) x 256`` bytes (7.6 MB for 58k Gaussians at 512²); when a
+batch would need more than ``MAX_BITMAP_BYTES`` the images go through steps 3-5 in chunks (same results).
+Work buffers are cached per (device, stream) and only grow.
 """
 from __future__ import annotations
 
@@ -26,11 +27,18 @@ import numpy as np
 import torch
 
 TILE = 16
+PASS_RANKS = 2048  # ranks per warp pass over a bitmap row (FR_PASS_RANKS in rasterize.cu)
 _SRC = Path(__file__).with_name("cuda") / "rasterize.cu"
 _BLOCK = 256
-# pixels per thread in the blend kernel (1 or 2): 2 was faster in all 12 benchmark configurations (H100,
-# 2026-11-24, docs/RASTERIZER.md); FLEXRT_RASTER_PPT overrides at import
-DEFAULT_PPT = int(os.environ.get("FLEXRT_RASTER_PPT", "2"))
+_BLEND_THREADS = 128  # 4 warps: one per 8x8 sub-tile of a 16x16 tile
+# blend-kernel variant (rasterize.cu): how candidates are culled against a sub-tile ("group": 32 at a time while
+# blending; "pass": a whole bitmap pass first) and whether registers are capped for 8 blocks / SM ("8")
+BLEND_VARIANTS = ("group", "group8", "pass", "pass8")
+BLEND_VARIANT = os.environ.get("FLEXRT_RASTER_BLEND", "group")  # fastest in the H100 A/B (docs/RASTERIZER.md)
+if BLEND_VARIANT not in BLEND_VARIANTS:
+    raise ValueError(f"FLEXRT_RASTER_BLEND={BLEND_VARIANT!r}; expected one of {BLEND_VARIANTS}")
+# bitmap budget per pass over the images (FLEXRT_RASTER_BITMAP_MB overrides at import)
+MAX_BITMAP_BYTES = int(float(os.environ.get("FLEXRT_RASTER_BITMAP_MB", "256")) * 2**20)
 
 
 _checked = False
@@ -73,10 +81,7 @@ class CupyOps:
 
     def __init__(self, device_index: int, stream_ptr: int):
         import cupy
-        from cupy.cuda import thrust
-
         self.cp = cupy
-        self.thrust = thrust
         self.device = cupy.cuda.Device(device_index)
         # torch's default stream is the legacy null stream (pointer 0). ExternalStream is deprecated in CuPy 14
         # (in favour of Stream.from_external) but is what was tested on the GPU; silence its warning.
@@ -91,7 +96,7 @@ class CupyOps:
             self.module = self._module(device_index)
         self._fns: dict[str, object] = {}
         self.pinned = cupy.cuda.alloc_pinned_memory(8)
-        self.host_u32 = np.ndarray((1,), dtype=np.uint32, buffer=self.pinned)
+        self.host_u64 = np.ndarray((1,), dtype=np.uint64, buffer=self.pinned)
 
     @classmethod
     def _module(cls, device_index: int):
@@ -114,15 +119,20 @@ class CupyOps:
         self.stream.__exit__(*exc)
         self.device.__exit__(*exc)
 
-    def empty(self, n: int, dtype) -> object:
-        return self.cp.empty((max(int(n), 1),), dtype=dtype)
+    _TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.int64): torch.int64,
+                     np.dtype(np.uint32): torch.int32, np.dtype(np.uint64): torch.int64}
+
+    def empty(self, n: int, dtype) -> torch.Tensor:
+        """Work buffer from torch's caching allocator (torch.sort writes into some of them)."""
+        return torch.empty((max(int(n), 1),), dtype=self._TORCH_DTYPES[np.dtype(dtype)],
+                           device=torch.device("cuda", self.device.id))
 
     @staticmethod
     def ptr(a) -> int:
-        return int(a.data.ptr)
+        return int(a.data_ptr())
 
     def memset0(self, a, nbytes: int):
-        self.cp.cuda.runtime.memsetAsync(int(a.data.ptr), 0, int(nbytes), self.stream_ptr)
+        self.cp.cuda.runtime.memsetAsync(int(a.data_ptr()), 0, int(nbytes), self.stream_ptr)
 
     def launch(self, name: str, grid: tuple, block: int, args: tuple):
         fn = self._fns.get(name)
@@ -130,12 +140,11 @@ class CupyOps:
             fn = self._fns[name] = self.module.get_function(name)
         fn(grid, (block,), args)
 
-    def argsort(self, keys, idx, n: int):
-        """Stable ascending sort of keys[:n] in place; idx[:n] (int64) = the permutation."""
-        self.thrust.argsort(keys.dtype, int(idx.data.ptr), int(keys.data.ptr), 0, (int(n),))
-
-    def sort(self, keys, n: int):
-        self.thrust.sort(keys.dtype, int(keys.data.ptr), 0, (int(n),))
+    def sort_rows(self, keys, sorted_keys, order, rows: int, n: int):
+        """Stable ascending sort of each row of keys[:rows*n] viewed [rows, n]; order = int64 indices per row."""
+        m = rows * n
+        torch.sort(keys[:m].view(rows, n), dim=-1, stable=True,
+                   out=(sorted_keys[:m].view(rows, n), order[:m].view(rows, n)))
 
     def event(self):
         ev = self.cp.cuda.Event()
@@ -146,43 +155,46 @@ class CupyOps:
         e1.synchronize()
         return float(self.cp.cuda.get_elapsed_time(e0, e1))
 
-    def read_u32(self, a, index: int) -> int:
-        """a[index] (4-byte element) to the host: the one host synchronisation of a frame."""
-        self.cp.cuda.runtime.memcpyAsync(self.pinned.ptr, int(a.data.ptr) + 4 * int(index), 4, 2, self.stream_ptr)
+    def read_u64(self, a) -> int:
+        """a[0] (8 bytes) to the host. Statistics only: synchronises the stream."""
+        self.cp.cuda.runtime.memcpyAsync(self.pinned.ptr, int(a.data_ptr()), 8, 2, self.stream_ptr)
         self.stream.synchronize()
-        return int(self.host_u32[0])
+        return int(self.host_u64[0])
 
 
 # ------------------------------------------------------------------------------------------------------------
 # orchestration
 # ------------------------------------------------------------------------------------------------------------
 class Workspace:
-    """Grow-only work buffers, keyed by name."""
+    """Grow-only work buffers, keyed by name (the buffers come from ``ops.empty``)."""
 
     def __init__(self):
-        self.bufs: dict[str, object] = {}
+        self.bufs: dict[str, tuple[object, int, np.dtype]] = {}
 
     def get(self, ops, name: str, n: int, dtype):
-        a = self.bufs.get(name)
-        if a is None or a.size < n or a.dtype != np.dtype(dtype):
-            a = ops.empty(max(int(n), 1) if a is None else max(int(n), int(a.size * 1.25) + 1), dtype)
-            self.bufs[name] = a
-        return a
+        n = max(int(n), 1)
+        dtype = np.dtype(dtype)
+        hit = self.bufs.get(name)
+        if hit is None or hit[1] < n or hit[2] != dtype:
+            size = n if hit is None else max(n, int(hit[1] * 1.25) + 1)
+            hit = (ops.empty(size, dtype), size, dtype)
+            self.bufs[name] = hit
+        return hit[0]
 
 
 def _p(x) -> np.uint64:
     return np.uint64(x)
 
 
-def key_layout(I: int, N: int, tiles_x: int, tiles_y: int) -> tuple[int, bool]:
-    """(rbits, wide): rank bits and whether tile keys need 64 bits (the all-ones key is the sentinel)."""
-    rbits = max(1, (N - 1).bit_length())
-    n_all = I * tiles_x * tiles_y
-    max_key = ((n_all - 1) << rbits) | (N - 1)
-    wide = max_key >= (1 << 32) - 1
-    if max_key >= (1 << 64) - 1:
-        raise ValueError(f"too many images x tiles x Gaussians for 64-bit keys: I={I}, N={N}, tiles={n_all // I}")
-    return rbits, wide
+def bitmap_words(N: int) -> int:
+    """32-bit words per tile bitmap row: N ranks, padded to whole warp passes (PASS_RANKS ranks each)."""
+    return -(-max(int(N), 0) // PASS_RANKS) * (PASS_RANKS // 32)
+
+
+def images_per_chunk(I: int, N: int, n_tiles: int, max_bitmap_bytes: int) -> int:
+    """How many images share one bitmap pass: all of them unless the bitmaps would exceed the budget."""
+    per_image = max(1, n_tiles * bitmap_words(N) * 4)
+    return max(1, min(I, int(max_bitmap_bytes) // per_image))
 
 
 def render(
@@ -197,13 +209,13 @@ def render(
     Ks: torch.Tensor,  # [B, C, 3, 3]
     width: int,
     height: int,
-    background: torch.Tensor | None,  # [B, C, 3] or None
+    background: torch.Tensor | None,  # [B, C, 3], [3] (every image) or None (black)
     out_rgb: torch.Tensor,  # [B, C, H, W, 3] float32 / float16, contiguous
     out_alpha: torch.Tensor,  # [B, C, H, W, 1]
     near_plane: float,
     far_plane: float,
     eps2d: float,
-    ppt: int = DEFAULT_PPT,
+    max_bitmap_bytes: int = MAX_BITMAP_BYTES,
     stats: dict | None = None,
 ) -> None:
     """Enqueue one frame on ops' stream; all tensors float32 contiguous on ops' device (outputs excepted)."""
@@ -213,14 +225,13 @@ def render(
     tiles_x = (width + TILE - 1) // TILE
     tiles_y = (height + TILE - 1) // TILE
     n_tiles = tiles_x * tiles_y
-    n_all = I * n_tiles
     IN = I * N
-    if I > 65535:
-        raise ValueError(f"at most 65535 images (batch x cameras) per call, got {I}")
-    if ppt not in (1, 2):
-        raise ValueError(f"ppt must be 1 or 2, got {ppt}")
-    rbits, wide_keys = key_layout(I, max(N, 1), tiles_x, tiles_y)
-    wide_depth = I > 1
+    words = bitmap_words(N)
+    chunk = images_per_chunk(I, N, n_tiles, max_bitmap_bytes)
+    if chunk > 65535:
+        chunk = 65535  # grid.y limit
+    if N >= 2**31 or n_tiles >= 2**31:
+        raise ValueError(f"too many Gaussians ({N}) or tiles ({n_tiles}) for one call")
     half = out_rgb.dtype == torch.float16
     marks = [] if (stats is not None and stats.get("profile")) else None
 
@@ -229,85 +240,76 @@ def render(
             marks.append((tag, ops.event()))
 
     mark("start")
-    ctrl = ws.get(ops, "ctrl", 2 * n_all + 2, np.int32)  # ranges [n_all] int2, then the total counter
-    ops.memset0(ctrl, (2 * n_all + 2) * 4)
-    total_ptr = ops.ptr(ctrl) + 2 * n_all * 4
     if IN > 0:
         geo0 = ws.get(ops, "geo0", 4 * IN, np.float32)
         geo1 = ws.get(ops, "geo1", 4 * IN, np.float32)
-        dkey = ws.get(ops, "dkey64" if wide_depth else "dkey32", IN, np.uint64 if wide_depth else np.uint32)
-        counts = ws.get(ops, "counts", IN, np.int32)
-        offsets = ws.get(ops, "offsets", IN, np.int32)
+        zkey = ws.get(ops, "zkey", IN, np.float32)
+        zsorted = ws.get(ops, "zsorted", IN, np.float32)
         order = ws.get(ops, "order", IN, np.int64)
         recA = ws.get(ops, "recA", 4 * IN, np.float32)
         recB = ws.get(ops, "recB", 4 * IN, np.float32)
         recC = ws.get(ops, "recC", IN, np.float32)
+        box = ws.get(ops, "box", 4 * IN, np.float32)
         ops.launch(
             "fr_project", ((IN + _BLOCK - 1) // _BLOCK,), _BLOCK,
             (
                 _p(means.data_ptr()), _p(quats.data_ptr()), _p(scales.data_ptr()), _p(opacities.data_ptr()),
                 _p(colors.data_ptr()), _p(viewmats.data_ptr()), _p(Ks.data_ptr()),
                 np.int32(C), np.int32(N), np.int64(IN), np.int32(width), np.int32(height),
-                np.int32(tiles_x), np.int32(tiles_y),
-                np.float32(near_plane), np.float32(far_plane), np.float32(eps2d), np.int32(wide_depth),
-                _p(ops.ptr(geo0)), _p(ops.ptr(geo1)),
-                _p(0 if wide_depth else ops.ptr(dkey)), _p(ops.ptr(dkey) if wide_depth else 0),
-                _p(ops.ptr(counts)), _p(ops.ptr(offsets)), _p(total_ptr),
+                np.float32(near_plane), np.float32(far_plane), np.float32(eps2d),
+                _p(ops.ptr(geo0)), _p(ops.ptr(geo1)), _p(ops.ptr(zkey)),
             ),
         )
         mark("project")
-        ops.argsort(dkey, order, IN)
+        ops.sort_rows(zkey, zsorted, order, I, N)  # stable: ties keep the Gaussian index order
         mark("depth_sort")
-        n_isect = ops.read_u32(ctrl, 2 * n_all)  # the one host synchronisation
-        mark("sync")
+        rec_ptrs = (ops.ptr(recA), ops.ptr(recB), ops.ptr(recC), ops.ptr(box))
     else:
-        n_isect = 0
-    if n_isect >= 2**31 - 1:
-        raise ValueError(f"{n_isect} tile intersections exceed the int32 range of the tile ranges")
+        rec_ptrs = (0, 0, 0, 0)
+    bitmap = ws.get(ops, "bitmap", chunk * n_tiles * words, np.uint32)
+    counter = ws.get(ops, "counter", 1, np.uint64) if stats is not None else None
+    if counter is not None:
+        ops.memset0(counter, 8)
+    blend = f"fr_blend_{'f16' if half else 'f32'}_{BLEND_VARIANT}"
+    bg_ptr = 0 if background is None else background.data_ptr()
+    bg_stride = 3 if background is not None and background.ndim == 3 else 0
+    for i0 in range(0, I, chunk):
+        ic = min(chunk, I - i0)
+        ops.memset0(bitmap, ic * n_tiles * words * 4)
+        mark("clear")
+        if IN > 0:
+            r_lo, r_hi = i0 * N, (i0 + ic) * N
+            ops.launch(
+                "fr_emit", ((r_hi - r_lo + _BLOCK - 1) // _BLOCK,), _BLOCK,
+                (
+                    _p(ops.ptr(order)), _p(ops.ptr(geo0)), _p(ops.ptr(geo1)), _p(colors.data_ptr()),
+                    np.int32(C), np.int32(N), np.int64(r_lo), np.int64(r_hi), np.int64(i0),
+                    np.int32(tiles_x), np.int32(tiles_y), np.int32(words),
+                    _p(rec_ptrs[0]), _p(rec_ptrs[1]), _p(rec_ptrs[2]), _p(rec_ptrs[3]), _p(ops.ptr(bitmap)),
+                ),
+            )
+            mark("emit")
+        ops.launch(
+            blend, (n_tiles, ic), _BLEND_THREADS,
+            (
+                _p(ops.ptr(bitmap)), _p(rec_ptrs[0]), _p(rec_ptrs[1]), _p(rec_ptrs[2]), _p(rec_ptrs[3]),
+                np.int32(N), np.int32(words), np.int32(width), np.int32(height), np.int32(tiles_x), np.int64(i0),
+                _p(bg_ptr), np.int32(bg_stride), _p(out_rgb.data_ptr()), _p(out_alpha.data_ptr()),
+            ),
+        )
+        mark("blend")
+        if counter is not None and words > 0:
+            nw = ic * n_tiles * words
+            ops.launch("fr_count_bits", ((nw + _BLOCK - 1) // _BLOCK,), _BLOCK,
+                       (_p(ops.ptr(bitmap)), np.int64(nw), _p(ops.ptr(counter))))
     if stats is not None:
-        stats.update(n_isect=n_isect, wide_keys=wide_keys, rbits=rbits, I=I, N=N, n_tiles=n_tiles)
-
-    kdtype = np.uint64 if wide_keys else np.uint32
-    keys = ws.get(ops, "keys64" if wide_keys else "keys32", max(n_isect, 1), kdtype)
-    if n_isect > 0:
-        ops.launch(
-            "fr_emit", ((IN + _BLOCK - 1) // _BLOCK,), _BLOCK,
-            (
-                _p(ops.ptr(order)), _p(ops.ptr(geo0)), _p(ops.ptr(geo1)), _p(ops.ptr(counts)),
-                _p(ops.ptr(offsets)), _p(colors.data_ptr()),
-                np.int32(C), np.int32(N), np.int64(IN), np.int32(tiles_x), np.int32(tiles_y),
-                np.int32(rbits), np.int32(wide_keys),
-                _p(ops.ptr(recA)), _p(ops.ptr(recB)), _p(ops.ptr(recC)),
-                _p(0 if wide_keys else ops.ptr(keys)), _p(ops.ptr(keys) if wide_keys else 0),
-            ),
-        )
-        mark("emit")
-        ops.sort(keys, n_isect)
-        mark("key_sort")
-        ops.launch(
-            "fr_ranges", ((n_isect + _BLOCK - 1) // _BLOCK,), _BLOCK,
-            (
-                _p(0 if wide_keys else ops.ptr(keys)), _p(ops.ptr(keys) if wide_keys else 0), np.int32(wide_keys),
-                np.int64(n_isect), np.int32(rbits), np.int64(n_all), _p(ops.ptr(ctrl)),
-            ),
-        )
-        rec_ptrs = (ops.ptr(recA), ops.ptr(recB), ops.ptr(recC))
-        mark("ranges")
-    else:
-        rec_ptrs = (0, 0, 0)
-    name = f"fr_blend_k{64 if wide_keys else 32}_f{16 if half else 32}_p{ppt}"
-    ops.launch(
-        name, (n_tiles, I), (TILE * TILE) // ppt,
-        (
-            _p(ops.ptr(keys)), _p(ops.ptr(ctrl)), _p(rec_ptrs[0]), _p(rec_ptrs[1]), _p(rec_ptrs[2]),
-            np.int32(N), np.int32(rbits), np.int32(width), np.int32(height), np.int32(tiles_x),
-            _p(0 if background is None else background.data_ptr()),
-            _p(out_rgb.data_ptr()), _p(out_alpha.data_ptr()),
-        ),
-    )
-    mark("blend")
+        stats.update(n_isect=ops.read_u64(counter), I=I, N=N, n_tiles=n_tiles, words=words, chunk=chunk,
+                     bitmap_bytes=chunk * n_tiles * words * 4)
     if marks is not None:
-        stats["stage_ms"] = {tag: ops.elapsed_ms(marks[i][1], ev) for i, (tag, ev) in enumerate(marks[1:])}
+        stage = {}
+        for i, (tag, ev) in enumerate(marks[1:]):
+            stage[tag] = stage.get(tag, 0.0) + ops.elapsed_ms(marks[i][1], ev)
+        stats["stage_ms"] = stage
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -329,6 +331,65 @@ def _ops_and_ws(device: torch.device) -> tuple[CupyOps, Workspace]:
     return hit
 
 
+# ------------------------------------------------------------------------------------------------------------
+# CUDA graphs: a frame seen twice (same shapes, same input / output addresses, same stream) is captured once and
+# replayed afterwards, which removes the host cost of the launches (~0.3 ms measured at 58k / 512², H100).
+# Replays read whatever the input tensors hold at that moment, so changing their contents in place is fine.
+# ------------------------------------------------------------------------------------------------------------
+GRAPHS = os.environ.get("FLEXRT_RASTER_GRAPHS", "1") != "0"  # FLEXRT_RASTER_GRAPHS=0: always launch eagerly
+GRAPH_CACHE_SIZE = 8  # captured frames kept per thread (least recently used are dropped)
+# a thread that has dropped this many captured frames without ever replaying them is feeding tensors at
+# ever-changing addresses: it stops capturing (with a warning) instead of paying for captures nobody replays
+MAX_UNUSED_EVICTIONS = 4 * GRAPH_CACHE_SIZE
+
+
+class FrameGraph:
+    """One captured frame: fixed shapes and addresses, its own work buffers (and outputs when none are given)."""
+
+    def __init__(self, device_index: int, args: tuple, width: int, height: int, background, out_rgb, out_alpha,
+                 consts: tuple):
+        cur = torch.cuda.current_stream(device_index)
+        self.stream = cur
+        side = torch.cuda.Stream(device_index)
+        side.wait_stream(cur)
+        self.ws = Workspace()
+        self.out = (out_rgb, out_alpha)
+        self.replays = 0
+        with torch.cuda.stream(side):
+            ops = CupyOps(device_index, side.cuda_stream)
+            with ops:
+                # one eager frame on the capture stream sizes the work buffers (and is this call's result)
+                render(ops, self.ws, *args, width, height, background, out_rgb, out_alpha, *consts)
+                self.graph = torch.cuda.CUDAGraph()
+                self.graph.capture_begin(capture_error_mode="thread_local")
+                try:
+                    render(ops, self.ws, *args, width, height, background, out_rgb, out_alpha, *consts)
+                finally:
+                    self.graph.capture_end()
+        cur.wait_stream(side)
+        for buf, _, _ in self.ws.bufs.values():
+            buf.record_stream(cur)  # replays use them on the caller's stream
+
+    def replay(self) -> None:
+        self.graph.replay()
+        self.replays += 1
+
+    def release(self) -> None:
+        self.stream.synchronize()  # a replay may still be running (rare: only when the cache evicts)
+        self.graph.reset()
+
+
+def _graph_cache() -> tuple[dict, dict]:
+    graphs = getattr(_state, "graphs", None)
+    if graphs is None:
+        from collections import OrderedDict
+
+        graphs = _state.graphs = OrderedDict()
+        _state.seen = {}
+        _state.unused_evictions = 0
+    return graphs, _state.seen
+
+
 def rasterize_cupy(
     means: torch.Tensor,  # [B, N, 3]
     quats: torch.Tensor,  # [B, N, 4]
@@ -339,40 +400,82 @@ def rasterize_cupy(
     Ks: torch.Tensor,  # [B, C, 3, 3]
     width: int,
     height: int,
-    background: torch.Tensor | None,  # [B, C, 3] or None
+    background: torch.Tensor | None,  # [B, C, 3], [3] or None (black)
     near_plane: float = 0.01,
     far_plane: float = 1e10,
     eps2d: float = 0.3,
     out_dtype: torch.dtype = torch.float32,
     out: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ppt: int | None = None,
+    max_bitmap_bytes: int | None = None,
     stats: dict | None = None,
+    graphs: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Flattened-batch CUDA entry point -> (rgb [B, C, H, W, 3], alpha [B, C, H, W, 1]) in out_dtype.
 
     ``out``: optional preallocated contiguous outputs (tests poison them to prove every pixel is written).
-    Synchronises the host once (the intersection count); see the module docstring.
+    ``max_bitmap_bytes``: bitmap budget per pass (default ``MAX_BITMAP_BYTES``). ``stats``: a dict to fill with
+    the pair count and sizes (``{"profile": True}`` adds per-stage GPU times); only then does the call
+    synchronise. Otherwise nothing waits on the GPU: the outputs are ready in stream order.
+    ``graphs``: replay captured frames (default ``GRAPHS``; see ``FrameGraph``). The first call with a new key
+    runs eagerly, the second captures (a one-time cost), later ones replay; without ``out`` a replay returns
+    fresh copies of the graph's own outputs.
     """
     require_cupy()
     B, N = means.shape[:2]
     C = viewmats.shape[1]
     dev = means.device
-    if out is None:
-        out_rgb = torch.empty(B, C, height, width, 3, dtype=out_dtype, device=dev)
-        out_alpha = torch.empty(B, C, height, width, 1, dtype=out_dtype, device=dev)
-    else:
-        out_rgb, out_alpha = out
-        for t, tail in ((out_rgb, 3), (out_alpha, 1)):
+    if out is not None:
+        for t, tail in ((out[0], 3), (out[1], 1)):
             if tuple(t.shape) != (B, C, height, width, tail) or t.dtype != out_dtype or not t.is_contiguous():
                 raise ValueError(f"out tensor {tuple(t.shape)} {t.dtype} does not match "
                                  f"{(B, C, height, width, tail)} {out_dtype} contiguous")
-    if ppt is None:
-        ppt = DEFAULT_PPT
+    if max_bitmap_bytes is None:
+        max_bitmap_bytes = MAX_BITMAP_BYTES
+    args = (means, quats, scales, opacities, colors, viewmats, Ks)
+    consts = (near_plane, far_plane, eps2d, max_bitmap_bytes)
+    use_graphs = GRAPHS if graphs is None else graphs
+    if use_graphs and stats is None:
+        idx = dev.index if dev.index is not None else torch.cuda.current_device()
+        key = (idx, torch.cuda.current_stream(idx).cuda_stream, B, N, C, width, height, out_dtype, consts, BLEND_VARIANT,
+               tuple(t.data_ptr() for t in args), 0 if background is None else background.data_ptr(),
+               None if out is None else (out[0].data_ptr(), out[1].data_ptr()))
+        cache, seen = _graph_cache()
+        fg = cache.get(key)
+        if fg is not None:
+            cache.move_to_end(key)
+            fg.replay()
+            if out is not None:
+                return out
+            return fg.out[0].clone(), fg.out[1].clone()
+        if seen.get(key, 0) >= 1 and _state.unused_evictions < MAX_UNUSED_EVICTIONS:  # second sighting: capture
+            seen.pop(key, None)
+            if out is None:
+                o = (torch.empty(B, C, height, width, 3, dtype=out_dtype, device=dev),
+                     torch.empty(B, C, height, width, 1, dtype=out_dtype, device=dev))
+            else:
+                o = out
+            fg = FrameGraph(idx, args, width, height, background, o[0], o[1], consts)
+            cache[key] = fg
+            while len(cache) > GRAPH_CACHE_SIZE:
+                old = cache.popitem(last=False)[1]
+                old.release()
+                _state.unused_evictions += old.replays == 0
+                if old.replays == 0 and _state.unused_evictions == MAX_UNUSED_EVICTIONS:
+                    warnings.warn(
+                        f"flexrt.kernels: {MAX_UNUSED_EVICTIONS} captured rasterizer frames were dropped unused in this "
+                        "thread (inputs at changing addresses?); it now launches frames eagerly. Keep the input "
+                        "tensors in fixed buffers to benefit from CUDA graphs, or set FLEXRT_RASTER_GRAPHS=0.",
+                        RuntimeWarning, stacklevel=2)
+            return out if out is not None else (fg.out[0].clone(), fg.out[1].clone())
+        if len(seen) > 4 * GRAPH_CACHE_SIZE:
+            seen.clear()
+        seen[key] = seen.get(key, 0) + 1
+    if out is None:
+        out = (torch.empty(B, C, height, width, 3, dtype=out_dtype, device=dev),
+               torch.empty(B, C, height, width, 1, dtype=out_dtype, device=dev))
     ops, ws = _ops_and_ws(dev)
     with ops:
-        render(ops, ws, means, quats, scales, opacities, colors, viewmats, Ks, width, height, background,
-               out_rgb, out_alpha, near_plane, far_plane, eps2d, ppt=ppt, stats=stats)
-    return out_rgb, out_alpha
+        render(ops, ws, *args, width, height, background, out[0], out[1], *consts, stats=stats)
+    return out
 
-
-__all__ = ["rasterize_cupy", "require_cupy", "render", "Workspace", "CupyOps", "key_layout"]
+__all__ = ["rasterize_cupy", "require_cupy", "render", "Workspace", "CupyOps", "FrameGraph", "bitmap_words", "images_per_chunk"]

@@ -43,8 +43,9 @@ struct fr_dim3 { unsigned int x = 0, y = 0, z = 0; };
 static thread_local fr_dim3 threadIdx, blockIdx;
 static fr_dim3 blockDim, gridDim;
 struct float4 { float x, y, z, w; };
-struct int2 { int x, y; };
+struct uint2 { unsigned int x, y; };
 static inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+static inline uint2 make_uint2(unsigned int x, unsigned int y) { return uint2{x, y}; }
 using std::max;
 using std::min;
 static inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
@@ -54,7 +55,9 @@ static inline float __fadd_rn(float a, float b) { return a + b; }
 static inline float __fsub_rn(float a, float b) { return a - b; }
 static inline float __fdiv_rn(float a, float b) { return a / b; }
 static inline float __fsqrt_rn(float a) { return std::sqrt(a); }
-static inline unsigned int __float_as_uint(float f) { unsigned int u; std::memcpy(&u, &f, 4); return u; }
+static inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
+static inline int __popc(unsigned int v) { return __builtin_popcount(v); }
+static inline int __ffs(unsigned int v) { return __builtin_ffs((int)v); }
 static inline unsigned short fr_emu_f2h(float f) {
     _Float16 h = (_Float16)f; unsigned short u; std::memcpy(&u, &h, 2); return u;
 }
@@ -89,8 +92,23 @@ static inline int __shfl_up_sync(unsigned, int v, int o) {
     const int lane = threadIdx.x & 31;
     return fr_emu_shfl<int>(v, lane - o, lane >= o);
 }
-static inline unsigned int __shfl_sync(unsigned, unsigned int v, int src) { return fr_emu_shfl<unsigned int>(v, src, true); }
-static inline unsigned int atomicAdd(unsigned int* p, unsigned int v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
+static inline int __shfl_sync(unsigned, int v, int src) { return fr_emu_shfl<int>(v, src, true); }
+static inline void __syncwarp() { fr_emu_blk->warp[threadIdx.x >> 5]->arrive_and_wait(); }
+static inline unsigned int __ballot_sync(unsigned, bool pred) {
+    FrEmuBlock* b = fr_emu_blk;
+    const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    b->sh[w * 32 + lane] = pred ? 1 : 0;
+    b->warp[w]->arrive_and_wait();
+    unsigned int m = 0;
+    for (int i = 0; i < 32; ++i) m |= (b->sh[w * 32 + i] ? 1u : 0u) << i;
+    b->warp[w]->arrive_and_wait();
+    return m;
+}
+static inline bool __all_sync(unsigned mask, bool pred) { return __ballot_sync(mask, pred) == 0xffffffffu; }
+static inline unsigned int atomicOr(unsigned int* p, unsigned int v) { return __atomic_fetch_or(p, v, __ATOMIC_SEQ_CST); }
+static inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {
+    return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST);
+}
 template <typename F> static void fr_emu_launch(unsigned gx, unsigned gy, unsigned bx, bool threads, F f) {
     gridDim = fr_dim3{gx, gy, 1};
     blockDim = fr_dim3{bx, 1, 1};
@@ -118,43 +136,39 @@ template <typename F> static void fr_emu_launch(unsigned gx, unsigned gy, unsign
 _WRAPPERS = r"""
 extern "C" void emu_fr_project(unsigned gx, unsigned gy, unsigned bx,
     const float* means, const float* quats, const float* scales, const float* opacities, const float* colors,
-    const float* viewmats, const float* Ks, int C, int N, long long n_total, int width, int height, int tiles_x,
-    int tiles_y, float near_plane, float far_plane, float eps2d, int wide, float4* geo0, float4* geo1,
-    u32* dkey32, u64* dkey64, int* counts, int* offsets, u32* total) {
-    fr_emu_launch(gx, gy, bx, true, [&] {
-        fr_project(means, quats, scales, opacities, colors, viewmats, Ks, C, N, n_total, width, height, tiles_x,
-                   tiles_y, near_plane, far_plane, eps2d, wide, geo0, geo1, dkey32, dkey64, counts, offsets, total);
+    const float* viewmats, const float* Ks, int C, int N, long long n_total, int width, int height,
+    float near_plane, float far_plane, float eps2d, float4* geo0, float4* geo1, float* zkey) {
+    fr_emu_launch(gx, gy, bx, false, [&] {
+        fr_project(means, quats, scales, opacities, colors, viewmats, Ks, C, N, n_total, width, height,
+                   near_plane, far_plane, eps2d, geo0, geo1, zkey);
     });
 }
 extern "C" void emu_fr_emit(unsigned gx, unsigned gy, unsigned bx,
-    const long long* order, const float4* geo0, const float4* geo1, const int* counts, const int* offsets,
-    const float* colors, int C, int N, long long n_total, int tiles_x, int tiles_y, int rbits, int wide,
-    float4* recA, float4* recB, float* recC, u32* keys32, u64* keys64) {
+    const long long* order, const float4* geo0, const float4* geo1, const float* colors, int C, int N,
+    long long r_lo, long long r_hi, long long image0, int tiles_x, int tiles_y, int words,
+    float4* recA, float4* recB, float* recC, float4* box, u32* bitmap) {
     fr_emu_launch(gx, gy, bx, false, [&] {
-        fr_emit(order, geo0, geo1, counts, offsets, colors, C, N, n_total, tiles_x, tiles_y, rbits, wide, recA,
-                recB, recC, keys32, keys64);
+        fr_emit(order, geo0, geo1, colors, C, N, r_lo, r_hi, image0, tiles_x, tiles_y, words, recA, recB, recC,
+                box, bitmap);
     });
 }
-extern "C" void emu_fr_ranges(unsigned gx, unsigned gy, unsigned bx, const u32* keys32, const u64* keys64,
-    int wide, long long n, int rbits, long long n_all_tiles, int2* ranges) {
-    fr_emu_launch(gx, gy, bx, false, [&] { fr_ranges(keys32, keys64, wide, n, rbits, n_all_tiles, ranges); });
+extern "C" void emu_fr_count_bits(unsigned gx, unsigned gy, unsigned bx, const u32* bitmap, long long n_words,
+    u64* total) {
+    fr_emu_launch(gx, gy, bx, false, [&] { fr_count_bits(bitmap, n_words, total); });
 }
-#define EMU_BLEND(NAME, KEYT)                                                                                  \
-    extern "C" void emu_##NAME(unsigned gx, unsigned gy, unsigned bx, const KEYT* keys, const int2* ranges,  \
-        const float4* recA, const float4* recB, const float* recC, int N, int rbits, int width, int height,    \
-        int tiles_x, const float* bg, void* out_rgb, void* out_alpha) {                                        \
+#define EMU_BLEND(NAME)                                                                                        \
+    extern "C" void emu_##NAME(unsigned gx, unsigned gy, unsigned bx, const u32* bitmap, const float4* recA,  \
+        const float4* recB, const float* recC, const float4* box, int N, int words, int width, int height, int tiles_x,          \
+        long long image0, const float* bg, int bg_stride, void* out_rgb, void* out_alpha) {                    \
         fr_emu_launch(gx, gy, bx, true, [&] {                                                                  \
-            NAME(keys, ranges, recA, recB, recC, N, rbits, width, height, tiles_x, bg, out_rgb, out_alpha);     \
+            NAME(bitmap, recA, recB, recC, box, N, words, width, height, tiles_x, image0, bg, bg_stride, out_rgb,   \
+                 out_alpha);                                                                                   \
         });                                                                                                    \
     }
-EMU_BLEND(fr_blend_k32_f32_p1, u32)
-EMU_BLEND(fr_blend_k32_f16_p1, u32)
-EMU_BLEND(fr_blend_k64_f32_p1, u64)
-EMU_BLEND(fr_blend_k64_f16_p1, u64)
-EMU_BLEND(fr_blend_k32_f32_p2, u32)
-EMU_BLEND(fr_blend_k32_f16_p2, u32)
-EMU_BLEND(fr_blend_k64_f32_p2, u64)
-EMU_BLEND(fr_blend_k64_f16_p2, u64)
+EMU_BLEND(fr_blend_f32_pass8)
+EMU_BLEND(fr_blend_f16_pass8)
+EMU_BLEND(fr_blend_f32_group)
+EMU_BLEND(fr_blend_f16_group)
 """
 
 _lib = None
@@ -195,7 +209,7 @@ class HostOps:
     """``_cupy_backend`` device operations on the CPU: numpy buffers, emulated kernels, numpy sorts."""
 
     _conv = {np.uint64: ctypes.c_uint64, np.int64: ctypes.c_int64, np.int32: ctypes.c_int32,
-             np.float32: ctypes.c_float}
+             np.float32: ctypes.c_float, np.uint32: ctypes.c_uint32}
 
     def __init__(self):
         self.lib = load()
@@ -225,14 +239,12 @@ class HostOps:
         getattr(self.lib, "emu_" + name)(ctypes.c_uint(gx), ctypes.c_uint(gy), ctypes.c_uint(bx), *cargs)
 
     @staticmethod
-    def argsort(keys, idx, n):
-        o = np.argsort(keys[:n], kind="stable")
-        idx[:n] = o
-        keys[:n] = keys[:n][o]
-
-    @staticmethod
-    def sort(keys, n):
-        keys[:n] = np.sort(keys[:n], kind="stable")
+    def sort_rows(keys, sorted_keys, order, rows, n):
+        m = rows * n
+        k = keys[:m].reshape(rows, n)
+        o = np.argsort(k, axis=-1, kind="stable")
+        order[:m] = o.reshape(-1)
+        sorted_keys[:m] = np.take_along_axis(k, o, axis=-1).reshape(-1)
 
     @staticmethod
     def event():
@@ -243,14 +255,14 @@ class HostOps:
         return float("nan")
 
     @staticmethod
-    def read_u32(a, index):
-        return int(a.view(np.uint32)[index])
+    def read_u64(a):
+        return int(a.view(np.uint64)[0])
 
 
 def rasterize_host_emu(
     means, quats, scales, opacities, colors, viewmats, Ks,  # [B, N, *] / [B, C, *] float32 CPU, contiguous
     width: int, height: int, background=None, near_plane=0.01, far_plane=1e10, eps2d=0.3,
-    out_dtype=torch.float32, ppt: int = 1, stats: dict | None = None, poison: bool = True,
+    out_dtype=torch.float32, max_bitmap_bytes: int | None = None, stats: dict | None = None, poison: bool = True,
 ):
     """The CUDA pipeline on the CPU -> (rgb [B, C, H, W, 3], alpha [B, C, H, W, 1]); outputs NaN-poisoned first."""
     B, N = means.shape[:2]
@@ -263,7 +275,8 @@ def rasterize_host_emu(
     ops = HostOps()
     ws = cb.Workspace()
     cb.render(ops, ws, means, quats, scales, opacities, colors, viewmats, Ks, width, height, background, rgb, alpha,
-              near_plane, far_plane, eps2d, ppt=ppt, stats=stats)
+              near_plane, far_plane, eps2d, stats=stats,
+              max_bitmap_bytes=cb.MAX_BITMAP_BYTES if max_bitmap_bytes is None else max_bitmap_bytes)
     return rgb, alpha
 
 

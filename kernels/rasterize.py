@@ -18,13 +18,20 @@ BACKENDS = ("cpu", "cupy")
 OUT_DTYPES = (torch.float32, torch.float16)
 
 
-def sh_dc_to_rgb(c: torch.Tensor) -> torch.Tensor:
-    """Raw SH-DC coefficients [..., 3] -> RGB [..., 3]: ``clamp_min(0.5 + C0 * c, 0)`` (gsplat, sh_degree=0)."""
+def sh_dc_to_rgb(c: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Raw SH-DC coefficients [..., 3] -> RGB [..., 3]: ``clamp_min(0.5 + C0 * c, 0)`` (gsplat, sh_degree=0).
+
+    ``out``: write into this tensor (same shape) instead of a new one; the same two roundings either way."""
     if not isinstance(c, torch.Tensor):
         raise ValueError(f"sh_dc_to_rgb: expected a torch.Tensor, got {type(c).__name__}")
     if c.ndim < 1 or c.shape[-1] != 3:
         raise ValueError(f"sh_dc_to_rgb: expected [..., 3], got {tuple(c.shape)}")
-    return torch.clamp_min(0.5 + SH_C0 * c, 0.0)
+    if out is None:
+        return torch.clamp_min(0.5 + SH_C0 * c, 0.0)
+    if out.shape != c.shape:
+        raise ValueError(f"sh_dc_to_rgb: out has shape {tuple(out.shape)}, expected {tuple(c.shape)}")
+    torch.mul(c, SH_C0, out=out)
+    return out.add_(0.5).clamp_min_(0.0)
 
 
 def _check_tensor(name: str, t, ndim_min: int) -> None:
@@ -129,7 +136,9 @@ def rasterize(
     )
     bg = None
     if background is not None:
-        bg = background.to(torch.float32).expand(batch + (C, 3)).reshape(B, C, 3).contiguous()
+        bg = background.to(torch.float32).contiguous()
+        if backend == "cpu" or bg.ndim > 1:
+            bg = bg.expand(batch + (C, 3)).reshape(B, C, 3).contiguous()
 
     with torch.no_grad():
         if backend == "cupy":

@@ -377,6 +377,12 @@ def test_sh_dc_to_rgb_values():
     assert SH_C0 == 0.28209479177387814
     with pytest.raises(ValueError):
         sh_dc_to_rgb(torch.zeros(4, 2))
+    # into a caller's buffer: bit-identical to the allocating form
+    big = torch.randn(2, 1000, 3, generator=torch.Generator().manual_seed(0)) * 3
+    buf = torch.full_like(big, float("nan"))
+    assert sh_dc_to_rgb(big, out=buf) is buf and torch.equal(buf, sh_dc_to_rgb(big))
+    with pytest.raises(ValueError, match="out has shape"):
+        sh_dc_to_rgb(big, out=torch.empty(2, 999, 3))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -394,26 +400,47 @@ def _emu_or_skip():
     return _host_emu
 
 
-@pytest.mark.parametrize("wide_keys, ppt, out_dtype", [(False, 1, torch.float32), (True, 2, torch.float32),
-                                                        (False, 2, torch.float16)])
-def test_cuda_source_emulated_on_cpu_matches_reference(monkeypatch, wide_keys, ppt, out_dtype):
+@pytest.mark.parametrize("chunked, out_dtype, variant", [(False, torch.float32, "group"), (True, torch.float32, "pass8"),
+                                                        (False, torch.float16, "group"),
+                                                        (False, torch.float16, "pass8")])
+def test_cuda_source_emulated_on_cpu_matches_reference(monkeypatch, chunked, out_dtype, variant):
+    """The CUDA pipeline (project, depth sort, bitmaps, sub-tile blend) on the CPU vs the reference: 4 images,
+    sizes that are not multiples of the tile, NaN Gaussians, N above one bitmap pass (2048 ranks)."""
     emu = _emu_or_skip()
     import flexrt.kernels._cupy_backend as cb
 
-    if wide_keys:
-        orig = cb.key_layout
-        monkeypatch.setattr(cb, "key_layout", lambda *a: (orig(*a)[0], True))
+    monkeypatch.setattr(cb, "BLEND_VARIANT", variant)
     W, H = 40, 36
-    scene = head_scene(400, 7, batch=(2,))
+    N = 2300
+    scene = head_scene(N, 7, batch=(2,))
     scene["means"][0, ::37, 1] = float("nan")  # culled, never smeared
-    view, K = head_cameras(2, W, H, fx512=1500.0 * 40 / 512 * 3, batch=(2,))
+    view, K = head_cameras(2, W, H, fx512=2000.0, batch=(2,))  # the head fills most of the frame
     bg = torch.rand(2, 2, 3, generator=torch.Generator().manual_seed(2))
     args = [scene[k].contiguous() for k in ("means", "quats", "scales", "opacities", "colors")] + [view, K]
+    n_tiles = 3 * 3
+    per_image = n_tiles * cb.bitmap_words(N) * 4
+    budget = per_image * 3 if chunked else None  # chunked: 4 images in passes of 3 + 1
+    if chunked:  # and one background colour for every image ([3]: the kernel reads it with stride 0)
+        bg = torch.tensor([0.3, 0.6, 0.9])
     stats = {}
-    rgb, alpha = emu.rasterize_host_emu(*args, W, H, bg, out_dtype=out_dtype, ppt=ppt, stats=stats)
-    assert stats["wide_keys"] == wide_keys and stats["n_isect"] > 0
+    rgb, alpha = emu.rasterize_host_emu(*args, W, H, bg, out_dtype=out_dtype, max_bitmap_bytes=budget, stats=stats)
+    bg = bg.expand(2, 2, 3).contiguous()
+    assert stats["n_isect"] > 0 and stats["chunk"] == (3 if chunked else 4)
+    assert cb.bitmap_words(N) == 128  # two warp passes per tile row
     assert not torch.isnan(rgb).any() and not torch.isnan(alpha).any()  # outputs were NaN-poisoned
     e_rgb, e_alpha = rasterize_torch(*args, W, H, bg)
     tol = dict(rtol=1e-5, atol=2e-6) if out_dtype == torch.float32 else dict(rtol=1e-3, atol=1e-3)
     torch.testing.assert_close(rgb.float(), e_rgb, **tol)
     torch.testing.assert_close(alpha.float(), e_alpha, **tol)
+    # a head in the frame, background around it, saturated pixels inside it
+    assert e_alpha.mean() > 0.2 and (e_alpha == 0).any() and (e_alpha > 1 - 1e-3).float().mean() > 0.3
+
+
+def test_bitmap_layout_sizes():
+    import flexrt.kernels._cupy_backend as cb
+
+    assert cb.bitmap_words(0) == 0 and cb.bitmap_words(1) == 64 and cb.bitmap_words(2048) == 64
+    assert cb.bitmap_words(2049) == 128 and cb.bitmap_words(58361) == 29 * 64
+    # FLEX-1 at 512²: 1024 tiles x 1856 words x 4 B = 7.6 MB per image; a 256 MiB budget holds 35 images
+    assert cb.images_per_chunk(64, 58361, 1024, 256 * 2**20) == 35
+    assert cb.images_per_chunk(8, 58361, 1024, 1) == 1  # never zero

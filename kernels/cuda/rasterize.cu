@@ -1,27 +1,35 @@
 // FlexAvatar Runtime: inference-only 3D Gaussian rasterizer (gsplat 1.5.3 "classic" semantics).
 // Compiled at run time by NVRTC through cupy.RawModule (kernels/_cupy_backend.py); no includes needed.
 //
-// One frame, I = B*C images of W x H, N Gaussians per batch element, 16x16 tiles:
-//   fr_project   [I*N threads]  EWA projection + culling, exact ellipse/tile-row test -> per-Gaussian tile
-//                               count, warp-aggregated atomic offsets, depth sort keys
-//   (host)       argsort of the depth keys (image, depth, index) via thrust; read the intersection total
-//   fr_emit      [I*N threads]  in depth order: write the blend record (mean2d, conic, opacity, colour) at its
-//                               rank and emit one key (image*n_tiles + tile) << rbits | rank per touched tile
-//   (host)       radix sort of the keys (thrust, keys only)
-//   fr_ranges    [n_isect]      per-tile [start, end) in the sorted keys
-//   fr_blend_*   [n_tiles, I]   one block per tile: shared-memory batches, front-to-back blending, early exit
+// One frame, I = B*C images of W x H, N Gaussians per batch element, 16x16 tiles (binning), 8x8 sub-tiles
+// (blending, one warp each). No sort of (tile, depth) keys and no host synchronisation: each tile owns a bitmap
+// over depth ranks, so reading a tile's bitmap in word order IS its depth-ordered list.
+//   fr_project   [I*N threads]   EWA projection + culling -> ellipse parameters, depth key (+inf when culled)
+//   (host)       per-image stable sort of the depth keys (torch.sort) -> order[image, rank] = Gaussian
+//   fr_emit      [I*N threads]   in rank order: the blend record at its rank, and one bit (tile, rank) per tile
+//                                touched (exact ellipse vs tile-row test) with atomicOr
+//   fr_blend_*   [n_tiles, I]    4 warps per tile, one per 8x8 sub-tile: walk the tile's bitmap in rank order,
+//                                drop records whose ellipse box misses the sub-tile (a compact box array, 128
+//                                boxes in flight), blend the rest front to back with gsplat's alpha and
+//                                transmittance rules, early exit per warp
+//   fr_count_bits                (statistics only) total number of (tile, Gaussian) pairs
 //
 // Numerics follow kernels/_torch_ref.py (the oracle) operation by operation where it matters.
 
 #define FR_TILE 16
+#define FR_SUB 8
 #define FR_ALPHA_THRESHOLD (1.f / 255.f)
 #define FR_T_STOP 1e-4f
 #define FR_ALPHA_MAX 0.999f
 #define FR_EXTEND_CAP 3.33f
 #define FR_FLT_MAX 3.402823466e+38f
+#define FR_FULL 0xffffffffu
+// ranks covered by one bitmap pass of a warp: 32 lanes x 2 words x 32 bits; bitmap rows are padded to it
+#define FR_PASS_RANKS 2048
 
 typedef unsigned int u32;
 typedef unsigned long long u64;
+typedef unsigned short u16;
 
 __device__ __forceinline__ bool fr_finite(const float x) { return fabsf(x) <= FR_FLT_MAX; }  // false for NaN/Inf
 
@@ -32,15 +40,13 @@ __device__ __forceinline__ bool fr_finite(const float x) { return fabsf(x) <= FR
 // v = y - my, with xr/xl(v) = (sxy/syy) v +/- sqrt(det (syy r^2 - v^2)) / syy (concave / convex in v): the
 // extremes sit at v = +/- r sxy / sqrt(sxx) clamped into the band. Tiles are whole 16-px squares, so pixel
 // centres keep a 0.5 px margin.
-// __noinline__ and round-to-nearest intrinsics: fr_project (count) and fr_emit (write) run the same compiled
-// body on the same inputs, so they agree bit for bit (no FMA contraction differences between call sites).
 // ---------------------------------------------------------------------------------------------------------
 struct FrEll {
     float mx, my, sxx, sxy, syy, det, r;
 };
 
 // rows [ty0, ty1] touched by the ellipse; false if none
-__device__ __noinline__ bool fr_rows(const FrEll e, const int tiles_y, int* ty0, int* ty1) {
+__device__ __forceinline__ bool fr_rows(const FrEll e, const int tiles_y, int* ty0, int* ty1) {
     const float hy = __fmul_rn(e.r, __fsqrt_rn(e.syy));
     const float lo = __fsub_rn(e.my, hy);
     const float hi = __fadd_rn(e.my, hy);
@@ -52,7 +58,7 @@ __device__ __noinline__ bool fr_rows(const FrEll e, const int tiles_y, int* ty0,
 }
 
 // columns [tx0, tx1] of tile row ty touched by the ellipse; false if none
-__device__ __noinline__ bool fr_row_span(const FrEll e, const int ty, const int tiles_x, int* tx0, int* tx1) {
+__device__ __forceinline__ bool fr_row_span(const FrEll e, const int ty, const int tiles_x, int* tx0, int* tx1) {
     const float hy = __fmul_rn(e.r, __fsqrt_rn(e.syy));
     const float v0 = fmaxf(__fsub_rn((float)(ty * FR_TILE), e.my), -hy);
     const float v1 = fminf(__fsub_rn((float)((ty + 1) * FR_TILE), e.my), hy);
@@ -85,224 +91,151 @@ extern "C" __global__ void __launch_bounds__(256) fr_project(
     const float* __restrict__ viewmats,   // [B, C, 4, 4]
     const float* __restrict__ Ks,         // [B, C, 3, 3]
     const int C, const int N, const long long n_total,  // n_total = B*C*N
-    const int width, const int height, const int tiles_x, const int tiles_y,
+    const int width, const int height,
     const float near_plane, const float far_plane, const float eps2d,
-    const int wide,                       // 0: u32 depth keys (I == 1); 1: u64 (image << 32 | depth)
-    float4* __restrict__ geo0,            // [I*N] (mx, my, opacity, r)
+    float4* __restrict__ geo0,            // [I*N] (mx, my, opacity, r); r = 0 when culled
     float4* __restrict__ geo1,            // [I*N] (sxx, sxy, syy, det), blurred 2D covariance
-    u32* __restrict__ dkey32,             // [I*N]
-    u64* __restrict__ dkey64,             // [I*N]
-    int* __restrict__ counts,             // [I*N] touched tiles
-    int* __restrict__ offsets,            // [I*N] first slot in the key buffer
-    u32* __restrict__ total               // [1], zero on entry: total intersections
+    float* __restrict__ zkey              // [I*N] camera depth, +inf when culled (sorts last)
 ) {
     const long long flat = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    const bool in = flat < n_total;
-    int count = 0;
-    if (in) {
-        const long long image = flat / N;
-        const int g = (int)(flat - image * N);
-        const long long b = image / C;
-        const long long bg = b * N + g;
-        const float* vm = viewmats + image * 16;
-        const float* K = Ks + image * 9;
-        const float m0 = means[bg * 3 + 0], m1 = means[bg * 3 + 1], m2 = means[bg * 3 + 2];
-        float qw = quats[bg * 4 + 0], qx = quats[bg * 4 + 1], qy = quats[bg * 4 + 2], qz = quats[bg * 4 + 3];
-        const float s0 = scales[bg * 3 + 0], s1 = scales[bg * 3 + 1], s2 = scales[bg * 3 + 2];
-        const float opac = opacities[bg];
-        const float c0 = colors[bg * 3 + 0], c1 = colors[bg * 3 + 1], c2 = colors[bg * 3 + 2];
-        bool valid = fr_finite(m0) && fr_finite(m1) && fr_finite(m2) && fr_finite(qw) && fr_finite(qx) &&
-                     fr_finite(qy) && fr_finite(qz) && fr_finite(s0) && fr_finite(s1) && fr_finite(s2) &&
-                     fr_finite(opac) && fr_finite(c0) && fr_finite(c1) && fr_finite(c2);
-        // camera-space mean
-        const float r00 = vm[0], r01 = vm[1], r02 = vm[2], t0 = vm[3];
-        const float r10 = vm[4], r11 = vm[5], r12 = vm[6], t1 = vm[7];
-        const float r20 = vm[8], r21 = vm[9], r22 = vm[10], t2 = vm[11];
-        const float x = r00 * m0 + r01 * m1 + r02 * m2 + t0;
-        const float y = r10 * m0 + r11 * m1 + r12 * m2 + t1;
-        const float z = r20 * m0 + r21 * m1 + r22 * m2 + t2;
-        valid = valid && (z >= near_plane) && (z <= far_plane) && (opac >= FR_ALPHA_THRESHOLD);
-        float mx = 0.f, my = 0.f, sxx = 0.f, sxy = 0.f, syy = 0.f, det = 0.f, r = 0.f;
-        if (valid) {
-            // rotation from the normalised quaternion
-            const float inv = rsqrtf(qw * qw + qx * qx + qy * qy + qz * qz);
-            qw *= inv; qx *= inv; qy *= inv; qz *= inv;
-            const float x2 = qx * qx, y2 = qy * qy, z2 = qz * qz;
-            const float xy = qx * qy, xz = qx * qz, yz = qy * qz;
-            const float wx = qw * qx, wy = qw * qy, wz = qw * qz;
-            const float R[3][3] = {
-                {1.f - 2.f * (y2 + z2), 2.f * (xy - wz), 2.f * (xz + wy)},
-                {2.f * (xy + wz), 1.f - 2.f * (x2 + z2), 2.f * (yz - wx)},
-                {2.f * (xz - wy), 2.f * (yz + wx), 1.f - 2.f * (x2 + y2)}};
-            float M[3][3];
+    if (flat >= n_total) return;
+    const long long image = flat / N;
+    const int g = (int)(flat - image * N);
+    const long long b = image / C;
+    const long long bg = b * N + g;
+    const float* vm = viewmats + image * 16;
+    const float* K = Ks + image * 9;
+    const float m0 = means[bg * 3 + 0], m1 = means[bg * 3 + 1], m2 = means[bg * 3 + 2];
+    float qw = quats[bg * 4 + 0], qx = quats[bg * 4 + 1], qy = quats[bg * 4 + 2], qz = quats[bg * 4 + 3];
+    const float s0 = scales[bg * 3 + 0], s1 = scales[bg * 3 + 1], s2 = scales[bg * 3 + 2];
+    const float opac = opacities[bg];
+    const float c0 = colors[bg * 3 + 0], c1 = colors[bg * 3 + 1], c2 = colors[bg * 3 + 2];
+    bool valid = fr_finite(m0) && fr_finite(m1) && fr_finite(m2) && fr_finite(qw) && fr_finite(qx) &&
+                 fr_finite(qy) && fr_finite(qz) && fr_finite(s0) && fr_finite(s1) && fr_finite(s2) &&
+                 fr_finite(opac) && fr_finite(c0) && fr_finite(c1) && fr_finite(c2);
+    // camera-space mean
+    const float r00 = vm[0], r01 = vm[1], r02 = vm[2], t0 = vm[3];
+    const float r10 = vm[4], r11 = vm[5], r12 = vm[6], t1 = vm[7];
+    const float r20 = vm[8], r21 = vm[9], r22 = vm[10], t2 = vm[11];
+    const float x = r00 * m0 + r01 * m1 + r02 * m2 + t0;
+    const float y = r10 * m0 + r11 * m1 + r12 * m2 + t1;
+    const float z = r20 * m0 + r21 * m1 + r22 * m2 + t2;
+    valid = valid && (z >= near_plane) && (z <= far_plane) && (opac >= FR_ALPHA_THRESHOLD);
+    float mx = 0.f, my = 0.f, sxx = 0.f, sxy = 0.f, syy = 0.f, det = 0.f, r = 0.f;
+    if (valid) {
+        // rotation from the normalised quaternion
+        const float inv = rsqrtf(qw * qw + qx * qx + qy * qy + qz * qz);
+        qw *= inv; qx *= inv; qy *= inv; qz *= inv;
+        const float x2 = qx * qx, y2 = qy * qy, z2 = qz * qz;
+        const float xy = qx * qy, xz = qx * qz, yz = qy * qz;
+        const float wx = qw * qx, wy = qw * qy, wz = qw * qz;
+        const float R[3][3] = {
+            {1.f - 2.f * (y2 + z2), 2.f * (xy - wz), 2.f * (xz + wy)},
+            {2.f * (xy + wz), 1.f - 2.f * (x2 + z2), 2.f * (yz - wx)},
+            {2.f * (xz - wy), 2.f * (yz + wx), 1.f - 2.f * (x2 + y2)}};
+        float M[3][3];
 #pragma unroll
-            for (int i = 0; i < 3; ++i) {
-                M[i][0] = R[i][0] * s0;
-                M[i][1] = R[i][1] * s1;
-                M[i][2] = R[i][2] * s2;
-            }
-            float S[3][3];  // world covariance M M^T
-#pragma unroll
-            for (int i = 0; i < 3; ++i)
-#pragma unroll
-                for (int k = 0; k < 3; ++k) S[i][k] = M[i][0] * M[k][0] + M[i][1] * M[k][1] + M[i][2] * M[k][2];
-            const float V[3][3] = {{r00, r01, r02}, {r10, r11, r12}, {r20, r21, r22}};
-            float Tm[3][3];  // V S
-#pragma unroll
-            for (int i = 0; i < 3; ++i)
-#pragma unroll
-                for (int k = 0; k < 3; ++k) Tm[i][k] = V[i][0] * S[0][k] + V[i][1] * S[1][k] + V[i][2] * S[2][k];
-            float Sc[3][3];  // V S V^T
-#pragma unroll
-            for (int i = 0; i < 3; ++i)
-#pragma unroll
-                for (int k = 0; k < 3; ++k) Sc[i][k] = Tm[i][0] * V[k][0] + Tm[i][1] * V[k][1] + Tm[i][2] * V[k][2];
-            // pinhole Jacobian with gsplat's clamped x/z, y/z
-            const float fx = K[0], cx = K[2], fy = K[4], cy = K[5];
-            const float tan_fovx = 0.5f * width / fx, tan_fovy = 0.5f * height / fy;
-            const float lim_x_pos = (width - cx) / fx + 0.3f * tan_fovx;
-            const float lim_x_neg = cx / fx + 0.3f * tan_fovx;
-            const float lim_y_pos = (height - cy) / fy + 0.3f * tan_fovy;
-            const float lim_y_neg = cy / fy + 0.3f * tan_fovy;
-            const float rz = 1.f / z, rz2 = rz * rz;
-            const float tx = z * fminf(lim_x_pos, fmaxf(-lim_x_neg, x * rz));
-            const float ty = z * fminf(lim_y_pos, fmaxf(-lim_y_neg, y * rz));
-            const float j00 = fx * rz, j02 = -fx * tx * rz2, j11 = fy * rz, j12 = -fy * ty * rz2;
-            // cov2d = J Sc J^T, J = [[j00, 0, j02], [0, j11, j12]]
-            const float u00 = j00 * Sc[0][0] + j02 * Sc[2][0], u01 = j00 * Sc[0][1] + j02 * Sc[2][1],
-                        u02 = j00 * Sc[0][2] + j02 * Sc[2][2];
-            const float u11 = j11 * Sc[1][1] + j12 * Sc[2][1], u12 = j11 * Sc[1][2] + j12 * Sc[2][2];
-            sxx = u00 * j00 + u02 * j02 + eps2d;
-            sxy = u01 * j11 + u02 * j12;
-            syy = u11 * j11 + u12 * j12 + eps2d;
-            det = sxx * syy - sxy * sxy;
-            mx = fx * x * rz + cx;
-            my = fy * y * rz + cy;
-            valid = (det > 0.f) && (sxx > 0.f) && (syy > 0.f) && fr_finite(det) && fr_finite(sxx) && fr_finite(syy) && fr_finite(sxy) &&
-                    fr_finite(mx) && fr_finite(my) && fr_finite(1.f / det);
-            r = fminf(FR_EXTEND_CAP, sqrtf(2.f * logf(opac / FR_ALPHA_THRESHOLD)));
-            valid = valid && (r > 0.f);
+        for (int i = 0; i < 3; ++i) {
+            M[i][0] = R[i][0] * s0;
+            M[i][1] = R[i][1] * s1;
+            M[i][2] = R[i][2] * s2;
         }
-        if (valid) {
-            const FrEll e = {mx, my, sxx, sxy, syy, det, r};
-            int ty0, ty1;
-            if (fr_rows(e, tiles_y, &ty0, &ty1)) {
-                for (int ty = ty0; ty <= ty1; ++ty) {
-                    int tx0, tx1;
-                    if (fr_row_span(e, ty, tiles_x, &tx0, &tx1)) count += tx1 - tx0 + 1;
-                }
-            }
-        }
-        geo0[flat] = make_float4(mx, my, opac, r);
-        geo1[flat] = make_float4(sxx, sxy, syy, det);
-        const u32 dk = valid ? __float_as_uint(z) : 0xFFFFFFFFu;  // z >= near > 0: bits order like values
-        if (wide) dkey64[flat] = ((u64)image << 32) | (u64)dk;
-        else dkey32[flat] = dk;
-    }
-    // warp-aggregated slot allocation: one atomic per warp. Slot order is arbitrary, but every key is unique
-    // (tile, rank) and gets sorted, so the result is deterministic.
-    const int lane = threadIdx.x & 31;
-    int incl = count;
+        float S[3][3];  // world covariance M M^T
 #pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-        const int v = __shfl_up_sync(0xffffffffu, incl, o);
-        if (lane >= o) incl += v;
+        for (int i = 0; i < 3; ++i)
+#pragma unroll
+            for (int k = 0; k < 3; ++k) S[i][k] = M[i][0] * M[k][0] + M[i][1] * M[k][1] + M[i][2] * M[k][2];
+        const float V[3][3] = {{r00, r01, r02}, {r10, r11, r12}, {r20, r21, r22}};
+        float Tm[3][3];  // V S
+#pragma unroll
+        for (int i = 0; i < 3; ++i)
+#pragma unroll
+            for (int k = 0; k < 3; ++k) Tm[i][k] = V[i][0] * S[0][k] + V[i][1] * S[1][k] + V[i][2] * S[2][k];
+        float Sc[3][3];  // V S V^T
+#pragma unroll
+        for (int i = 0; i < 3; ++i)
+#pragma unroll
+            for (int k = 0; k < 3; ++k) Sc[i][k] = Tm[i][0] * V[k][0] + Tm[i][1] * V[k][1] + Tm[i][2] * V[k][2];
+        // pinhole Jacobian with gsplat's clamped x/z, y/z
+        const float fx = K[0], cx = K[2], fy = K[4], cy = K[5];
+        const float tan_fovx = 0.5f * width / fx, tan_fovy = 0.5f * height / fy;
+        const float lim_x_pos = (width - cx) / fx + 0.3f * tan_fovx;
+        const float lim_x_neg = cx / fx + 0.3f * tan_fovx;
+        const float lim_y_pos = (height - cy) / fy + 0.3f * tan_fovy;
+        const float lim_y_neg = cy / fy + 0.3f * tan_fovy;
+        const float rz = 1.f / z, rz2 = rz * rz;
+        const float tx = z * fminf(lim_x_pos, fmaxf(-lim_x_neg, x * rz));
+        const float ty = z * fminf(lim_y_pos, fmaxf(-lim_y_neg, y * rz));
+        const float j00 = fx * rz, j02 = -fx * tx * rz2, j11 = fy * rz, j12 = -fy * ty * rz2;
+        // cov2d = J Sc J^T, J = [[j00, 0, j02], [0, j11, j12]]
+        const float u00 = j00 * Sc[0][0] + j02 * Sc[2][0], u01 = j00 * Sc[0][1] + j02 * Sc[2][1],
+                    u02 = j00 * Sc[0][2] + j02 * Sc[2][2];
+        const float u11 = j11 * Sc[1][1] + j12 * Sc[2][1], u12 = j11 * Sc[1][2] + j12 * Sc[2][2];
+        sxx = u00 * j00 + u02 * j02 + eps2d;
+        sxy = u01 * j11 + u02 * j12;
+        syy = u11 * j11 + u12 * j12 + eps2d;
+        det = sxx * syy - sxy * sxy;
+        mx = fx * x * rz + cx;
+        my = fy * y * rz + cy;
+        valid = (det > 0.f) && (sxx > 0.f) && (syy > 0.f) && fr_finite(det) && fr_finite(sxx) && fr_finite(syy) &&
+                fr_finite(sxy) && fr_finite(mx) && fr_finite(my) && fr_finite(1.f / det);
+        r = fminf(FR_EXTEND_CAP, sqrtf(2.f * logf(opac / FR_ALPHA_THRESHOLD)));
+        valid = valid && (r > 0.f);
     }
-    u32 base = 0;
-    if (lane == 31 && incl > 0) base = atomicAdd(total, (u32)incl);
-    base = __shfl_sync(0xffffffffu, base, 31);
-    if (in) {
-        counts[flat] = count;
-        offsets[flat] = (int)(base + (u32)(incl - count));
-    }
+    geo0[flat] = make_float4(mx, my, opac, valid ? r : 0.f);
+    geo1[flat] = make_float4(sxx, sxy, syy, det);
+    zkey[flat] = valid ? z : __int_as_float(0x7f800000);  // +inf: culled Gaussians sort last
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// 2. depth-ordered records + tile keys: one thread per rank r (position in the (image, depth, index) order)
+// 2. depth-ordered records + tile bitmaps: one thread per rank position r = image*N + rank in [r_lo, r_hi)
 // ---------------------------------------------------------------------------------------------------------
 extern "C" __global__ void __launch_bounds__(256) fr_emit(
-    const long long* __restrict__ order,  // [I*N] flat index at rank position r (image-major)
+    const long long* __restrict__ order,  // [I, N] Gaussian index (within its image) at each depth rank
     const float4* __restrict__ geo0,      // [I*N]
     const float4* __restrict__ geo1,      // [I*N]
-    const int* __restrict__ counts,       // [I*N]
-    const int* __restrict__ offsets,      // [I*N]
     const float* __restrict__ colors,     // [B, N, 3]
-    const int C, const int N, const long long n_total, const int tiles_x, const int tiles_y,
-    const int rbits, const int wide,
+    const int C, const int N, const long long r_lo, const long long r_hi, const long long image0,
+    const int tiles_x, const int tiles_y, const int words,  // words = 32-bit words per bitmap row
     float4* __restrict__ recA,            // [I*N] (mx, my, conic a, conic b) at r
     float4* __restrict__ recB,            // [I*N] (conic c, opacity, red, green) at r
     float* __restrict__ recC,             // [I*N] blue at r
-    u32* __restrict__ keys32,             // [n_isect]
-    u64* __restrict__ keys64              // [n_isect]
+    float4* __restrict__ box,             // [I*N] (x0, x1, y0, y1): pixel box of the ellipse at r
+    u32* __restrict__ bitmap              // [images of this chunk, n_tiles, words], zero on entry
 ) {
-    const long long r = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (r >= n_total) return;
-    const long long flat = order[r];
-    const int cnt = counts[flat];
-    if (cnt == 0) return;
+    const long long r = r_lo + (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= r_hi) return;
     const long long image = r / N;
-    const long long rank = r - image * N;
-    const int g = (int)(flat - image * N);
-    const long long bg = (image / C) * N + g;
+    const int rank = (int)(r - image * N);
+    const int g = (int)order[r];
+    const long long flat = image * N + g;
     const float4 g0 = geo0[flat];
+    if (!(g0.w > 0.f)) return;  // culled (all culled Gaussians rank after the valid ones)
     const float4 g1 = geo1[flat];
+    const FrEll e = {g0.x, g0.y, g1.x, g1.y, g1.z, g1.w, g0.w};
+    int ty0, ty1;
+    if (!fr_rows(e, tiles_y, &ty0, &ty1)) return;  // misses the image
+    const long long bg = (image / C) * N + g;
     const float inv_det = 1.f / g1.w;
     recA[r] = make_float4(g0.x, g0.y, g1.z * inv_det, -g1.y * inv_det);
     recB[r] = make_float4(g1.x * inv_det, g0.z, colors[bg * 3 + 0], colors[bg * 3 + 1]);
     recC[r] = colors[bg * 3 + 2];
+    const float hx = __fmul_rn(e.r, __fsqrt_rn(e.sxx)), hy = __fmul_rn(e.r, __fsqrt_rn(e.syy));
+    box[r] = make_float4(g0.x - hx, g0.x + hx, g0.y - hy, g0.y + hy);
 
-    const FrEll e = {g0.x, g0.y, g1.x, g1.y, g1.z, g1.w, g0.w};
     const long long n_tiles = (long long)tiles_x * tiles_y;
-    const long long off = offsets[flat];
-    int k = 0;
-    int ty0, ty1;
-    if (fr_rows(e, tiles_y, &ty0, &ty1)) {
-        for (int ty = ty0; ty <= ty1; ++ty) {
-            int tx0, tx1;
-            if (!fr_row_span(e, ty, tiles_x, &tx0, &tx1)) continue;
-            for (int tx = tx0; tx <= tx1 && k < cnt; ++tx, ++k) {
-                const u64 tile = (u64)(image * n_tiles + (long long)ty * tiles_x + tx);
-                const u64 key = (tile << rbits) | (u64)rank;
-                if (wide) keys64[off + k] = key;
-                else keys32[off + k] = (u32)key;
-            }
-        }
-    }
-    // never reached when count and emit agree (same compiled tile walk); all-ones keys sort last, ignored
-    for (; k < cnt; ++k) {
-        if (wide) keys64[off + k] = ~0ull;
-        else keys32[off + k] = ~0u;
+    u32* row0 = bitmap + (image - image0) * n_tiles * (long long)words + (rank >> 5);
+    const u32 bit = 1u << (rank & 31);
+    for (int ty = ty0; ty <= ty1; ++ty) {
+        int tx0, tx1;
+        if (!fr_row_span(e, ty, tiles_x, &tx0, &tx1)) continue;
+        for (int tx = tx0; tx <= tx1; ++tx) atomicOr(row0 + ((long long)ty * tiles_x + tx) * words, bit);
     }
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// 3. per-tile ranges in the sorted keys; ranges zeroed before launch (empty tiles stay [0, 0))
-// ---------------------------------------------------------------------------------------------------------
-__device__ __forceinline__ long long fr_tile_of(const u32* k32, const u64* k64, const int wide, const long long i,
-                                                const int rbits, const long long n_all_tiles) {
-    if (wide) {
-        const u64 k = k64[i];
-        return k == ~0ull ? n_all_tiles : (long long)(k >> rbits);
-    }
-    const u32 k = k32[i];
-    return k == ~0u ? n_all_tiles : (long long)(k >> rbits);
-}
-
-extern "C" __global__ void __launch_bounds__(256) fr_ranges(
-    const u32* __restrict__ keys32, const u64* __restrict__ keys64, const int wide, const long long n,
-    const int rbits, const long long n_all_tiles,
-    int2* __restrict__ ranges  // [I * n_tiles]
-) {
-    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    const long long t = fr_tile_of(keys32, keys64, wide, i, rbits, n_all_tiles);
-    if (t >= n_all_tiles) return;
-    if (i == 0 || fr_tile_of(keys32, keys64, wide, i - 1, rbits, n_all_tiles) != t) ranges[t].x = (int)i;
-    if (i == n - 1 || fr_tile_of(keys32, keys64, wide, i + 1, rbits, n_all_tiles) != t) ranges[t].y = (int)(i + 1);
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// 4. blending: one block per (tile, image); PPT pixels per thread (rows ly, ly + 16/PPT, ...)
+// 3. blending: one block of 4 warps per (tile, image); warp w owns the 8x8 sub-tile (w & 1, w >> 1), each lane
+//    the pixels (lane & 7, lane >> 3) and (lane & 7, (lane >> 3) + 4) of it. Warps never wait for each other.
 // ---------------------------------------------------------------------------------------------------------
 __device__ __forceinline__ unsigned short fr_f2h(const float f) {
 #ifdef FR_HOST_EMU  // kernels/_host_emu.py runs this file on the CPU for tests
@@ -314,97 +247,205 @@ __device__ __forceinline__ unsigned short fr_f2h(const float f) {
 #endif
 }
 
-template <typename KeyT, bool HALF, int PPT>
+// front to back over nk records in shared memory, for one lane's two pixels. Branch-free: a record that does
+// not count (done pixel, sigma < 0, alpha < 1/255) has alpha = 0, which leaves T and the colour bit-identical, so
+// consecutive records overlap (ILP).
+__device__ __forceinline__ void fr_blend_records(const float4* __restrict__ sA, const float4* __restrict__ sB,
+                                                 const float* __restrict__ sC, const int nk, const float px,
+                                                 const float py[2], float T[2], float acc[2][3], bool done[2]) {
+#pragma unroll 4
+    for (int k = 0; k < nk; ++k) {
+        const float4 A = sA[k];
+        const float4 Bv = sB[k];
+        const float cb = sC[k];
+        const float dx = A.x - px;
+#pragma unroll
+        for (int p = 0; p < 2; ++p) {
+            const float dy = A.y - py[p];
+            const float sigma = 0.5f * (A.z * dx * dx + Bv.x * dy * dy) + A.w * dx * dy;
+            const float alpha = fminf(FR_ALPHA_MAX, Bv.y * __expf(-sigma));
+            const bool hit = !done[p] && sigma >= 0.f && alpha >= FR_ALPHA_THRESHOLD;
+            const float next_T = T[p] * (1.f - (hit ? alpha : 0.f));
+            const bool stop = hit && next_T <= FR_T_STOP;  // exclusive: this Gaussian is not blended
+            const bool use = hit && !stop;
+            const float vis = use ? alpha * T[p] : 0.f;
+            acc[p][0] += Bv.z * vis;
+            acc[p][1] += Bv.w * vis;
+            acc[p][2] += cb * vis;
+            T[p] = use ? next_T : T[p];
+            done[p] = done[p] || stop;
+        }
+    }
+}
+
+template <bool HALF, bool PASS_CULL>
 __device__ __forceinline__ void fr_blend_impl(
-    const KeyT* __restrict__ keys,        // [n_isect] sorted
-    const int2* __restrict__ ranges,      // [I * n_tiles]
+    const u32* __restrict__ bitmap,       // [images of this chunk, n_tiles, words]
     const float4* __restrict__ recA, const float4* __restrict__ recB, const float* __restrict__ recC,
-    const int N, const int rbits, const int width, const int height, const int tiles_x,
-    const float* __restrict__ bg,         // [I, 3] or null (black)
+    const float4* __restrict__ box,
+    const int N, const int words, const int width, const int height, const int tiles_x, const long long image0,
+    const float* __restrict__ bg,         // [I, 3] (bg_stride 3) or [3] (bg_stride 0) or null (black)
+    const int bg_stride,
     void* __restrict__ out_rgb,           // [I, H, W, 3] float or half
     void* __restrict__ out_alpha          // [I, H, W, 1] float or half
 ) {
-    constexpr int NT = (FR_TILE * FR_TILE) / PPT;
-    constexpr int ROWS = FR_TILE / PPT;
-    __shared__ float4 sA[NT];
-    __shared__ float4 sB[NT];
-    __shared__ float sC[NT];
+    constexpr int WARPS = (FR_TILE / FR_SUB) * (FR_TILE / FR_SUB);
+    __shared__ u16 s_list[WARPS][FR_PASS_RANKS];  // ranks of one bitmap pass, in order (offset from the pass)
+    __shared__ float4 sA[WARPS][32];
+    __shared__ float4 sB[WARPS][32];
+    __shared__ float sC[WARPS][32];
 
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int tile = blockIdx.x;
-    const long long image = blockIdx.y;
+    const long long li = blockIdx.y;  // image within the chunk
+    const long long image = image0 + li;
     const int n_tiles = gridDim.x;
     const int tx = tile % tiles_x, ty = tile / tiles_x;
-    const int tid = threadIdx.x;
-    const int px_i = tx * FR_TILE + (tid & (FR_TILE - 1));
+    const int sx0 = tx * FR_TILE + (warp & 1) * FR_SUB, sy0 = ty * FR_TILE + (warp >> 1) * FR_SUB;
+    const int px_i = sx0 + (lane & 7);
     const float px = (float)px_i + 0.5f;
-    int py_i[PPT];
-    float py[PPT], T[PPT], acc[PPT][3];
-    bool inside[PPT], done[PPT];
+    int py_i[2];
+    float py[2], T[2], acc[2][3];
+    bool inside[2], done[2];
 #pragma unroll
-    for (int p = 0; p < PPT; ++p) {
-        py_i[p] = ty * FR_TILE + tid / FR_TILE + p * ROWS;
+    for (int p = 0; p < 2; ++p) {
+        py_i[p] = sy0 + (lane >> 3) + 4 * p;
         py[p] = (float)py_i[p] + 0.5f;
         inside[p] = px_i < width && py_i[p] < height;
         done[p] = !inside[p];
         T[p] = 1.f;
         acc[p][0] = acc[p][1] = acc[p][2] = 0.f;
     }
-    bool tdone = true;
-#pragma unroll
-    for (int p = 0; p < PPT; ++p) tdone = tdone && done[p];
-
-    const int2 range = ranges[image * n_tiles + tile];
-    const KeyT rmask = (((KeyT)1) << rbits) - 1;
+    // the sub-tile as whole pixel squares: pixel centres keep a 0.5 px margin inside the culling box
+    const float bx0 = (float)sx0, bx1 = (float)(sx0 + FR_SUB), by0 = (float)sy0, by1 = (float)(sy0 + FR_SUB);
+    const u32 lt_mask = (1u << lane) - 1u;
+    const u32* row = bitmap + (li * n_tiles + tile) * (long long)words;
     const long long rec0 = image * N;
-    for (int start = range.x; start < range.y; start += NT) {
-        if (__syncthreads_count(tdone) == NT) break;  // also: everyone finished reading the last batch
-        const int i = start + tid;
-        if (i < range.y) {
-            const long long rr = rec0 + (long long)(keys[i] & rmask);
-            sA[tid] = recA[rr];
-            sB[tid] = recB[rr];
-            sC[tid] = recC[rr];
-        }
-        __syncthreads();
-        const int nb = min(NT, range.y - start);
-        for (int j = 0; j < nb && !tdone; ++j) {
-            const float4 A = sA[j];
-            const float4 Bv = sB[j];
-            const float dx = A.x - px;
-            bool all = true;
+    bool wdone = __all_sync(FR_FULL, done[0] && done[1]);
+
+    uint2 next = make_uint2(0u, 0u);
+    if (words > 0) next = reinterpret_cast<const uint2*>(row)[lane];
+    for (int w0 = 0; w0 < words && !wdone; w0 += 64) {
+        const uint2 cur = next;
+        if (w0 + 64 < words) next = reinterpret_cast<const uint2*>(row + w0 + 64)[lane];  // prefetch
+        // compact this pass's set bits into s_list, in rank order
+        const int cnt = __popc(cur.x) + __popc(cur.y);
+        int incl = cnt;
 #pragma unroll
-            for (int p = 0; p < PPT; ++p) {
-                if (!done[p]) {
-                    const float dy = A.y - py[p];
-                    const float sigma = 0.5f * (A.z * dx * dx + Bv.x * dy * dy) + A.w * dx * dy;
-                    const float alpha = fminf(FR_ALPHA_MAX, Bv.y * __expf(-sigma));
-                    if (sigma >= 0.f && alpha >= FR_ALPHA_THRESHOLD) {
-                        const float next_T = T[p] * (1.f - alpha);
-                        if (next_T <= FR_T_STOP) {
-                            done[p] = true;  // exclusive: this Gaussian is not blended
-                        } else {
-                            const float vis = alpha * T[p];
-                            acc[p][0] += Bv.z * vis;
-                            acc[p][1] += Bv.w * vis;
-                            acc[p][2] += sC[j] * vis;
-                            T[p] = next_T;
-                        }
-                    }
-                }
-                all = all && done[p];
-            }
-            tdone = all;
+        for (int o = 1; o < 32; o <<= 1) {
+            const int v = __shfl_up_sync(FR_FULL, incl, o);
+            if (lane >= o) incl += v;
         }
+        const int total = __shfl_sync(FR_FULL, incl, 31);
+        if (total == 0) continue;
+        int pos = incl - cnt;
+        u32 bits = cur.x;
+        while (bits) {
+            s_list[warp][pos++] = (u16)(lane * 64 + __ffs(bits) - 1);
+            bits &= bits - 1u;
+        }
+        bits = cur.y;
+        while (bits) {
+            s_list[warp][pos++] = (u16)(lane * 64 + 32 + __ffs(bits) - 1);
+            bits &= bits - 1u;
+        }
+        __syncwarp();
+        const long long pass0 = rec0 + (long long)w0 * 32;
+        if (!PASS_CULL) {
+            // "group": 32 candidates at a time, one per lane, box test + ballot, the kept ones blended at once;
+            // the next 32 are loaded meanwhile
+            float4 bxv = make_float4(1.f, 0.f, 1.f, 0.f), a = bxv, bb = bxv;
+            float c = 0.f;
+            if (lane < total) {
+                const long long rr = pass0 + s_list[warp][lane];
+                bxv = box[rr];
+                a = recA[rr];
+                bb = recB[rr];
+                c = recC[rr];
+            }
+            for (int j0 = 0; j0 < total && !wdone; j0 += 32) {
+                const bool keep = (j0 + lane < total) && bxv.y >= bx0 && bxv.x <= bx1 && bxv.w >= by0 && bxv.z <= by1;
+                const u32 m = __ballot_sync(FR_FULL, keep);
+                if (keep) {
+                    const int q = __popc(m & lt_mask);
+                    sA[warp][q] = a;
+                    sB[warp][q] = bb;
+                    sC[warp][q] = c;
+                }
+                __syncwarp();
+                if (j0 + 32 + lane < total) {  // prefetch
+                    const long long rr = pass0 + s_list[warp][j0 + 32 + lane];
+                    bxv = box[rr];
+                    a = recA[rr];
+                    bb = recB[rr];
+                    c = recC[rr];
+                }
+                fr_blend_records(sA[warp], sB[warp], sC[warp], __popc(m), px, py, T, acc, done);
+                wdone = __all_sync(FR_FULL, done[0] && done[1]);
+                __syncwarp();  // every lane is done reading sA/sB/sC
+            }
+        } else {
+            // "pass": first keep the candidates whose ellipse box meets this sub-tile, compacted in place (rank
+            // order), 4 x 32 boxes in flight per step; then blend the kept ones
+            int n_keep = 0;
+            for (int j0 = 0; j0 < total; j0 += 128) {
+                float4 bxs[4];
+                u16 offs[4];
+#pragma unroll
+                for (int u = 0; u < 4; ++u) {
+                    const int j = j0 + 32 * u + lane;
+                    offs[u] = j < total ? s_list[warp][j] : (u16)0;
+                    bxs[u] = j < total ? box[pass0 + offs[u]] : make_float4(1.f, 0.f, 1.f, 0.f);  // empty box
+                }
+                u32 mk[4];
+#pragma unroll
+                for (int u = 0; u < 4; ++u)
+                    mk[u] = __ballot_sync(FR_FULL, bxs[u].y >= bx0 && bxs[u].x <= bx1 && bxs[u].w >= by0 &&
+                                                       bxs[u].z <= by1 && bxs[u].x <= bxs[u].y);
+                __syncwarp();  // this step's entries are read before they are overwritten (writes never pass reads)
+#pragma unroll
+                for (int u = 0; u < 4; ++u) {
+                    if ((mk[u] >> lane) & 1u) s_list[warp][n_keep + __popc(mk[u] & lt_mask)] = offs[u];
+                    n_keep += __popc(mk[u]);
+                }
+            }
+            __syncwarp();
+            // blend the kept records, 32 at a time through shared memory; the next 32 are loaded meanwhile
+            float4 a = make_float4(0.f, 0.f, 0.f, 0.f), bb = a;
+            float c = 0.f;
+            if (lane < n_keep) {
+                const long long rr = pass0 + s_list[warp][lane];
+                a = recA[rr];
+                bb = recB[rr];
+                c = recC[rr];
+            }
+            for (int k0 = 0; k0 < n_keep && !wdone; k0 += 32) {
+                sA[warp][lane] = a;
+                sB[warp][lane] = bb;
+                sC[warp][lane] = c;
+                __syncwarp();
+                if (k0 + 32 + lane < n_keep) {  // prefetch
+                    const long long rr = pass0 + s_list[warp][k0 + 32 + lane];
+                    a = recA[rr];
+                    bb = recB[rr];
+                    c = recC[rr];
+                }
+                fr_blend_records(sA[warp], sB[warp], sC[warp], min(32, n_keep - k0), px, py, T, acc, done);
+                wdone = __all_sync(FR_FULL, done[0] && done[1]);
+                __syncwarp();  // every lane is done reading sA/sB/sC
+            }
+        }
+        __syncwarp();  // every lane is done reading s_list
     }
 
     float b0 = 0.f, b1 = 0.f, b2 = 0.f;
     if (bg != nullptr) {
-        b0 = bg[image * 3 + 0];
-        b1 = bg[image * 3 + 1];
-        b2 = bg[image * 3 + 2];
+        b0 = bg[image * bg_stride + 0];
+        b1 = bg[image * bg_stride + 1];
+        b2 = bg[image * bg_stride + 2];
     }
 #pragma unroll
-    for (int p = 0; p < PPT; ++p) {
+    for (int p = 0; p < 2; ++p) {
         if (!inside[p]) continue;
         const long long pix = (image * height + py_i[p]) * (long long)width + px_i;
         const float o0 = acc[p][0] + T[p] * b0, o1 = acc[p][1] + T[p] * b1, o2 = acc[p][2] + T[p] * b2;
@@ -425,21 +466,36 @@ __device__ __forceinline__ void fr_blend_impl(
     }
 }
 
-#define FR_BLEND(NAME, KEYT, HALF, PPT)                                                                        \
-    extern "C" __global__ void __launch_bounds__((FR_TILE * FR_TILE) / PPT) NAME(                              \
-        const KEYT* __restrict__ keys, const int2* __restrict__ ranges, const float4* __restrict__ recA,       \
-        const float4* __restrict__ recB, const float* __restrict__ recC, const int N, const int rbits,         \
-        const int width, const int height, const int tiles_x, const float* __restrict__ bg,                    \
-        void* __restrict__ out_rgb, void* __restrict__ out_alpha) {                                            \
-        fr_blend_impl<KEYT, HALF, PPT>(keys, ranges, recA, recB, recC, N, rbits, width, height, tiles_x, bg,   \
-                                       out_rgb, out_alpha);                                                    \
+// Variants (chosen by measurement, see kernels/NOTES.md): cull "pass" or "group"; "8" = at most 64 registers, so
+// 8 blocks of 128 threads per SM (1056 resident blocks on an H100 hold a 512² frame in one wave).
+#define FR_BLEND(NAME, HALF, PASS_CULL, MINB)                                                                  \
+    extern "C" __global__ void __launch_bounds__(128, MINB) NAME(                                              \
+        const u32* __restrict__ bitmap, const float4* __restrict__ recA, const float4* __restrict__ recB,      \
+        const float* __restrict__ recC, const float4* __restrict__ box, const int N, const int words,          \
+        const int width, const int height, const int tiles_x, const long long image0,                          \
+        const float* __restrict__ bg, const int bg_stride, void* __restrict__ out_rgb,                         \
+        void* __restrict__ out_alpha) {                                                                        \
+        fr_blend_impl<HALF, PASS_CULL>(bitmap, recA, recB, recC, box, N, words, width, height, tiles_x, image0, \
+                                       bg, bg_stride, out_rgb, out_alpha);                                     \
     }
 
-FR_BLEND(fr_blend_k32_f32_p1, u32, false, 1)
-FR_BLEND(fr_blend_k32_f16_p1, u32, true, 1)
-FR_BLEND(fr_blend_k64_f32_p1, u64, false, 1)
-FR_BLEND(fr_blend_k64_f16_p1, u64, true, 1)
-FR_BLEND(fr_blend_k32_f32_p2, u32, false, 2)
-FR_BLEND(fr_blend_k32_f16_p2, u32, true, 2)
-FR_BLEND(fr_blend_k64_f32_p2, u64, false, 2)
-FR_BLEND(fr_blend_k64_f16_p2, u64, true, 2)
+FR_BLEND(fr_blend_f32_pass8, false, true, 8)
+FR_BLEND(fr_blend_f16_pass8, true, true, 8)
+FR_BLEND(fr_blend_f32_pass, false, true, 1)
+FR_BLEND(fr_blend_f16_pass, true, true, 1)
+FR_BLEND(fr_blend_f32_group8, false, false, 8)
+FR_BLEND(fr_blend_f16_group8, true, false, 8)
+FR_BLEND(fr_blend_f32_group, false, false, 1)
+FR_BLEND(fr_blend_f16_group, true, false, 1)
+
+// ---------------------------------------------------------------------------------------------------------
+// 4. statistics only: number of set bits (tile, Gaussian pairs) in bitmap[0, n_words)
+// ---------------------------------------------------------------------------------------------------------
+extern "C" __global__ void __launch_bounds__(256) fr_count_bits(const u32* __restrict__ bitmap, const long long n_words,
+                                                                 u64* __restrict__ total) {
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n_words) {
+        const u32 v = bitmap[i];
+        if (v) atomicAdd(total, (u64)__popc(v));
+    }
+}

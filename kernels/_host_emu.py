@@ -3,7 +3,7 @@
 The CUDA source is compiled as C++20 by g++ with a small prelude: one OS thread per CUDA thread, one block at
 a time, ``std::barrier`` for ``__syncthreads``/``__syncthreads_count`` and warp shuffles, ``__shared__`` as
 function statics. The host orchestration is the real one (``_cupy_backend.render``) with numpy standing in
-for CuPy/thrust. Slow (thousands of threads), meant for small scenes in CPU CI: it checks the kernels' logic
+for CuPy/torch.sort. Slow (thousands of threads), meant for small scenes in CPU CI: it checks the kernels' logic
 (binning, keys, ranges, blending, batching) against the PyTorch reference. It says nothing about GPU-only
 behaviour (races between real warps, memory model, NVRTC).
 """

@@ -125,16 +125,6 @@ def run(config: dict | None = None) -> list[dict]:
                             _cupy_backend.GRAPHS = default
 
                     fns[name] = f_cupy
-                for variant in cfg.get("blend_variants", []):
-                    def f_variant(variant=variant, default=_cupy_backend.BLEND_VARIANT):
-                        _cupy_backend.BLEND_VARIANT = variant  # blend-kernel variant, CUDA-graph path
-                        try:
-                            return rasterize(**scene, viewmats=view, Ks=K, width=res, height=res, background=bg,
-                                             backend="cupy")
-                        finally:
-                            _cupy_backend.BLEND_VARIANT = default
-
-                    fns[f"cupy-{variant}"] = f_variant
                 if gsplat_rast is not None:
                     def f_gsplat():
                         out = gsplat_rast(
@@ -221,15 +211,12 @@ def main(argv=None) -> int:
                     choices=["cupy", "cupy-eager", "gsplat"],
                     help="cupy: the default path (captured frames replayed from CUDA graphs); cupy-eager: every "
                          "kernel launched from Python on each call")
-    ap.add_argument("--blend-variants", nargs="*", default=[], metavar="V",
-                    help="also time these blend-kernel variants (rows cupy-V; see _cupy_backend.BLEND_VARIANTS)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-check", action="store_true", help="skip the PSNR check against gsplat")
     ap.add_argument("--no-profile", action="store_true", help="skip the per-stage timing of one cupy frame")
     ap.add_argument("--out", type=str, default=None, help="write rows + environment as JSON here")
     a = ap.parse_args(argv)
     cfg = dict(G=a.G, res=a.res, cams=a.cams, warmup=a.warmup, iters=a.iters, backends=a.backends,
-               blend_variants=a.blend_variants,
                seed=a.seed, check=not a.no_check, profile=not a.no_profile)
     env = environment()
     rows = run(cfg)

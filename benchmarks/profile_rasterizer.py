@@ -41,7 +41,6 @@ def main(argv=None) -> int:
     ap.add_argument("--G", type=int, default=58361)
     ap.add_argument("--res", type=int, default=512)
     ap.add_argument("--cams", type=int, default=1)
-    ap.add_argument("--variants", nargs="*", default=[], help="blend-kernel variants to profile as well")
     ap.add_argument("--out", default=None, help="JSON output")
     a = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -60,16 +59,9 @@ def main(argv=None) -> int:
 
     out = {"G": a.G, "res": a.res, "cams": a.cams, "device": torch.cuda.get_device_name()}
     out["kernels"] = kernel_times(frame)
-    default = _cupy_backend.BLEND_VARIANT
-    out["variants"] = {}
-    for i, v in enumerate(a.variants):  # a variant may be listed twice (run-to-run spread)
-        _cupy_backend.BLEND_VARIANT = v
-        rows = kernel_times(frame, iters=50)
-        out["variants"][f"{v}#{i}"] = {r["kernel"]: r["us_per_frame"] for r in rows if r["kernel"].startswith("fr_blend")}
-    _cupy_backend.BLEND_VARIANT = default
     ops, _ = _cupy_backend._ops_and_ws(dev)
     attrs = {}
-    for name in ("fr_project", "fr_emit") + tuple(f"fr_blend_f32_{v}" for v in _cupy_backend.BLEND_VARIANTS):
+    for name in ("fr_project", "fr_emit", "fr_blend_f32"):
         fn = ops.module.get_function(name)
         attrs[name] = {k: getattr(fn, k, None) for k in ("num_regs", "shared_size_bytes", "local_size_bytes",
                                                            "max_threads_per_block")}
@@ -79,8 +71,6 @@ def main(argv=None) -> int:
         print(f"{r['us_per_frame']:9.1f} us  x{r['calls_per_frame']:.0f}  {r['kernel']}")
     print("total kernel time per frame: %.1f us" % sum(r["us_per_frame"] for r in out["kernels"]))
     print("attributes:", json.dumps(attrs))
-    for v, ks in out["variants"].items():
-        print(f"variant {v}: " + ", ".join(f"{k} {t:.1f} us" for k, t in ks.items()))
     if a.out:
         with open(a.out, "w") as f:
             json.dump(out, f, indent=1)

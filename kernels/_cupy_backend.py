@@ -31,12 +31,6 @@ PASS_RANKS = 2048  # ranks per warp pass over a bitmap row (FR_PASS_RANKS in ras
 _SRC = Path(__file__).with_name("cuda") / "rasterize.cu"
 _BLOCK = 256
 _BLEND_THREADS = 128  # 4 warps: one per 8x8 sub-tile of a 16x16 tile
-# blend-kernel variant (rasterize.cu): how candidates are culled against a sub-tile ("group": 32 at a time while
-# blending; "pass": a whole bitmap pass first) and whether registers are capped for 8 blocks / SM ("8")
-BLEND_VARIANTS = ("group", "group8", "pass", "pass8")
-BLEND_VARIANT = os.environ.get("FLEXRT_RASTER_BLEND", "group")  # fastest in the H100 A/B (docs/RASTERIZER.md)
-if BLEND_VARIANT not in BLEND_VARIANTS:
-    raise ValueError(f"FLEXRT_RASTER_BLEND={BLEND_VARIANT!r}; expected one of {BLEND_VARIANTS}")
 # bitmap budget per pass over the images (FLEXRT_RASTER_BITMAP_MB overrides at import)
 MAX_BITMAP_BYTES = int(float(os.environ.get("FLEXRT_RASTER_BITMAP_MB", "256")) * 2**20)
 
@@ -192,9 +186,10 @@ def bitmap_words(N: int) -> int:
 
 
 def images_per_chunk(I: int, N: int, n_tiles: int, max_bitmap_bytes: int) -> int:
-    """How many images share one bitmap pass: all of them unless the bitmaps would exceed the budget."""
+    """How many images share one bitmap pass: all of them unless the bitmaps would exceed the budget (or the
+    blend grid's y limit of 65535)."""
     per_image = max(1, n_tiles * bitmap_words(N) * 4)
-    return max(1, min(I, int(max_bitmap_bytes) // per_image))
+    return max(1, min(I, 65535, int(max_bitmap_bytes) // per_image))
 
 
 def render(
@@ -228,8 +223,6 @@ def render(
     IN = I * N
     words = bitmap_words(N)
     chunk = images_per_chunk(I, N, n_tiles, max_bitmap_bytes)
-    if chunk > 65535:
-        chunk = 65535  # grid.y limit
     if N >= 2**31 or n_tiles >= 2**31:
         raise ValueError(f"too many Gaussians ({N}) or tiles ({n_tiles}) for one call")
     half = out_rgb.dtype == torch.float16
@@ -270,7 +263,7 @@ def render(
     counter = ws.get(ops, "counter", 1, np.uint64) if stats is not None else None
     if counter is not None:
         ops.memset0(counter, 8)
-    blend = f"fr_blend_{'f16' if half else 'f32'}_{BLEND_VARIANT}"
+    blend = "fr_blend_f16" if half else "fr_blend_f32"
     bg_ptr = 0 if background is None else background.data_ptr()
     bg_stride = 3 if background is not None and background.ndim == 3 else 0
     for i0 in range(0, I, chunk):
@@ -436,7 +429,7 @@ def rasterize_cupy(
     use_graphs = GRAPHS if graphs is None else graphs
     if use_graphs and stats is None:
         idx = dev.index if dev.index is not None else torch.cuda.current_device()
-        key = (idx, torch.cuda.current_stream(idx).cuda_stream, B, N, C, width, height, out_dtype, consts, BLEND_VARIANT,
+        key = (idx, torch.cuda.current_stream(idx).cuda_stream, B, N, C, width, height, out_dtype, consts,
                tuple(t.data_ptr() for t in args), 0 if background is None else background.data_ptr(),
                None if out is None else (out[0].data_ptr(), out[1].data_ptr()))
         cache, seen = _graph_cache()

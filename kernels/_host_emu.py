@@ -165,10 +165,8 @@ extern "C" void emu_fr_count_bits(unsigned gx, unsigned gy, unsigned bx, const u
                  out_alpha);                                                                                   \
         });                                                                                                    \
     }
-EMU_BLEND(fr_blend_f32_pass8)
-EMU_BLEND(fr_blend_f16_pass8)
-EMU_BLEND(fr_blend_f32_group)
-EMU_BLEND(fr_blend_f16_group)
+EMU_BLEND(fr_blend_f32)
+EMU_BLEND(fr_blend_f16)
 """
 
 _lib = None

@@ -400,16 +400,14 @@ def _emu_or_skip():
     return _host_emu
 
 
-@pytest.mark.parametrize("chunked, out_dtype, variant", [(False, torch.float32, "group"), (True, torch.float32, "pass8"),
-                                                        (False, torch.float16, "group"),
-                                                        (False, torch.float16, "pass8")])
-def test_cuda_source_emulated_on_cpu_matches_reference(monkeypatch, chunked, out_dtype, variant):
+@pytest.mark.parametrize("chunked, out_dtype", [(False, torch.float32), (True, torch.float32),
+                                               (False, torch.float16)])
+def test_cuda_source_emulated_on_cpu_matches_reference(chunked, out_dtype):
     """The CUDA pipeline (project, depth sort, bitmaps, sub-tile blend) on the CPU vs the reference: 4 images,
     sizes that are not multiples of the tile, NaN Gaussians, N above one bitmap pass (2048 ranks)."""
     emu = _emu_or_skip()
     import flexrt.kernels._cupy_backend as cb
 
-    monkeypatch.setattr(cb, "BLEND_VARIANT", variant)
     W, H = 40, 36
     N = 2300
     scene = head_scene(N, 7, batch=(2,))

@@ -9,8 +9,8 @@
 //   fr_emit      [I*N threads]   in rank order: the blend record at its rank, and one bit (tile, rank) per tile
 //                                touched (exact ellipse vs tile-row test) with atomicOr
 //   fr_blend_*   [n_tiles, I]    4 warps per tile, one per 8x8 sub-tile: walk the tile's bitmap in rank order,
-//                                drop records whose ellipse box misses the sub-tile (a compact box array, 128
-//                                boxes in flight), blend the rest front to back with gsplat's alpha and
+//                                drop records whose ellipse box misses the sub-tile (one ballot per 32
+//                                candidates), blend the rest front to back with gsplat's alpha and
 //                                transmittance rules, early exit per warp
 //   fr_count_bits                (statistics only) total number of (tile, Gaussian) pairs
 //
@@ -278,7 +278,7 @@ __device__ __forceinline__ void fr_blend_records(const float4* __restrict__ sA, 
     }
 }
 
-template <bool HALF, bool PASS_CULL>
+template <bool HALF>
 __device__ __forceinline__ void fr_blend_impl(
     const u32* __restrict__ bitmap,       // [images of this chunk, n_tiles, words]
     const float4* __restrict__ recA, const float4* __restrict__ recB, const float* __restrict__ recC,
@@ -351,89 +351,37 @@ __device__ __forceinline__ void fr_blend_impl(
         }
         __syncwarp();
         const long long pass0 = rec0 + (long long)w0 * 32;
-        if (!PASS_CULL) {
-            // "group": 32 candidates at a time, one per lane, box test + ballot, the kept ones blended at once;
-            // the next 32 are loaded meanwhile
-            float4 bxv = make_float4(1.f, 0.f, 1.f, 0.f), a = bxv, bb = bxv;
-            float c = 0.f;
-            if (lane < total) {
-                const long long rr = pass0 + s_list[warp][lane];
+        // 32 candidates at a time, one per lane: box test against this sub-tile + ballot, the kept ones
+        // blended at once; the next 32 are loaded meanwhile
+        float4 bxv = make_float4(1.f, 0.f, 1.f, 0.f), a = bxv, bb = bxv;
+        float c = 0.f;
+        if (lane < total) {
+            const long long rr = pass0 + s_list[warp][lane];
+            bxv = box[rr];
+            a = recA[rr];
+            bb = recB[rr];
+            c = recC[rr];
+        }
+        for (int j0 = 0; j0 < total && !wdone; j0 += 32) {
+            const bool keep = (j0 + lane < total) && bxv.y >= bx0 && bxv.x <= bx1 && bxv.w >= by0 && bxv.z <= by1;
+            const u32 m = __ballot_sync(FR_FULL, keep);
+            if (keep) {
+                const int q = __popc(m & lt_mask);
+                sA[warp][q] = a;
+                sB[warp][q] = bb;
+                sC[warp][q] = c;
+            }
+            __syncwarp();
+            if (j0 + 32 + lane < total) {  // prefetch
+                const long long rr = pass0 + s_list[warp][j0 + 32 + lane];
                 bxv = box[rr];
                 a = recA[rr];
                 bb = recB[rr];
                 c = recC[rr];
             }
-            for (int j0 = 0; j0 < total && !wdone; j0 += 32) {
-                const bool keep = (j0 + lane < total) && bxv.y >= bx0 && bxv.x <= bx1 && bxv.w >= by0 && bxv.z <= by1;
-                const u32 m = __ballot_sync(FR_FULL, keep);
-                if (keep) {
-                    const int q = __popc(m & lt_mask);
-                    sA[warp][q] = a;
-                    sB[warp][q] = bb;
-                    sC[warp][q] = c;
-                }
-                __syncwarp();
-                if (j0 + 32 + lane < total) {  // prefetch
-                    const long long rr = pass0 + s_list[warp][j0 + 32 + lane];
-                    bxv = box[rr];
-                    a = recA[rr];
-                    bb = recB[rr];
-                    c = recC[rr];
-                }
-                fr_blend_records(sA[warp], sB[warp], sC[warp], __popc(m), px, py, T, acc, done);
-                wdone = __all_sync(FR_FULL, done[0] && done[1]);
-                __syncwarp();  // every lane is done reading sA/sB/sC
-            }
-        } else {
-            // "pass": first keep the candidates whose ellipse box meets this sub-tile, compacted in place (rank
-            // order), 4 x 32 boxes in flight per step; then blend the kept ones
-            int n_keep = 0;
-            for (int j0 = 0; j0 < total; j0 += 128) {
-                float4 bxs[4];
-                u16 offs[4];
-#pragma unroll
-                for (int u = 0; u < 4; ++u) {
-                    const int j = j0 + 32 * u + lane;
-                    offs[u] = j < total ? s_list[warp][j] : (u16)0;
-                    bxs[u] = j < total ? box[pass0 + offs[u]] : make_float4(1.f, 0.f, 1.f, 0.f);  // empty box
-                }
-                u32 mk[4];
-#pragma unroll
-                for (int u = 0; u < 4; ++u)
-                    mk[u] = __ballot_sync(FR_FULL, bxs[u].y >= bx0 && bxs[u].x <= bx1 && bxs[u].w >= by0 &&
-                                                       bxs[u].z <= by1 && bxs[u].x <= bxs[u].y);
-                __syncwarp();  // this step's entries are read before they are overwritten (writes never pass reads)
-#pragma unroll
-                for (int u = 0; u < 4; ++u) {
-                    if ((mk[u] >> lane) & 1u) s_list[warp][n_keep + __popc(mk[u] & lt_mask)] = offs[u];
-                    n_keep += __popc(mk[u]);
-                }
-            }
-            __syncwarp();
-            // blend the kept records, 32 at a time through shared memory; the next 32 are loaded meanwhile
-            float4 a = make_float4(0.f, 0.f, 0.f, 0.f), bb = a;
-            float c = 0.f;
-            if (lane < n_keep) {
-                const long long rr = pass0 + s_list[warp][lane];
-                a = recA[rr];
-                bb = recB[rr];
-                c = recC[rr];
-            }
-            for (int k0 = 0; k0 < n_keep && !wdone; k0 += 32) {
-                sA[warp][lane] = a;
-                sB[warp][lane] = bb;
-                sC[warp][lane] = c;
-                __syncwarp();
-                if (k0 + 32 + lane < n_keep) {  // prefetch
-                    const long long rr = pass0 + s_list[warp][k0 + 32 + lane];
-                    a = recA[rr];
-                    bb = recB[rr];
-                    c = recC[rr];
-                }
-                fr_blend_records(sA[warp], sB[warp], sC[warp], min(32, n_keep - k0), px, py, T, acc, done);
-                wdone = __all_sync(FR_FULL, done[0] && done[1]);
-                __syncwarp();  // every lane is done reading sA/sB/sC
-            }
+            fr_blend_records(sA[warp], sB[warp], sC[warp], __popc(m), px, py, T, acc, done);
+            wdone = __all_sync(FR_FULL, done[0] && done[1]);
+            __syncwarp();  // every lane is done reading sA/sB/sC
         }
         __syncwarp();  // every lane is done reading s_list
     }
@@ -466,27 +414,19 @@ __device__ __forceinline__ void fr_blend_impl(
     }
 }
 
-// Variants (chosen by measurement, see kernels/NOTES.md): cull "pass" or "group"; "8" = at most 64 registers, so
-// 8 blocks of 128 threads per SM (1056 resident blocks on an H100 hold a 512² frame in one wave).
-#define FR_BLEND(NAME, HALF, PASS_CULL, MINB)                                                                  \
-    extern "C" __global__ void __launch_bounds__(128, MINB) NAME(                                              \
+#define FR_BLEND(NAME, HALF)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(128) NAME(                                                    \
         const u32* __restrict__ bitmap, const float4* __restrict__ recA, const float4* __restrict__ recB,      \
         const float* __restrict__ recC, const float4* __restrict__ box, const int N, const int words,          \
         const int width, const int height, const int tiles_x, const long long image0,                          \
         const float* __restrict__ bg, const int bg_stride, void* __restrict__ out_rgb,                         \
         void* __restrict__ out_alpha) {                                                                        \
-        fr_blend_impl<HALF, PASS_CULL>(bitmap, recA, recB, recC, box, N, words, width, height, tiles_x, image0, \
-                                       bg, bg_stride, out_rgb, out_alpha);                                     \
+        fr_blend_impl<HALF>(bitmap, recA, recB, recC, box, N, words, width, height, tiles_x, image0, bg,        \
+                            bg_stride, out_rgb, out_alpha);                                                    \
     }
 
-FR_BLEND(fr_blend_f32_pass8, false, true, 8)
-FR_BLEND(fr_blend_f16_pass8, true, true, 8)
-FR_BLEND(fr_blend_f32_pass, false, true, 1)
-FR_BLEND(fr_blend_f16_pass, true, true, 1)
-FR_BLEND(fr_blend_f32_group8, false, false, 8)
-FR_BLEND(fr_blend_f16_group8, true, false, 8)
-FR_BLEND(fr_blend_f32_group, false, false, 1)
-FR_BLEND(fr_blend_f16_group, true, false, 1)
+FR_BLEND(fr_blend_f32, false)
+FR_BLEND(fr_blend_f16, true)
 
 // ---------------------------------------------------------------------------------------------------------
 // 4. statistics only: number of set bits (tile, Gaussian pairs) in bitmap[0, n_words)

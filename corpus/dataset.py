@@ -164,43 +164,67 @@ def _to_u8(x: torch.Tensor) -> np.ndarray:
     return (x.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
 
 
-def write_cache(corpus: HeadCorpus, split: str, count: int, out_dir: str | Path, start: int = 0,
+def write_cache(corpus: HeadCorpus, split: str, count: int, out_dir: str | Path, shard_size: int = 100,
                 progress: bool = True) -> Path:
-    """Render samples ``start .. start+count-1`` of a split into ``out_dir/<split>.npz`` (images as uint8) and
-    ``out_dir/corpus.json`` (the config). Returns the npz path."""
+    """Render samples 0 .. count-1 of a split into ``out_dir/<split>/shard_<k>.npz`` (images as uint8) and write
+    ``out_dir/corpus.json`` (the config). Complete shards already on disk are kept, so an interrupted build
+    resumes. Returns the split directory."""
     from tqdm import tqdm
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    cols: dict[str, list] = {k: [] for k in _ARRAYS}
-    for i in tqdm(range(start, start + count), desc=f"corpus {split}", disable=not progress, unit="sample"):
-        s = corpus.sample(split, i)
-        cols["input_image"].append(_to_u8(s.input_image))
-        cols["target_images"].append(_to_u8(s.target_images))
-        for k in ("input_cam2world", "input_intrinsics", "target_cam2world", "target_intrinsics", "target_codes"):
-            cols[k].append(getattr(s, k).numpy().astype(np.float32))
-        cols["dataset_id"].append(s.dataset_id)
-        cols["identity"].append(s.identity)
-        cols["index"].append(i)
-    path = out / f"{split}.npz"
-    np.savez(path, **{k: np.stack(v) for k, v in cols.items()})
-    (out / "corpus.json").write_text(json.dumps(asdict(corpus.cfg), indent=2))
-    return path
+    folder = out / _check(split)
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg_path = out / "corpus.json"
+    if cfg_path.is_file() and read_cache_config(out) != corpus.cfg:
+        raise ValueError(f"{out} holds a corpus with another config ({cfg_path}); use a new directory")
+    cfg_path.write_text(json.dumps(asdict(corpus.cfg), indent=2))
+    bar = tqdm(total=count, desc=f"corpus {split}", disable=not progress, unit="sample")
+    for k, first in enumerate(range(0, count, shard_size)):
+        indices = range(first, min(first + shard_size, count))
+        path = folder / f"shard_{k:04d}.npz"
+        if path.is_file():
+            with np.load(path) as z:
+                if z["index"].tolist() == list(indices):
+                    bar.update(len(indices))
+                    continue
+        cols: dict[str, list] = {key: [] for key in _ARRAYS}
+        for i in indices:
+            s = corpus.sample(split, i)
+            cols["input_image"].append(_to_u8(s.input_image))
+            cols["target_images"].append(_to_u8(s.target_images))
+            for key in ("input_cam2world", "input_intrinsics", "target_cam2world", "target_intrinsics",
+                        "target_codes"):
+                cols[key].append(getattr(s, key).numpy().astype(np.float32))
+            cols["dataset_id"].append(s.dataset_id)
+            cols["identity"].append(s.identity)
+            cols["index"].append(i)
+            bar.update(1)
+        tmp = path.with_name(path.stem + ".tmp.npz")
+        np.savez(tmp, **{key: np.stack(v) for key, v in cols.items()})
+        tmp.replace(path)
+    bar.close()
+    return folder
 
 
 class CachedSplit:
-    """Samples of one split read back from ``write_cache`` (all in memory; a few MB at 64x64)."""
+    """Samples of one split read back from ``write_cache`` (all shards in memory; a few MB at 64x64)."""
 
-    def __init__(self, path: str | Path):
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"corpus cache not found: {path} (build it with `python -m flexrt.corpus build`)")
-        with np.load(path) as z:
-            missing = set(_ARRAYS) - set(z.files)
-            if missing:
-                raise ValueError(f"{path} is not a corpus cache: it lacks {sorted(missing)}")
-            self.arrays = {k: z[k] for k in _ARRAYS}
-        self.split = path.stem
+    def __init__(self, folder: str | Path):
+        folder = Path(folder)
+        shards = sorted(folder.glob("shard_*.npz")) if folder.is_dir() else []
+        shards = [s for s in shards if not s.name.endswith(".tmp.npz")]
+        if not shards:
+            raise FileNotFoundError(f"corpus cache not found: {folder} has no shards "
+                                    "(build it with `python -m flexrt.corpus build`)")
+        parts = []
+        for path in shards:
+            with np.load(path) as z:
+                missing = set(_ARRAYS) - set(z.files)
+                if missing:
+                    raise ValueError(f"{path} is not a corpus cache shard: it lacks {sorted(missing)}")
+                parts.append({k: z[k] for k in _ARRAYS})
+        self.arrays = {k: np.concatenate([p[k] for p in parts]) for k in _ARRAYS}
+        self.split = folder.name
 
     def __len__(self) -> int:
         return int(self.arrays["index"].shape[0])

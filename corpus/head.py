@@ -48,7 +48,7 @@ ROOT_PIVOT = (0.0, -0.08, -0.03)  # what R rotates about
 NECK_BASE_V = (-1.45, -1.05)  # the neck weight fades from 0 at the first elevation to 1 at the second
 LIGHT_DIR = (0.35, 0.55, 0.76)  # fixed in the head frame: upper front, from the head's left (+x)
 MAX_GAZE = math.radians(40.0)
-EYE_RADIUS = 0.0125
+EYE_RADIUS = 0.015
 EYEBALL_POINTS = 160
 HAIR_PALETTE = np.array([  # near-black, dark brown, brown, auburn, blond, grey
     [0.06, 0.05, 0.05], [0.20, 0.12, 0.07], [0.38, 0.24, 0.13], [0.50, 0.20, 0.10], [0.80, 0.66, 0.40],
@@ -274,7 +274,7 @@ class HeadRig:
         he, ve = side * EYE_H * ident.eye_spacing, EYE_V
         i = int(torch.argmin((self.h - he) ** 2 + (self.v - ve) ** 2))
         r = EYE_RADIUS * ident.eye_size
-        return p[i] - normals[i] * (r - 0.002), he, ve
+        return p[i] - normals[i] * (r + 0.003), he, ve  # the eyeball's front 3 mm under the lids
 
     def _base_colors(self, ident: HeadIdentity, normals: torch.Tensor, hair: torch.Tensor) -> torch.Tensor:
         """Neutral surface colours [S,3] RGB (before eyelids), shaded."""
@@ -333,7 +333,7 @@ class HeadRig:
 
         # 2. jaw: lower face about the jaw pivot; sharp split across the lips, smooth stretch on the cheeks
         tau = 0.012 + 0.1 * _smoothstep(0.18, 0.45, torch.abs(h))
-        w_jaw = _sig((MOUTH_V - v) / tau) * _sig((1.2 - torch.abs(h)) / 0.15) * _smoothstep(-1.35, -0.9, v)  # [S]
+        w_jaw = _sig((MOUTH_V - v) / tau) * _smoothstep(1.6, 1.0, torch.abs(h)) * _smoothstep(-1.35, -0.9, v)  # [S]
         w_jaw = w_jaw * _smoothstep(MOUTH_V + 0.3, MOUTH_V + 0.05, v)  # exactly 0 from the cheekbones up
         jaw = ctl["jaw"]
         jaw_pivot = torch.tensor(JAW_PIVOT)
@@ -345,9 +345,9 @@ class HeadRig:
         eye_parts, eye_colors = [], []
         for k, (side, key) in enumerate(((1.0, "eye_left"), (-1.0, "eye_right"))):
             centre, he, ve = self._eye_anchor(ident, p_neutral, n_surf, side)
-            a, b = 0.115 * ident.eye_size, 0.058 * ident.eye_size
+            a, b = 0.14 * ident.eye_size, 0.075 * ident.eye_size  # large (toy) eyes: blinks show at 64x64
             inside = _sig((1 - ((h - he) / a) ** 2 - ((v - ve) / b) ** 2) / 0.12)  # [S]
-            lid = ve + b * (1 - 2 * ctl["closure"][:, k:k + 1])  # [T,1] the upper lid's edge
+            lid = ve + b * (1 - 2.4 * ctl["closure"][:, k:k + 1])  # [T,1] the upper lid's edge (past the bottom at 1)
             hole = inside[None] * _sig((lid - v[None]) / 0.006)  # [T,S]
             opac = opac * (1 - hole)
             lash = inside[None] * torch.exp(-(((v[None] - lid) / 0.012) ** 2)) * (1 - hole)
@@ -360,7 +360,7 @@ class HeadRig:
             eye_parts.append(pts)
             ang = torch.acos(torch.clamp(self.eye_unit[:, 2], -1, 1))  # angle from the rest gaze
             col = torch.tensor([0.93, 0.92, 0.9]).expand(EYEBALL_POINTS, 3).clone()
-            iris = _sig((0.5 - ang) / 0.03)
+            iris = _sig((0.45 - ang) / 0.03)
             col = col * (1 - iris[:, None]) + iris[:, None] * torch.tensor(ident.iris)
             pupil = _sig((0.2 - ang) / 0.03)
             col = col * (1 - pupil[:, None]) + pupil[:, None] * 0.03

@@ -5,6 +5,7 @@
     flexavatar stream ...           flexrt.runtime.cli
     flexavatar demo ...             flexrt.runtime.cli
     flexavatar bench ...            flexrt.benchmarks.cli
+    flexavatar train ...            flexrt.training.cli
 
 Only the module of the chosen subcommand is imported (the others may pull in heavy or GPU-only packages).
 """
@@ -21,6 +22,7 @@ SUBCOMMANDS = {
     "stream": ("flexrt.runtime.cli", "stream a driving sequence to a server and write frames + latency"),
     "demo": ("flexrt.runtime.cli", "the main job: export, serve, create an avatar, stream, summarise latency"),
     "bench": ("flexrt.benchmarks.cli", "latency benchmarks (per stage and end to end)"),
+    "train": ("flexrt.training.cli", "train the model with bias sinks on the procedural head corpus"),
 }
 
 

@@ -1,6 +1,6 @@
 """``python -m flexrt.corpus build|sheet``: cache corpus samples to disk, or draw a contact sheet of samples.
 
-    python -m flexrt.corpus build --out corpus_cache --count-2d 1200 --count-3d 400 --count-heldout 32
+    python -m flexrt.corpus build --out corpus_cache --count-2d 600 --count-3d 300 --count-heldout 32 [--jobs 8]
     python -m flexrt.corpus sheet --out docs/corpus_samples.png
 
 Rendering is single-threaded by default (``--threads``): the CPU reference rasterizer, ~0.75 s per 2D/3D sample
@@ -59,9 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="render samples of each split into OUT/<split>.npz")
     b.add_argument("--out", required=True)
-    b.add_argument("--count-2d", type=int, default=1200)
-    b.add_argument("--count-3d", type=int, default=400)
+    b.add_argument("--count-2d", type=int, default=600)
+    b.add_argument("--count-3d", type=int, default=300)
     b.add_argument("--count-heldout", type=int, default=32)
+    b.add_argument("--jobs", type=int, default=1, help="processes rendering shards in parallel (one thread each)")
+    b.add_argument("--shard-size", type=int, default=100, help="samples per cache file")
     s = sub.add_parser("sheet", help="write a contact sheet PNG of samples (rows: 2D, 3D, held-out)")
     s.add_argument("--out", required=True)
     s.add_argument("--rows", type=int, default=2, help="rows per split")
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "build":
         for split, n in (("2d", args.count_2d), ("3d", args.count_3d), ("heldout", args.count_heldout)):
             if n > 0:
-                print(f"wrote {write_cache(corpus, split, n, args.out)}")
+                print(f"wrote {write_cache(corpus, split, n, args.out, args.shard_size, jobs=args.jobs)}")
     else:
         from PIL import Image
 

@@ -164,11 +164,51 @@ def _to_u8(x: torch.Tensor) -> np.ndarray:
     return (x.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
 
 
+def _shard_complete(path: Path, indices: range) -> bool:
+    if not path.is_file():
+        return False
+    with np.load(path) as z:
+        return z["index"].tolist() == list(indices)
+
+
+def _write_shard(corpus: HeadCorpus, split: str, indices: range, path: Path, bar=None) -> None:
+    cols: dict[str, list] = {key: [] for key in _ARRAYS}
+    for i in indices:
+        s = corpus.sample(split, i)
+        cols["input_image"].append(_to_u8(s.input_image))
+        cols["target_images"].append(_to_u8(s.target_images))
+        for key in ("input_cam2world", "input_intrinsics", "target_cam2world", "target_intrinsics", "target_codes"):
+            cols[key].append(getattr(s, key).numpy().astype(np.float32))
+        cols["dataset_id"].append(s.dataset_id)
+        cols["identity"].append(s.identity)
+        cols["index"].append(i)
+        if bar is not None:
+            bar.update(1)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, **{key: np.stack(v) for key, v in cols.items()})
+    tmp.replace(path)
+
+
+_WORKER: dict = {}
+
+
+def _pool_shard(job: tuple) -> int:
+    """Worker process: one shard (each worker builds its own corpus once, single-threaded)."""
+    cfg, split, first, stop, path = job
+    if _WORKER.get("cfg") != cfg:
+        torch.set_num_threads(1)
+        torch.set_flush_denormal(True)
+        _WORKER.update(cfg=cfg, corpus=HeadCorpus(cfg))
+    _write_shard(_WORKER["corpus"], split, range(first, stop), Path(path))
+    return stop - first
+
+
 def write_cache(corpus: HeadCorpus, split: str, count: int, out_dir: str | Path, shard_size: int = 100,
-                progress: bool = True) -> Path:
+                progress: bool = True, jobs: int = 1) -> Path:
     """Render samples 0 .. count-1 of a split into ``out_dir/<split>/shard_<k>.npz`` (images as uint8) and write
     ``out_dir/corpus.json`` (the config). Complete shards already on disk are kept, so an interrupted build
-    resumes. Returns the split directory."""
+    resumes. ``jobs`` > 1 renders shards in that many single-threaded processes (same bytes: every sample is a
+    function of (seed, split, index)). Returns the split directory."""
     from tqdm import tqdm
 
     out = Path(out_dir)
@@ -178,30 +218,23 @@ def write_cache(corpus: HeadCorpus, split: str, count: int, out_dir: str | Path,
     if cfg_path.is_file() and read_cache_config(out) != corpus.cfg:
         raise ValueError(f"{out} holds a corpus with another config ({cfg_path}); use a new directory")
     cfg_path.write_text(json.dumps(asdict(corpus.cfg), indent=2))
-    bar = tqdm(total=count, desc=f"corpus {split}", disable=not progress, unit="sample")
+    todo = []
     for k, first in enumerate(range(0, count, shard_size)):
         indices = range(first, min(first + shard_size, count))
         path = folder / f"shard_{k:04d}.npz"
-        if path.is_file():
-            with np.load(path) as z:
-                if z["index"].tolist() == list(indices):
-                    bar.update(len(indices))
-                    continue
-        cols: dict[str, list] = {key: [] for key in _ARRAYS}
-        for i in indices:
-            s = corpus.sample(split, i)
-            cols["input_image"].append(_to_u8(s.input_image))
-            cols["target_images"].append(_to_u8(s.target_images))
-            for key in ("input_cam2world", "input_intrinsics", "target_cam2world", "target_intrinsics",
-                        "target_codes"):
-                cols[key].append(getattr(s, key).numpy().astype(np.float32))
-            cols["dataset_id"].append(s.dataset_id)
-            cols["identity"].append(s.identity)
-            cols["index"].append(i)
-            bar.update(1)
-        tmp = path.with_name(path.stem + ".tmp.npz")
-        np.savez(tmp, **{key: np.stack(v) for key, v in cols.items()})
-        tmp.replace(path)
+        if not _shard_complete(path, indices):
+            todo.append((indices, path))
+    bar = tqdm(total=count, initial=count - sum(len(i) for i, _ in todo), desc=f"corpus {split}",
+               disable=not progress, unit="sample")
+    if jobs > 1 and len(todo) > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(jobs) as pool:
+            for n in pool.imap_unordered(_pool_shard, [(corpus.cfg, split, i.start, i.stop, str(p)) for i, p in todo]):
+                bar.update(n)
+    else:
+        for indices, path in todo:
+            _write_shard(corpus, split, indices, path, bar)
     bar.close()
     return folder
 

@@ -316,6 +316,7 @@ def cmd_demo(args) -> int:
     args.width, args.height = args.width or default_size, args.height or default_size
 
     # 1. engines for the default model
+    shipped = False
     if args.engines:
         engine_dir = Path(args.engines)
         print(f"[demo] using engines in {engine_dir}")
@@ -324,9 +325,16 @@ def cmd_demo(args) -> int:
 
         engine_dir = out / "engines"
         config = args.config or ("flex1" if args.checkpoint else "tiny")
-        print(f"[demo] exporting the {config!r} model to {engine_dir} "
-              f"({'checkpoint ' + str(args.checkpoint) if args.checkpoint else 'random weights'})")
-        export_engines(config=config, checkpoint=args.checkpoint, dinov2=args.dinov2, template=args.template,
+        checkpoint = args.checkpoint
+        if checkpoint is None and config == "tiny" and args.template is None and not args.random_weights:
+            from flexrt.training.shipped import shipped_checkpoint
+
+            checkpoint = shipped_checkpoint()  # the project's own model, trained on its procedural head corpus
+            shipped = checkpoint is not None
+        what = ("the shipped model trained on the procedural head corpus (docs/TRAINING.md)" if shipped
+                else f"checkpoint {checkpoint}" if checkpoint else "random weights")
+        print(f"[demo] exporting the {config!r} model to {engine_dir} ({what})")
+        export_engines(config=config, checkpoint=checkpoint, dinov2=args.dinov2, template=args.template,
                        out_dir=engine_dir,
                        precisions=("fp32",), tensorrt=False, max_batch=args.max_batch, progress=not args.no_progress)
     engine = load_engine(engine_dir, backend=args.backend, device=device)
@@ -337,6 +345,10 @@ def cmd_demo(args) -> int:
     cam2world = intrinsics = None
     if args.image:
         photo, photo_name = Path(args.image).read_bytes(), args.image
+    elif shipped:  # the shipped model has only seen procedural heads: a person it never saw, from that corpus
+        from flexrt.training.shipped import demo_photo
+
+        photo, cam2world, intrinsics, photo_name = demo_photo()
     elif shared and (shared / "reference/assets/images" / f"{DEMO_PHOTO}.png").is_file():
         images = shared / "reference/assets/images"
         photo, photo_name = (images / f"{DEMO_PHOTO}.png").read_bytes(), str(images / f"{DEMO_PHOTO}.png")
@@ -451,7 +463,10 @@ def add_parser(subparsers) -> None:
                               description="End-to-end demo: export engines, start a server, create an avatar from "
                                           "an example photo, stream a driving sequence, save frames and latency.")
     p.add_argument("--out", default="demo_out", help="output folder (engines/, avatars/, frames/, latency.json)")
-    p.add_argument("--checkpoint", help="FLEX-1 weights; without it the tiny preset with random weights is used")
+    p.add_argument("--checkpoint", help="FLEX-1 weights; without it the tiny preset with the shipped weights "
+                                        "(trained on the procedural head corpus, docs/TRAINING.md) is used")
+    p.add_argument("--random-weights", action="store_true",
+                   help="without --checkpoint: seeded random tiny weights instead of the shipped model")
     p.add_argument("--dinov2", help="DINOv2 weights for the encoder")
     p.add_argument("--template", help="head template OBJ or template_samples.npz (FLEX-1: the official "
                                       "gghead_template.obj); default: the project's own head")

@@ -216,6 +216,10 @@ def test_cache_round_trip(tmp_path):
     mtime = (path / "shard_0000.npz").stat().st_mtime_ns
     write_cache(corpus, "3d", 3, tmp_path, shard_size=2, progress=False)  # complete shards are kept
     assert (path / "shard_0000.npz").stat().st_mtime_ns == mtime
+    par = write_cache(corpus, "3d", 3, tmp_path / "par", shard_size=2, progress=False, jobs=2)  # worker processes
+    for name in ("shard_0000.npz", "shard_0001.npz"):
+        with np.load(path / name) as a, np.load(par / name) as b:
+            assert all(np.array_equal(a[k], b[k]) for k in a.files)
     s, ref = split[1], corpus.sample("3d", 1)
     assert (s.target_images - ref.target_images).abs().max() <= 0.5 / 255 + 1e-6
     assert torch.equal(s.target_codes, ref.target_codes) and s.dataset_id == ref.dataset_id

@@ -119,9 +119,10 @@ def _euler_np(yaw, pitch, roll) -> np.ndarray:
                         torch.from_numpy(np.asarray(roll, dtype=np.float64))).numpy()
 
 
-def sample_codes(rng: np.random.Generator, n: int, head_yaw_deg: float = 18.0) -> np.ndarray:
-    """n procedural expression codes [n, 135] float32 (see the module docstring). ``head_yaw_deg``: std of the
-    head rotation's yaw (R), clipped at 2.5 std."""
+def sample_codes(rng: np.random.Generator, n: int, pose_scale: float = 1.0) -> np.ndarray:
+    """n procedural expression codes [n, 135] float32 (see the module docstring). ``pose_scale`` scales the spread
+    of the head pose (R: yaw std 18 degrees clipped at 2.5 std, pitch 10, roll 6; neck 6/6/4; t 12-15 mm); 1 covers
+    the shipped sequences, smaller values give an easier corpus."""
     d = math.radians
     codes = np.zeros((n, CODE_DIM), dtype=np.float64)
     k = np.arange(100)
@@ -143,15 +144,16 @@ def sample_codes(rng: np.random.Generator, n: int, head_yaw_deg: float = 18.0) -
     base[blink] = rng.uniform(0.75, 1.0, int(blink.sum()))
     codes[:, EYELIDS] = np.clip(base[:, None] + rng.normal(0, 0.03, (n, 2)), 0.0, 1.0)
 
-    codes[:, NECK] = _raw_6d(rng, _euler_np(rng.normal(0, d(6), n), rng.normal(0, d(6), n),
-                                            rng.normal(0, d(4), n)), 0.95, 1.25)
+    ps = float(pose_scale)
+    codes[:, NECK] = _raw_6d(rng, _euler_np(rng.normal(0, ps * d(6), n), rng.normal(0, ps * d(6), n),
+                                            rng.normal(0, ps * d(4), n)), 0.95, 1.25)
     wide = rng.random(n) < 0.4
     jaw = np.where(wide, rng.uniform(d(8), d(32), n), rng.uniform(0.0, d(8), n))
     codes[:, JAW] = _raw_6d(rng, _euler_np(rng.normal(0, d(2), n), jaw, rng.normal(0, d(1), n)), 0.9, 2.2)
-    yaw = np.clip(rng.normal(0, d(head_yaw_deg), n), -2.5 * d(head_yaw_deg), 2.5 * d(head_yaw_deg))
-    pitch = np.clip(rng.normal(0, d(10), n), -d(25), d(25))
-    codes[:, ROT] = _raw_6d(rng, _euler_np(yaw, pitch, rng.normal(0, d(6), n)), 0.8, 1.5)
-    codes[:, TRANS] = rng.normal(0.0, 1.0, (n, 3)) * np.array([0.012, 0.012, 0.015])
+    yaw = np.clip(rng.normal(0, ps * d(18), n), -2.5 * ps * d(18), 2.5 * ps * d(18))
+    pitch = np.clip(rng.normal(0, ps * d(10), n), -ps * d(25), ps * d(25))
+    codes[:, ROT] = _raw_6d(rng, _euler_np(yaw, pitch, rng.normal(0, ps * d(6), n)), 0.8, 1.5)
+    codes[:, TRANS] = rng.normal(0.0, 1.0, (n, 3)) * np.array([0.012, 0.012, 0.015]) * ps
     return codes.astype(np.float32)
 
 

@@ -51,6 +51,7 @@ class CorpusConfig:
     cone_deg: float = 25.0  # half-angle of the monocular camera cone
     input_cone_deg: float = 20.0  # half-angle of the input-view cone (all splits)
     leak: float = 1.0  # 2D: share of the camera's offset from frontal that the tracked head rotation absorbs
+    pose_scale: float = 1.0  # spread of the head pose in the codes (1: the shipped sequences' range)
 
     def num_identities(self, split: str) -> int:
         return {"2d": self.identities_2d, "3d": self.identities_3d, "heldout": self.identities_heldout}[_check(split)]
@@ -129,23 +130,23 @@ class HeadCorpus:
         rng = np.random.default_rng([cfg.seed, _SPLIT_KEYS[split], 1, int(index)])
 
         # 1. the input view: a frontal-ish photo of the person with a mild head pose and its own expression
-        in_code = torch.from_numpy(sample_codes(rng, 1, head_yaw_deg=8.0))
+        in_code = torch.from_numpy(sample_codes(rng, 1, pose_scale=0.45 * cfg.pose_scale))  # a calm photo
         in_c2w, in_K = cameras.frontal_cone(rng, 1, cfg.input_cone_deg)
         in_img = self._render_frames(ident, in_code, in_c2w, in_K, cfg.input_size, True)[0]
 
         # 2. targets
         if split == "3d":
-            code = torch.from_numpy(sample_codes(rng, 1))
+            code = torch.from_numpy(sample_codes(rng, 1, pose_scale=cfg.pose_scale))
             c2w, K = cameras.sphere(rng, cfg.views)
             imgs = self._render_frames(ident, code, c2w, K, cfg.image_size, False)
             codes = code.expand(cfg.views, -1).clone()
         elif split == "2d":
-            true_codes = torch.from_numpy(sample_codes(rng, cfg.views))
+            true_codes = torch.from_numpy(sample_codes(rng, cfg.views, pose_scale=cfg.pose_scale))
             c2w, K = cameras.frontal_cone(rng, cfg.views, cfg.cone_deg)
             imgs = self._render_frames(ident, true_codes, c2w, K, cfg.image_size, True)
             codes = tracked_rotation(true_codes, c2w, cfg.leak)
         else:  # held-out: one frame, the fixed evaluation views
-            code = torch.from_numpy(sample_codes(rng, 1, head_yaw_deg=8.0))
+            code = torch.from_numpy(sample_codes(rng, 1, pose_scale=0.45 * cfg.pose_scale))
             c2w, K = cameras.eval_views()
             imgs = self._render_frames(ident, code, c2w, K, cfg.image_size, False)
             codes = code.expand(c2w.shape[0], -1).clone()

@@ -133,6 +133,19 @@ def test_batches_mix_splits_and_are_a_function_of_the_step(tmp_path, cache_dir):
     assert b.images.shape == (8, 3, 512, 512) and b.target_images.shape == (8, 1, 3, 32, 32)
 
 
+def test_learning_rate_schedule():
+    import types
+
+    cfg = TrainConfig(lr=2e-3, lr_warmup=50, lr_schedule="cosine", lr_min=2e-4, steps=1050)
+    lr = lambda step: Trainer.lr_at(types.SimpleNamespace(cfg=cfg), step)  # noqa: E731
+    assert lr(0) == pytest.approx(4e-5) and lr(49) == pytest.approx(2e-3) and lr(50) == pytest.approx(2e-3)
+    assert lr(550) == pytest.approx(1.1e-3) and lr(1050) == pytest.approx(2e-4) and lr(5000) == pytest.approx(2e-4)
+    const = TrainConfig(lr=1e-4)
+    assert Trainer.lr_at(types.SimpleNamespace(cfg=const), 10**6) == 1e-4
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(lr_schedule="step")
+
+
 def test_loss_decreases_on_a_fixed_batch(tmp_path, cache_dir):
     tr = Trainer(_cfg(tmp_path, cache_dir))
     batch = batch_for_step(tr.source, tr.cfg, 0)
@@ -218,3 +231,35 @@ def test_training_steps_on_gpu(tmp_path, cache_dir):
     batch = batch_for_step(tr.source, tr.cfg, 0)
     losses = [tr.train_step(batch)["loss"] for _ in range(8)]
     assert all(np.isfinite(losses)) and losses[-1] < 0.9 * losses[0], losses
+
+
+def test_shipped_model_card_loads_and_animates():
+    """The packaged model: its card matches the file, it loads strictly, and on a held-out person the 3D sink
+    renders a head whose mouth region follows the jaw and whose back view is covered (not a cut-out face)."""
+    from flexrt.corpus import cameras
+    from flexrt.corpus.codes import euler_matrix, neutral_code, with_rotation
+    from flexrt.model.checkpoint import file_sha256
+    from flexrt.training.shipped import shipped_card, shipped_checkpoint
+    from flexrt.training.showcase import MOUTH_BOX, model_frames
+    from flexrt.training.trainer import build_model
+
+    ckpt = shipped_checkpoint()
+    if ckpt is None:
+        pytest.skip("no shipped model in training/assets (see docs/TRAINING.md)")
+    card = shipped_card()
+    assert card["sha256"] == file_sha256(ckpt) and card["bytes"] == ckpt.stat().st_size < 10_000_000
+    model, dino, _ = build_model(TrainConfig(init_checkpoint=str(ckpt)))
+    corpus = HeadCorpus(CorpusConfig(**card["corpus"]))
+    s = corpus.sample("heldout", 1)
+    codes = with_rotation(neutral_code(2), "jaw", euler_matrix(torch.tensor(0.0), torch.tensor([0.0, 0.45]),
+                                                                torch.tensor(0.0)))
+    fc2w, fK = cameras.eval_views(("front", "front"))
+    frames = model_frames(model, dino, s.input_image, s.input_cam2world, s.input_intrinsics, codes, fc2w, fK, 64)
+    r, c = MOUTH_BOX
+    assert float((frames[1, :, r, c] - frames[0, :, r, c]).abs().mean()) > card["tests"]["min_mouth_change"]
+    assert float((frames[1, :, :30] - frames[0, :, :30]).abs().mean()) < 0.5 * float(
+        (frames[1, :, r, c] - frames[0, :, r, c]).abs().mean())  # the mouth moves more than the forehead
+    bc2w, bK = cameras.eval_views(("back",))
+    back = model_frames(model, dino, s.input_image, s.input_cam2world, s.input_intrinsics, codes[:1], bc2w, bK, 64)
+    head = back[0, :, 16:48, 20:44]  # the middle of the back of the head
+    assert float((head < 0.9).any(0).float().mean()) > 0.9  # covered: not the white background

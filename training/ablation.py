@@ -88,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--views-per-sample", type=int, default=1)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--lr-warmup", type=int, default=0)
+    p.add_argument("--lr-schedule", default="constant", choices=("constant", "cosine"))
+    p.add_argument("--lr-min", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-count", type=int, default=32, help="held-out samples")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -109,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         cfg = TrainConfig(out=str(out / name), corpus_cache=args.corpus_cache, steps=args.steps,
                           batch_size=args.batch_size, views_per_sample=args.views_per_sample, lr=args.lr,
-                          lr_warmup=args.lr_warmup, seed=args.seed, device=device,
+                          lr_warmup=args.lr_warmup, lr_schedule=args.lr_schedule, lr_min=args.lr_min,
+                          seed=args.seed, device=device,
                           render_backend=args.render_backend, threads=args.threads, ckpt_every=args.ckpt_every,
                           **RUNS[name])
         tr = Trainer(cfg)

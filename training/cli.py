@@ -50,6 +50,9 @@ def add_parser(subparsers) -> None:
     o.add_argument("--views-per-sample", type=int, default=1, help="target views rendered per sample")
     o.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
     o.add_argument("--lr-warmup", type=int, default=0, help="linear warm-up steps")
+    o.add_argument("--lr-schedule", default="constant", choices=("constant", "cosine"),
+                   help="after the warm-up: constant, or cosine decay to --lr-min at --steps")
+    o.add_argument("--lr-min", type=float, default=0.0, help="final learning rate of the cosine schedule")
     o.add_argument("--clip-grad", type=float, default=1.0, help="max gradient norm (0: off)")
     o.add_argument("--seed", type=int, default=0, help="batch order seed")
     o.add_argument("--dino-loss-weights", help="dinov2_vits14_pretrain.pth: enables the DINO perceptual loss")
@@ -82,7 +85,8 @@ def _config_from_args(args):
         init_checkpoint=args.init_checkpoint, corpus_cache=args.corpus_cache,
         corpus={"seed": args.corpus_seed, "image_size": args.image_size}, data=args.data, sinks=not args.no_sinks,
         mix_3d=args.mix_3d, batch_size=args.batch_size, views_per_sample=args.views_per_sample, steps=args.steps,
-        lr=args.lr, lr_warmup=args.lr_warmup, clip_grad=args.clip_grad, seed=args.seed,
+        lr=args.lr, lr_warmup=args.lr_warmup, lr_schedule=args.lr_schedule, lr_min=args.lr_min,
+        clip_grad=args.clip_grad, seed=args.seed,
         device=resolve_device(args.device), render_backend=args.render_backend,
         dino_loss_weights=args.dino_loss_weights, sam_module=args.sam_module,
         perceptual_start=args.perceptual_start, log_every=args.log_every, ckpt_every=args.ckpt_every,

@@ -69,6 +69,8 @@ class TrainConfig:
     steps: int = 1000
     lr: float = 1e-4
     lr_warmup: int = 0  # linear warm-up steps
+    lr_schedule: str = "constant"  # "constant" | "cosine" (after the warm-up, down to lr_min at `steps`)
+    lr_min: float = 0.0
     clip_grad: float = 1.0
     seed: int = 0
     device: str = "cpu"
@@ -82,6 +84,8 @@ class TrainConfig:
     threads: int = 1
 
     def __post_init__(self):
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         if self.data not in ("mixed", "2d", "3d"):
             raise ValueError(f"data must be 'mixed', '2d' or '3d', got {self.data!r}")
         if not 0.0 <= self.mix_3d <= 1.0:
@@ -270,9 +274,13 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------- training
     def lr_at(self, step: int) -> float:
-        if self.cfg.lr_warmup > 0 and step < self.cfg.lr_warmup:
-            return self.cfg.lr * (step + 1) / self.cfg.lr_warmup
-        return self.cfg.lr
+        cfg = self.cfg
+        if cfg.lr_warmup > 0 and step < cfg.lr_warmup:
+            return cfg.lr * (step + 1) / cfg.lr_warmup
+        if cfg.lr_schedule == "cosine":
+            t = min(1.0, (step - cfg.lr_warmup) / max(1, cfg.steps - cfg.lr_warmup))
+            return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * t))
+        return cfg.lr
 
     def train_step(self, batch: Batch) -> dict:
         cfg = self.cfg

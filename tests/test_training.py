@@ -233,9 +233,40 @@ def test_training_steps_on_gpu(tmp_path, cache_dir):
     assert all(np.isfinite(losses)) and losses[-1] < 0.9 * losses[0], losses
 
 
-def test_shipped_model_card_loads_and_animates():
-    """The packaged model: its card matches the file, it loads strictly, and on a held-out person the 3D sink
-    renders a head whose mouth region follows the jaw and whose back view is covered (not a cut-out face)."""
+def test_package_and_demo_use_the_shipped_model(tmp_path, cache_dir, monkeypatch, capsys):
+    """The packaging step writes weights + card; `flexavatar demo` then exports them and builds the avatar from a
+    held-out corpus person (the weights here are a 1-step run: this checks the plumbing, not the quality)."""
+    from flexrt.cli import main
+    from flexrt.model.checkpoint import file_sha256
+    from flexrt.runtime import cli as runtime_cli
+    from flexrt.training import shipped
+
+    tr = Trainer(_cfg(tmp_path / "run", cache_dir, steps=1))
+    tr.run(progress=False)
+    monkeypatch.setattr(shipped, "ASSETS", tmp_path / "assets")
+    monkeypatch.setattr(shipped, "SHIPPED_WEIGHTS", tmp_path / "assets" / "w.safetensors")
+    monkeypatch.setattr(shipped, "SHIPPED_CARD", tmp_path / "assets" / "w.json")
+    path = shipped.package(tmp_path / "run")
+    card = shipped.shipped_card()
+    assert shipped.shipped_checkpoint() == path and card["sha256"] == file_sha256(path) and card["steps"] == 1
+    assert card["corpus"]["image_size"] == 32 and card["train_config"]["lr"] == 1e-3
+    photo, c2w, K, name = shipped.demo_photo(0)
+    assert photo.shape == (512, 512, 3) and photo.dtype == np.uint8 and name.startswith("held-out corpus person")
+    monkeypatch.setattr(runtime_cli, "find_shared_dir", lambda: None)
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--frames", "3", "--width", "32", "--height", "32", "--fps", "0",
+                 "--no-progress"]) == 0
+    report = json.loads((out / "latency.json").read_text())
+    assert report["avatar"]["source"].startswith("held-out corpus person")
+    assert "the shipped model trained on the procedural head corpus" in capsys.readouterr().out
+    manifest = json.loads((out / "engines" / "manifest.json").read_text())
+    assert card["sha256"] in json.dumps(manifest)  # the engines hold the shipped weights
+
+
+def test_shipped_model_animates():
+    """Quality bar of a packaged model (skips until one is committed): on a held-out person, with the 3D sink,
+    the mouth region follows the jaw (truth: ~0.02-0.04 mean change on 0..1) more than the forehead does, and the
+    back view is a covered head, not background."""
     from flexrt.corpus import cameras
     from flexrt.corpus.codes import euler_matrix, neutral_code, with_rotation
     from flexrt.model.checkpoint import file_sha256
@@ -245,21 +276,18 @@ def test_shipped_model_card_loads_and_animates():
 
     ckpt = shipped_checkpoint()
     if ckpt is None:
-        pytest.skip("no shipped model in training/assets (see docs/TRAINING.md)")
+        pytest.skip("no shipped model in training/assets: the CPU run did not learn to animate (docs/TRAINING.md)")
     card = shipped_card()
     assert card["sha256"] == file_sha256(ckpt) and card["bytes"] == ckpt.stat().st_size < 10_000_000
     model, dino, _ = build_model(TrainConfig(init_checkpoint=str(ckpt)))
-    corpus = HeadCorpus(CorpusConfig(**card["corpus"]))
-    s = corpus.sample("heldout", 1)
+    s = HeadCorpus(CorpusConfig(**card["corpus"])).sample("heldout", 1)
     codes = with_rotation(neutral_code(2), "jaw", euler_matrix(torch.tensor(0.0), torch.tensor([0.0, 0.45]),
                                                                 torch.tensor(0.0)))
     fc2w, fK = cameras.eval_views(("front", "front"))
     frames = model_frames(model, dino, s.input_image, s.input_cam2world, s.input_intrinsics, codes, fc2w, fK, 64)
     r, c = MOUTH_BOX
-    assert float((frames[1, :, r, c] - frames[0, :, r, c]).abs().mean()) > card["tests"]["min_mouth_change"]
-    assert float((frames[1, :, :30] - frames[0, :, :30]).abs().mean()) < 0.5 * float(
-        (frames[1, :, r, c] - frames[0, :, r, c]).abs().mean())  # the mouth moves more than the forehead
+    mouth = float((frames[1, :, r, c] - frames[0, :, r, c]).abs().mean())
+    assert mouth > 0.01 and float((frames[1, :, :30] - frames[0, :, :30]).abs().mean()) < 0.5 * mouth
     bc2w, bK = cameras.eval_views(("back",))
     back = model_frames(model, dino, s.input_image, s.input_cam2world, s.input_intrinsics, codes[:1], bc2w, bK, 64)
-    head = back[0, :, 16:48, 20:44]  # the middle of the back of the head
-    assert float((head < 0.9).any(0).float().mean()) > 0.9  # covered: not the white background
+    assert float((back[0, :, 16:48, 20:44] < 0.9).any(0).float().mean()) > 0.9

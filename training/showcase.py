@@ -60,12 +60,28 @@ def mouth_change(frames: torch.Tensor, lo: int, hi: int) -> float:
     return float((frames[hi, :, r, c] - frames[lo, :, r, c]).abs().mean())
 
 
-def showcase(checkpoint: str | None, out: str | Path, sequence: str | None = None, person: int = 0,
+def showcase(checkpoint: str | None, out: str | Path, sequence: str | None = None, persons=(0,),
              columns: int = 6, size: int = 64, corpus_cfg: CorpusConfig | None = None) -> dict:
-    from PIL import Image, ImageDraw
+    """Write the PNG (one block of rows per held-out person, stacked) and return the metrics per person."""
+    from PIL import Image
 
     torch.set_flush_denormal(True)
     corpus = HeadCorpus(corpus_cfg or CorpusConfig())
+    blocks, metrics = [], {}
+    for person in persons:
+        img, m = _person_block(corpus, checkpoint, sequence, person, columns, size)
+        blocks.append(np.asarray(img))
+        metrics[f"person_{person}"] = m
+    width = max(b.shape[1] for b in blocks)
+    blocks = [np.pad(b, ((0, 6), (0, width - b.shape[1]), (0, 0)), constant_values=255) for b in blocks]
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.concatenate(blocks, 0)).save(out, optimize=True)
+    return metrics
+
+
+def _person_block(corpus: HeadCorpus, checkpoint, sequence, person: int, columns: int, size: int):
+    from PIL import Image, ImageDraw
+
     sample = corpus.sample("heldout", person)
     ident = corpus.identity("heldout", sample.identity)
     codes, seq_name = load_codes(sequence, 64)
@@ -117,10 +133,8 @@ def showcase(checkpoint: str | None, out: str | Path, sequence: str | None = Non
     draw = ImageDraw.Draw(img)
     for i, text in enumerate(labels):
         draw.text((3, i * (size + gap) + size // 2 - 5), text, fill=(0, 0, 0))
-    draw.text((label_w + 2, size - 10), "input", fill=(80, 80, 80))
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    img.save(out, optimize=True)
-    return metrics
+    draw.text((label_w + 2, size - 10), f"input {person}", fill=(80, 80, 80))
+    return img, metrics
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="PNG to write")
     p.add_argument("--sequence", help="driving .npz (expression_codes); default: ../shared EMO-1 when present, "
                                       "else procedural codes")
-    p.add_argument("--person", type=int, default=0, help="held-out person index")
+    p.add_argument("--persons", default="0,1", help="held-out person indices, comma-separated")
+    p.add_argument("--corpus-cache", help="take the corpus config (seed, pose_scale, ...) from this cache")
     p.add_argument("--columns", type=int, default=6)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -141,7 +156,13 @@ def main(argv: list[str] | None = None) -> int:
         shared = find_shared_dir()
         cand = shared / "reference/assets/expressions/EMO-1-shout+laugh.npz" if shared else None
         seq = str(cand) if cand is not None and cand.is_file() else None
-    metrics = showcase(args.checkpoint, args.out, seq, args.person, args.columns)
+    cfg = None
+    if args.corpus_cache:
+        from flexrt.corpus.dataset import read_cache_config
+
+        cfg = read_cache_config(args.corpus_cache)
+    persons = [int(x) for x in args.persons.split(",") if x.strip()]
+    metrics = showcase(args.checkpoint, args.out, seq, persons, args.columns, corpus_cfg=cfg)
     print(json.dumps(metrics, indent=2))
     print(f"wrote {args.out}")
     return 0

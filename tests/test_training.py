@@ -220,6 +220,8 @@ def test_cli_train_resume_eval_and_errors(tmp_path, cache_dir, capsys):
     ev = json.loads((out / "eval.json").read_text())
     assert set(ev) >= {"front", "side_back", "per_view"} and ev["count"] == 2
     assert json.loads((out / "checkpoints" / "latest.json").read_text())["step"] == 2
+    assert main(common + ["--resume"]) == 0  # no --steps: the run's own total (2), nothing left to do
+    assert json.loads((out / "train_config.json").read_text())["steps"] == 2
     assert main(["train", "--out", str(tmp_path / "none"), "--resume", "--no-progress"]) == 2
     assert "error: " in capsys.readouterr().out
     assert main(common + ["--corpus-cache", str(tmp_path / "missing"), "--steps", "1"]) == 2

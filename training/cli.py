@@ -45,7 +45,7 @@ def add_parser(subparsers) -> None:
     d.add_argument("--corpus-seed", type=int, default=0, help="corpus seed when rendering on the fly")
     d.add_argument("--image-size", type=int, default=64, help="target render size when rendering on the fly")
     o = p.add_argument_group("optimisation")
-    o.add_argument("--steps", type=int, default=1000)
+    o.add_argument("--steps", type=int, help="total steps (default 1000; with --resume: the run's own total)")
     o.add_argument("--batch-size", type=int, default=4)
     o.add_argument("--views-per-sample", type=int, default=1, help="target views rendered per sample")
     o.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
@@ -64,6 +64,8 @@ def add_parser(subparsers) -> None:
                    help="differentiable rasterizer (auto: gsplat on CUDA when installed, else the PyTorch reference)")
     r.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     r.add_argument("--log-every", type=int, default=10)
+    r.add_argument("--tensorboard", action="store_true", help="also log scalars to <out>/tensorboard (needs the "
+                                                               "tensorboard package)")
     r.add_argument("--ckpt-every", type=int, default=200)
     r.add_argument("--eval", action="store_true", help="evaluate on held-out identities at the end")
     r.add_argument("--eval-count", type=int, default=16, help="held-out samples to evaluate")
@@ -78,18 +80,24 @@ def _config_from_args(args):
     from .trainer import TrainConfig, resume_config
 
     if args.resume or args.eval_only:
-        return resume_config(args.out, steps=args.steps if args.resume else 0, device=resolve_device(args.device),
-                             threads=args.threads)
+        over = {"device": resolve_device(args.device), "threads": args.threads}
+        if args.eval_only:
+            over["steps"] = 0
+        elif args.steps is not None:
+            over["steps"] = args.steps
+        return resume_config(args.out, **over)
     return TrainConfig(
         out=args.out, preset=args.preset, template=args.template, dinov2=args.dinov2,
         init_checkpoint=args.init_checkpoint, corpus_cache=args.corpus_cache,
         corpus={"seed": args.corpus_seed, "image_size": args.image_size}, data=args.data, sinks=not args.no_sinks,
-        mix_3d=args.mix_3d, batch_size=args.batch_size, views_per_sample=args.views_per_sample, steps=args.steps,
+        mix_3d=args.mix_3d, batch_size=args.batch_size, views_per_sample=args.views_per_sample,
+        steps=1000 if args.steps is None else args.steps,
         lr=args.lr, lr_warmup=args.lr_warmup, lr_schedule=args.lr_schedule, lr_min=args.lr_min,
         clip_grad=args.clip_grad, seed=args.seed,
         device=resolve_device(args.device), render_backend=args.render_backend,
         dino_loss_weights=args.dino_loss_weights, sam_module=args.sam_module,
         perceptual_start=args.perceptual_start, log_every=args.log_every, ckpt_every=args.ckpt_every,
+        tensorboard=args.tensorboard,
         threads=args.threads)
 
 

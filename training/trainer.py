@@ -79,6 +79,7 @@ class TrainConfig:
     sam_module: str | None = None  # TorchScript SAM feature module: enables the SAM perceptual term
     perceptual_start: int = 0  # step from which the perceptual terms are active
     log_every: int = 10
+    tensorboard: bool = False  # also write <out>/tensorboard (torch.utils.tensorboard; needs `tensorboard`)
     ckpt_every: int = 200
     keep_checkpoints: int = 3
     threads: int = 1
@@ -314,6 +315,13 @@ class Trainer:
         logger.info("%s", self.perceptual.describe())
         logger.info("encoder DINOv2: %s (frozen)", self.dino_source)
         rows = []
+        tb = None
+        if cfg.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise RuntimeError("--tensorboard needs the tensorboard package (pip install tensorboard)") from e
+            tb = SummaryWriter(str(self.out / "tensorboard"))
         t0 = time.perf_counter()
         with open(log_path, "w" if new_log else "a", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=LOG_FIELDS, extrasaction="ignore")
@@ -332,10 +340,16 @@ class Trainer:
                     t_last, s_last = now, self.step
                     writer.writerow({k: row.get(k, "") for k in LOG_FIELDS})
                     f.flush()
+                    if tb is not None:
+                        for k in ("loss", "l1", "ssim", "dino", "sam", "lr", "grad_norm"):
+                            if k in row:
+                                tb.add_scalar(f"train/{k}", row[k], self.step)
                     rows.append(row)
                 if self.step % cfg.ckpt_every == 0 or self.step == total:
                     self.save()
             bar.close()
+        if tb is not None:
+            tb.close()
         return rows
 
 

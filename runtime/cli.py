@@ -253,7 +253,8 @@ def _server_config(args):
     return ServerConfig(
         host=args.host, port=args.port, store_dir=args.store, max_width=args.max_size, max_height=args.max_size,
         max_streams=args.max_streams, max_stream_fps=args.max_stream_fps, max_batch_size=args.max_batch,
-        max_batch_wait_ms=args.max_batch_wait_ms, rasterizer=args.rasterizer, auth_token=_read_token(args),
+        max_batch_wait_ms=args.max_batch_wait_ms, pipeline_slots=args.pipeline_slots, jpeg=args.jpeg,
+        metrics_port=args.metrics_port, rasterizer=args.rasterizer, auth_token=_read_token(args),
         tls_cert=args.tls_cert, tls_key=args.tls_key, shutdown_grace_s=args.grace, shutdown_drain_s=args.drain,
     ).validate()
 
@@ -405,15 +406,25 @@ def add_parser(subparsers) -> None:
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
                    help="engine precision (onnxruntime: fp32/fp16, torch: fp32/bf16); auto = bf16 for the torch "
                         "backend on a GPU (render PSNR vs fp32 in docs/BENCHMARKS.md), else fp32")
-    p.add_argument("--rasterizer", default="auto", choices=("auto", "cpu", "cupy"))
+    p.add_argument("--rasterizer", default="auto", choices=("auto", "cpu", "cupy"),
+                   help="auto = the CuPy/CUDA kernels with a CUDA engine, the PyTorch reference on the CPU")
+    p.add_argument("--jpeg", default="auto", choices=("auto", "cuda", "cpu"),
+                   help="where JPEG frames are encoded: cuda = on the GPU next to the rendered frame "
+                        "(kernels.jpeg), cpu = Pillow; auto = cuda when frames are rendered on the GPU")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 for all)")
     p.add_argument("--port", type=int, default=50051)
     p.add_argument("--store", default="avatars", help="avatar store directory (kept across restarts)")
     p.add_argument("--max-size", type=int, default=1024, help="largest frame width/height")
-    p.add_argument("--max-streams", type=int, default=16)
+    p.add_argument("--max-streams", type=int, default=64, help="concurrent Animate streams (one more gets "
+                                                                "RESOURCE_EXHAUSTED)")
     p.add_argument("--max-stream-fps", type=float, default=0.0, help="0 = unlimited")
-    p.add_argument("--max-batch", type=int, default=8)
-    p.add_argument("--max-batch-wait-ms", type=float, default=2.0)
+    p.add_argument("--max-batch", type=int, default=64, help="most frames in one batch (one decode call)")
+    p.add_argument("--max-batch-wait-ms", type=float, default=1.0,
+                   help="with the GPU idle, how long the oldest frame waits for company at most")
+    p.add_argument("--pipeline-slots", type=int, default=2,
+                   help="batches in flight at once (batch k+1 decodes while batch k renders and copies)")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="serve Prometheus metrics on http://HOST:PORT/metrics (off by default)")
     p.add_argument("--tls-cert", help="PEM certificate chain (with --tls-key: serve TLS)")
     p.add_argument("--tls-key", help="PEM private key")
     p.add_argument("--grace", type=float, default=5.0, help="seconds in-flight calls get at shutdown")
@@ -459,7 +470,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--engines", help="use this engine directory instead of exporting")
     p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--rasterizer", default="auto", choices=("auto", "cpu", "cupy"))
+    p.add_argument("--rasterizer", default="auto", choices=("auto", "cpu", "cupy"),
+                   help="auto = the CuPy/CUDA kernels with a CUDA engine, the PyTorch reference on the CPU")
+    p.add_argument("--jpeg", default="auto", choices=("auto", "cuda", "cpu"),
+                   help="where JPEG frames are encoded: cuda = on the GPU next to the rendered frame "
+                        "(kernels.jpeg), cpu = Pillow; auto = cuda when frames are rendered on the GPU")
     p.add_argument("--width", type=int, default=None, help="frame width (default: 128 on CPU, 512 on CUDA)")
     p.add_argument("--height", type=int, default=None, help="frame height (default: 128 on CPU, 512 on CUDA)")
     p.add_argument("--frames", type=int, default=None, help="frames to stream (default: the whole sequence)")

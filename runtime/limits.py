@@ -22,19 +22,27 @@ class ServerConfig:
     min_size: int = 16  # smallest frame width / height
     max_width: int = 1024
     max_height: int = 1024
-    max_streams: int = 16  # concurrent Animate streams; one more -> RESOURCE_EXHAUSTED
+    max_streams: int = 64  # concurrent Animate streams; one more -> RESOURCE_EXHAUSTED
     max_message_bytes: int = 16 * MiB  # largest request (photo upload); bigger -> RESOURCE_EXHAUSTED
     max_stream_fps: float = 0.0  # rendered frames per second per stream; 0 = as fast as the engine goes
     max_stream_messages_per_s: float = 2000.0  # request messages per second per stream (burst = 1 s worth)
     config_timeout_s: float = 10.0  # how long a new stream may take to send its SessionConfig
 
-    # ---- batching ----
-    max_batch_size: int = 8  # frames in one engine.decode call (an exported engine's max_batch bounds it)
-    max_batch_wait_ms: float = 2.0  # how long the first frame of a batch waits for company
-    encode_workers: int = 2  # threads for JPEG/PNG encoding (Pillow releases the GIL)
+    # ---- batching and the GPU pipeline (runtime/batcher.py, runtime/frames.py) ----
+    max_batch_size: int = 64  # frames in one batch (an exported engine's max_batch bounds it)
+    max_batch_wait_ms: float = 1.0  # with the GPU idle, how long the oldest frame waits for company at most
+    batch_lead_ms: float = 1.5  # with batches in flight, the next one starts this long before the GPU is free
+    pipeline_slots: int = 2  # batches in flight at once (batch k+1 decodes while batch k renders and copies)
+    max_in_flight_per_stream: int = 2  # frames of one stream being rendered at once (the newest waits, latest wins)
+    encode_workers: int = 2  # threads for Pillow encoding (PNG; JPEG on CPU hosts) and photo decoding
+    warmup_sizes: tuple = ((512, 512),)  # frame sizes whose render graphs are captured before SERVING
 
     # ---- backends ----
     rasterizer: str = "auto"  # "auto" | "cpu" | "cupy"; auto = cupy when the engine runs on CUDA
+    jpeg: str = "auto"  # "auto" | "cuda" | "cpu": JPEG on the GPU (kernels.jpeg) or with Pillow; auto: GPU on a GPU
+
+    # ---- observability ----
+    metrics_port: int | None = None  # Prometheus /metrics on this port (0 = any free port); None = off
 
     # ---- security ----
     auth_token: str | None = None  # bearer token; None = no auth. Health checks stay open for load balancers.
@@ -53,6 +61,10 @@ class ServerConfig:
                              f"{self.max_width}x{self.max_height}")
         if self.max_streams < 1 or self.max_batch_size < 1 or self.encode_workers < 1:
             raise ValueError("max_streams, max_batch_size and encode_workers must be >= 1")
+        if self.pipeline_slots < 1 or self.max_in_flight_per_stream < 1 or self.batch_lead_ms < 0:
+            raise ValueError("pipeline_slots and max_in_flight_per_stream must be >= 1, batch_lead_ms >= 0")
+        if self.jpeg not in ("auto", "cuda", "cpu"):
+            raise ValueError(f"jpeg must be 'auto', 'cuda' or 'cpu', got {self.jpeg!r}")
         if self.max_batch_wait_ms < 0 or self.max_stream_fps < 0 or self.max_stream_messages_per_s <= 0:
             raise ValueError("max_batch_wait_ms and max_stream_fps must be >= 0, max_stream_messages_per_s > 0")
         if not 1024 <= self.max_message_bytes < 2**31:

@@ -33,8 +33,9 @@ from flexrt.proto import flexavatar_pb2 as pb
 from flexrt.proto import flexavatar_pb2_grpc as pb_grpc
 
 from . import codec
-from .batcher import Batcher, resolve_rasterizer
+from .batcher import Batcher, low_priority_stream
 from .engines.base import Engine
+from .frames import FrameRenderer, resolve_rasterizer
 from .limits import BearerTokenInterceptor, ServerConfig, TokenBucket, server_credentials, server_options
 from .session import (
     Session,
@@ -74,16 +75,21 @@ def _avatar_proto(record: AvatarRecord) -> pb.Avatar:
 class FlexAvatarService(pb_grpc.FlexAvatarServicer):
     """The servicer. Runs on one event loop; the engine runs on the batcher's engine thread."""
 
-    def __init__(self, engine: Engine, config: ServerConfig, store: AvatarStore, rasterizer: str):
+    def __init__(self, engine: Engine, config: ServerConfig, store: AvatarStore, rasterizer: str, metrics=None):
         self.engine = engine
         self.config = config
         self.store = store
         self.rasterizer = rasterizer
         self.model = model_identity(engine)
-        self.batcher = Batcher(engine, rasterizer, config.max_batch_size, config.max_batch_wait_ms / 1000.0,
-                               active_streams=lambda: len(self.sessions))
-        # Pillow encodes/decodes here (it releases the GIL), off the event loop and off the engine thread.
+        self.metrics = metrics
+        # Pillow encodes (PNG, JPEG on CPU hosts) and decodes photos here, off the event loop and the GPU threads.
         self.codec_executor = ThreadPoolExecutor(config.encode_workers, thread_name_prefix="flexrt-codec")
+        self.renderer = FrameRenderer(engine, rasterizer, jpeg=config.jpeg, slots=config.pipeline_slots,
+                                      max_batch=config.max_batch_size, cpu_executor=self.codec_executor)
+        self.batcher = Batcher(self.renderer, config.max_batch_size, config.max_batch_wait_ms / 1000.0,
+                               lead_s=config.batch_lead_ms / 1000.0, active_streams=lambda: len(self.sessions),
+                               metrics=metrics)
+        self._create_stream = low_priority_stream(engine.device)  # avatar creation below the live frames
         self.sessions: dict[int, Session] = {}
         self.open_streams = 0
         self.shutting_down = False
@@ -111,6 +117,8 @@ class FlexAvatarService(pb_grpc.FlexAvatarServicer):
             "batches": self.batcher.batches,
             "batch_sizes": dict(self.batcher.batch_sizes),
             "batcher_waiting": self.batcher.waiting,
+            "batches_in_flight": self.batcher.in_flight,
+            "jpeg_cpu_fallbacks": self.renderer.jpeg_overflows,
             "sessions": sessions,
         }
 
@@ -160,7 +168,7 @@ class FlexAvatarService(pb_grpc.FlexAvatarServicer):
                 rgb = await loop.run_in_executor(self.codec_executor, _decode_photo, request.image, size)
             except ValueError as exc:
                 raise invalid(str(exc)) from None
-            code = await self.batcher.run_on_engine(self._encode_photo, rgb, c2w, K)  # [HT,D] host
+            code = await self.batcher.run_creation(self._encode_photo, rgb, c2w, K)  # [HT,D] host
             model = self.model
         record = await loop.run_in_executor(
             None, lambda: self.store.add(code, source=source if source == "image" else "npy", model=model,
@@ -170,13 +178,15 @@ class FlexAvatarService(pb_grpc.FlexAvatarServicer):
 
     @torch.inference_mode()
     def _encode_photo(self, rgb: np.ndarray, c2w: np.ndarray, K: np.ndarray) -> np.ndarray:
-        """Engine thread: uint8 [512,512,3] photo + camera -> avatar code float32 [HT,D] on the host."""
+        """Creation thread: uint8 [512,512,3] photo + camera -> avatar code float32 [HT,D] on the host. On a GPU
+        it runs on a low-priority CUDA stream, so the live streams' frames are scheduled first."""
         device = self.engine.device
-        images = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].to(device).float().div_(255.0)  # [1,3,512,512]
-        cam2world = torch.from_numpy(c2w)[None].to(device)  # [1,4,4]
-        intrinsics = torch.from_numpy(K)[None].to(device)  # [1,3,3]
-        code = self.engine.encode(images, cam2world, intrinsics)  # [1,HT,D]
-        return code[0].float().cpu().numpy()
+        with torch.cuda.stream(self._create_stream) if self._create_stream is not None else contextlib.nullcontext():
+            images = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].to(device).float().div_(255.0)  # [1,3,512,512]
+            cam2world = torch.from_numpy(c2w)[None].to(device)  # [1,4,4]
+            intrinsics = torch.from_numpy(K)[None].to(device)  # [1,3,3]
+            code = self.engine.encode(images, cam2world, intrinsics)  # [1,HT,D]
+            return code[0].float().cpu().numpy()
 
     async def GetAvatar(self, request: pb.GetAvatarRequest, context) -> pb.Avatar:
         async def get():
@@ -292,6 +302,8 @@ class FlexAvatarService(pb_grpc.FlexAvatarServicer):
                     return
                 session.offer(parse_frame(request, session))
                 self.frames_received += 1
+                if self.metrics is not None:
+                    self.metrics.received.inc()
             session.close_input()
         except StreamError as err:
             session.fail(err)
@@ -302,45 +314,75 @@ class FlexAvatarService(pb_grpc.FlexAvatarServicer):
             session.close_input()
 
     async def _render_loop(self, session: Session, context) -> None:
+        """Submit the session's newest frame whenever fewer than ``max_in_flight_per_stream`` of its frames are
+        being rendered; a writer task sends the results back in order. A client that stops reading stalls its
+        writer (HTTP/2 flow control), so no new frame of it is submitted and its newest one waits (latest wins)."""
         loop = asyncio.get_running_loop()
         min_interval = 1.0 / self.config.max_stream_fps if self.config.max_stream_fps > 0 else 0.0
         next_start = 0.0
+        slots = asyncio.Semaphore(self.config.max_in_flight_per_stream)
+        results: asyncio.Queue = asyncio.Queue()
+        writer = loop.create_task(self._write_results(session, context, results, slots))
+        try:
+            while True:
+                await slots.acquire()
+                if writer.done():  # the writer failed (its error is raised below)
+                    break
+                frame = await session.next_frame()
+                if frame is None:
+                    break  # the client half-closed; every frame it sent is answered or dropped
+                if min_interval:
+                    wait = next_start - loop.time()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                        frame = session.take_newer(frame)
+                    next_start = max(next_start, loop.time()) + min_interval  # earliest start of the next frame
+                results.put_nowait((frame, self.batcher.submit(session, frame)))
+            results.put_nowait(None)
+            await writer
+        finally:
+            if not writer.done():
+                writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await writer
+            while not results.empty():  # frames of a stream that ended: their futures are cancelled
+                item = results.get_nowait()
+                if item is not None:
+                    item[1].cancel()
+
+    async def _write_results(self, session: Session, context, results: asyncio.Queue, slots: asyncio.Semaphore):
         while True:
-            frame = await session.next_frame()
-            if frame is None:
-                return  # the client half-closed and every frame it sent is answered or dropped
-            if min_interval:
-                wait = next_start - loop.time()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                    frame = session.take_newer(frame)
-                next_start = max(next_start, loop.time()) + min_interval  # earliest start of the next frame
+            item = await results.get()
+            if item is None:
+                return
+            frame, future = item
             try:
-                rendered = await self.batcher.submit(session, frame)
+                rendered = await future
             except RuntimeError as exc:
-                raise StreamError(grpc.StatusCode.INTERNAL, str(exc)) from None
-            t0 = time.perf_counter_ns()
-            image = await loop.run_in_executor(
-                self.codec_executor, codec.encode_frame, rendered.rgb, session.encoding, session.quality)
-            encode_us = (time.perf_counter_ns() - t0) // 1000
+                err = StreamError(grpc.StatusCode.INTERNAL, str(exc))
+                session.fail(err)  # wakes the submitting loop too
+                raise err from None
             session.counters.rendered += 1
+            server_us = (time.perf_counter_ns() - frame.received_ns) // 1000
+            if self.metrics is not None:
+                self.metrics.frame(rendered, server_us)
             response = pb.AnimateResponse(
                 sequence=frame.sequence,
                 client_timestamp_us=frame.client_timestamp_us,
-                image=image,
+                image=rendered.frame.data,
                 width=session.width,
                 height=session.height,
                 encoding=session.encoding,
                 timings=pb.StageTimings(
                     queue_us=_u32(rendered.queue_us), decode_us=_u32(rendered.decode_us),
-                    render_us=_u32(rendered.render_us), encode_us=_u32(encode_us),
-                    server_us=_u32((time.perf_counter_ns() - frame.received_ns) // 1000),
-                    batch_size=rendered.batch_size,
+                    render_us=_u32(rendered.render_us), encode_us=_u32(rendered.encode_us),
+                    server_us=_u32(server_us), batch_size=rendered.batch_size,
                 ),
                 counters=pb.StreamCounters(received=session.counters.received, rendered=session.counters.rendered,
                                            dropped=session.counters.dropped),
             )
             await context.write(response)  # waits while the client does not read (HTTP/2 flow control)
+            slots.release()
 
 
 def _u32(value: int) -> int:
@@ -362,16 +404,26 @@ class _RunningServer:
         self.config = config.validate()
         self.engine = engine
         self.store = store if store is not None else AvatarStore(config.store_dir)
-        self.rasterizer = resolve_rasterizer(config.rasterizer, engine)
+        self.rasterizer = resolve_rasterizer(config.rasterizer, engine.device)
         self.service: FlexAvatarService | None = None
         self.server: grpc.aio.Server | None = None
         self.health: health_aio.HealthServicer | None = None
         self.port: int | None = None
+        self.metrics_port: int | None = None
         self._stopped = False
 
     async def start(self) -> None:
         cfg = self.config
-        self.service = FlexAvatarService(self.engine, cfg, self.store, self.rasterizer)
+        self.metrics = None
+        if cfg.metrics_port is not None:
+            from .metrics import ServerMetrics
+
+            self.metrics = ServerMetrics(
+                active_streams=lambda: len(self.service.sessions),
+                dropped_frames=lambda: self.service.frames_dropped_closed + sum(
+                    s.counters.dropped for s in list(self.service.sessions.values())),
+                jpeg_fallbacks=lambda: self.service.renderer.jpeg_overflows, device=self.engine.device)
+        self.service = FlexAvatarService(self.engine, cfg, self.store, self.rasterizer, metrics=self.metrics)
         interceptors = [BearerTokenInterceptor(cfg.auth_token)] if cfg.auth_token else []
         self.server = grpc.aio.server(options=server_options(cfg), interceptors=interceptors)
         pb_grpc.add_FlexAvatarServicer_to_server(self.service, self.server)
@@ -394,12 +446,18 @@ class _RunningServer:
             raise RuntimeError(f"cannot listen on {address}")
         self.port = port
         self.service.start()
-        # compile / capture every batch size the batcher can form before the first stream arrives (on the
-        # engine thread, which owns the engine); health stays NOT_SERVING until then
+        # compile / capture every batch size the batcher can form before the first stream arrives (on the GPU
+        # thread, which owns the engine's graphs); health stays NOT_SERVING until then
         t0 = time.perf_counter()
-        await self.service.batcher.run_on_engine(self.service.engine.warmup, cfg.max_batch_size)
-        logger.info("engine warm-up for batches up to %d took %.1f s", cfg.max_batch_size, time.perf_counter() - t0)
+        await self.service.batcher.run_on_gpu_thread(self.service.engine.warmup, cfg.max_batch_size)
+        sizes = [(w, h, q) for (w, h) in cfg.warmup_sizes for q in (codec.DEFAULT_JPEG_QUALITY, None)]
+        await self.service.batcher.run_on_gpu_thread(self.service.renderer.warmup, sizes, cfg.max_batch_size)
+        logger.info("warm-up for batches up to %d took %.1f s (%s)", cfg.max_batch_size, time.perf_counter() - t0,
+                    self.service.renderer.describe())
         await self.server.start()
+        if self.metrics is not None:
+            self.metrics_port = self.metrics.serve(cfg.metrics_port, cfg.host)
+            logger.info("Prometheus metrics on http://%s:%d/metrics", cfg.host, self.metrics_port)
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         logger.info("flexavatar server on %s:%d (%s); engine: %s; rasterizer: %s; model: %s; store: %s "
@@ -421,6 +479,8 @@ class _RunningServer:
             await asyncio.sleep(self.config.shutdown_drain_s)
         await self.server.stop(grace)
         await self.service.stop()
+        if self.metrics is not None:
+            self.metrics.stop()
         logger.info("server stopped")
 
 
@@ -449,6 +509,10 @@ class ServerHandle:
     @property
     def rasterizer(self) -> str:
         return self._running.rasterizer
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self._running.metrics_port
 
     def _call(self, coro_fn, timeout: float = 30.0):
         return asyncio.run_coroutine_threadsafe(coro_fn(), self._loop).result(timeout)

@@ -12,7 +12,7 @@ import torch
 from flexrt.model.camera import default_camera, pixel_intrinsics, viewmat_from_cam2world
 from flexrt.proto import flexavatar_pb2 as pb
 from flexrt.runtime import codec
-from flexrt.runtime.batcher import rgb_to_uint8
+from flexrt.runtime.frames import rgb_to_uint8
 from flexrt.runtime.cli import load_sequence, neutral_expression, synthetic_photo, synthetic_sequence
 from flexrt.runtime.limits import ServerConfig, TokenBucket
 from flexrt.runtime.session import FrameRequest, Session, StreamError, parse_frame, parse_session_config

@@ -36,7 +36,7 @@ def batch_bucket(b: int) -> int:
 class TorchEngine(Engine):
     def __init__(self, pipeline: Pipeline | FlexAvatarModel, device: str | torch.device = "cpu",
                  precision: str = "fp32", graphs: str = "none", identity: dict | None = None,
-                 upsampler: str = "fp32", compile: bool = False, fp8: bool = False):
+                 upsampler: str = "auto", compile: bool = False, fp8: bool = False):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
         if graphs not in GRAPH_MODES:
@@ -55,6 +55,8 @@ class TorchEngine(Engine):
         else:
             self.model, self.encoder = pipeline, None
             identity = identity or getattr(pipeline, "identity", {})
+        if upsampler == "auto":  # bf16 with bf16: 0.74 -> 0.59 ms a frame at batch 32, render PSNR 84.5 dB vs fp32
+            upsampler = "bf16" if precision == "bf16" else "fp32"
         # the per-frame decoder: its own copy of the weights (fused, cast); the model stays fp32 for avatar creation
         self.decoder = self.model.deploy_decoder(precision=precision, fp8=fp8, upsampler=upsampler).to(device)
         self.model.to(device).eval()

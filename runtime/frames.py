@@ -161,6 +161,7 @@ class _Group:
 class _Slot:
     index: int
     staging: torch.Tensor | None = None  # pinned [max_batch, 163] float32
+    index_staging: torch.Tensor | None = None  # pinned [max_batch] int64: frame indices of the output groups
     groups: dict = field(default_factory=dict)  # (bucket, W, H, quality) -> _Group
 
 
@@ -208,6 +209,7 @@ class FrameRenderer:
             self.render_stream = torch.cuda.Stream(self.device, priority=hi)
             for slot in self._slots:
                 slot.staging = torch.empty(self.max_batch, _INPUT_WIDTH, dtype=torch.float32).pin_memory()
+                slot.index_staging = torch.empty(self.max_batch, dtype=torch.int64).pin_memory()
 
     def describe(self) -> str:
         return (f"rasterizer {self.rasterizer}, JPEG on {'the GPU (kernels.jpeg)' if self.jpeg == 'cuda' else 'the CPU (Pillow)'}"
@@ -276,14 +278,21 @@ class FrameRenderer:
             staging[:, _K] = batch.intrinsics.reshape(b, 9)
             staging[:, _BG] = batch.backgrounds
             inputs = slot.staging[:b].to(self.device, non_blocking=True)  # [B,163]
+            for code in batch.avatar_codes:  # a session's code may be freed while this batch still reads it
+                code.record_stream(self.decode_stream)
             codes = torch.stack(batch.avatar_codes)  # [B,HT,D]
             # 2. decode
             g = self.engine.decode(codes, inputs[:, :EXPRESSION_DIM])
             # 3. each output group into its fixed render buffers
             parts = []
+            used = 0  # entries of the slot's pinned index buffer taken by earlier groups
             for (w, h, q), idx in self._groups_of(batch).items():
                 grp = self._group(slot, batch_bucket(len(idx)), w, h, q)
-                sel = None if len(idx) == b else torch.tensor(idx, device=self.device)
+                sel = None
+                if len(idx) < b:  # this group's frames, by a pinned (asynchronous) host->device copy
+                    slot.index_staging[used:used + len(idx)] = torch.tensor(idx, dtype=torch.int64)
+                    sel = slot.index_staging[used:used + len(idx)].to(self.device, non_blocking=True)
+                    used += len(idx)
                 pick = (lambda t: t) if sel is None else (lambda t: t.index_select(0, sel))
                 n = len(idx)
                 means, quats, scales, opac, rgb, view, K, bg = grp.inputs

@@ -11,6 +11,7 @@ Backends: ``cpu`` (vectorised PyTorch reference, ``_torch_ref``) and ``cupy`` (N
 ``cuda/rasterize.cu``, ``_cupy_backend``). Depends on nothing else in flexrt. See docs/RASTERIZER.md.
 """
 from .jpeg import JpegEncoder
-from .rasterize import SH_C0, rasterize, sh_dc_to_rgb
+from ._cupy_backend import Workspace
+from .rasterize import SH_C0, capture_graph, rasterize, sh_dc_to_rgb
 
-__all__ = ["rasterize", "sh_dc_to_rgb", "SH_C0", "JpegEncoder"]
+__all__ = ["rasterize", "sh_dc_to_rgb", "SH_C0", "JpegEncoder", "capture_graph", "Workspace"]

@@ -9,7 +9,9 @@ What differs from ``decode_frames`` (spec §5; each choice measured in docs/BENC
    one GEMM each (the checkpoint's weights concatenated), so 6 GEMMs become 2 and the outputs need no concatenation
    before attention.
 2. The 3D bias-sink token (``_dataset_embedding[1]``) is a constant, not an embedding lookup.
-3. Precision. ``"fp32"``: the official inference setting. ``"bf16"``: bf16 autocast (the official training
+3. The five Gaussian heads are one [14,48] linear map applied to the UV feature map before the bilinear sampling
+   (linear maps commute with it), so 14 channels are sampled per Gaussian instead of 48.
+4. Precision. ``"fp32"``: the official inference setting. ``"bf16"``: bf16 autocast (the official training
    setting) with the per-frame Linear weights stored in bf16; LayerNorm / RMSNorm and the residual stream stay fp32
    as autocast decides. ``fp8=True`` (bf16 only, Hopper or Ada GPUs): the sample-stream GEMMs (q|k|v, out, feed
    forward) take float8 e4m3 weights (one scale per output channel) and activations quantised per row at run time,
@@ -153,7 +155,16 @@ class DeployedFrameDecoder(nn.Module):
         gd._stylegan_upsampler.fold()
         self.upsampler = gd._stylegan_upsampler
         self.upsampler_dtype = torch.bfloat16 if upsampler == "bf16" else torch.float32
-        self.heads = gd._mlp_decoder.out_layers
+        # the five Gaussian heads (spec 5.7) as one [14,48] map, applied BEFORE sampling: bilinear sampling is linear
+        # with zero padding, so sample(img) W^T + b == sample(img W^T) + b, and the sampler then moves 14 channels
+        # per Gaussian instead of 48 (and no [B,G,48] feature tensor is written)
+        heads = gd._mlp_decoder.out_layers
+        self.head_names = ("shs", "scaling", "xyz", "opacity", "rotation")
+        self.head_widths = tuple(heads[k].out_features for k in self.head_names)
+        self.register_buffer("head_weight", torch.cat([heads[k].weight.detach() for k in self.head_names]).clone(),
+                             persistent=False)  # [14,Cg]
+        self.register_buffer("head_bias", torch.cat([heads[k].bias.detach() for k in self.head_names]).clone(),
+                             persistent=False)  # [14]
         self.register_buffer("template_positions", gd._initial_gaussian_positions, persistent=False)  # [1,G,3]
         self.register_buffer("uv_samples", gd._uv_samples, persistent=False)  # [1,G,1,2]
         if self.dtype is not None:  # per-frame Linear weights stored in the compute dtype (autocast would cast them)
@@ -192,16 +203,17 @@ class DeployedFrameDecoder(nn.Module):
         if self.upsampler_dtype != torch.float32:
             uv = uv.contiguous(memory_format=torch.channels_last)
         img = self.upsampler(uv).float()
-        # 4. sample the Gaussians' features at their template UVs -> [B,G,Cg], then the five heads (spec §5.7)
-        feats = F.grid_sample(img, self.uv_samples.expand(b, -1, -1, -1), mode="bilinear", padding_mode="zeros",
-                              align_corners=False).flatten(2).transpose(1, 2)
-        h = self.heads
+        # 4. the heads on the UV map (fp32 matmul), sampled at the Gaussians' template UVs -> [B,G,14]
+        head_map = torch.matmul(img.permute(0, 2, 3, 1), self.head_weight.t()).permute(0, 3, 1, 2)  # [B,14,4r,4r]
+        z = F.grid_sample(head_map, self.uv_samples.expand(b, -1, -1, -1), mode="bilinear", padding_mode="zeros",
+                          align_corners=False)[..., 0].transpose(1, 2) + self.head_bias  # [B,G,14]
+        shs, scaling, xyz, opacity, rotation = z.split(self.head_widths, dim=-1)
         return Gaussians(
-            positions=self.template_positions + (torch.sigmoid(h["xyz"](feats)) - 0.5) * MAX_XYZ_OFFSET_STEP,
-            scales=torch.exp(h["scaling"](feats)).clamp(0.0, MAX_SCALE),
-            rotations=F.normalize(h["rotation"](feats), dim=-1),
-            colors=h["shs"](feats),
-            opacities=torch.sigmoid(h["opacity"](feats)),
+            positions=self.template_positions + (torch.sigmoid(xyz) - 0.5) * MAX_XYZ_OFFSET_STEP,
+            scales=torch.exp(scaling).clamp(0.0, MAX_SCALE),
+            rotations=F.normalize(rotation, dim=-1),
+            colors=shs,
+            opacities=torch.sigmoid(opacity),
         )
 
 

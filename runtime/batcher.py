@@ -11,11 +11,12 @@ When a batch starts (the waiting frames are in arrival order; each session has a
 here, so no stream can crowd out the others):
   * at once when ``max_batch`` frames wait, or when the pipeline is empty and every open stream has a frame here
     (nobody else can join), or when the pipeline is empty and the oldest frame has waited ``max_wait_s``;
-  * while batches are in flight: when the GPU is predicted to be free within ``lead_s`` (the cost model below),
-    so frames keep joining the next batch while the GPU is busy, and the batch is enqueued just before it is
-    needed; never more than ``slots`` batches in flight (the renderer's pipeline depth).
-Cost model: a batch of n frames takes ``overhead + per_frame * n`` of GPU time, both learnt from the measured GPU
-times of finished batches (exponential moving averages).
+  * while batches are in flight: when the decode stage is predicted to be free within ``lead_s`` (the cost model
+    below), so frames keep joining the next batch while the GPU is busy, and the batch's decode is enqueued just
+    before the previous one ends (it then overlaps that batch's render); never more than ``slots`` batches in
+    flight (the renderer's pipeline depth).
+Cost model: a batch of n frames takes ``overhead + per_frame * n`` of decode-stage GPU time, both learnt from the
+measured times of finished batches (exponential moving averages).
 """
 from __future__ import annotations
 
@@ -220,7 +221,7 @@ class Batcher:
                                                 result.cpu_encode_us, result.batch_size))
 
     def _learn(self, result: BatchResult) -> None:
-        gpu_s = (result.decode_us + result.render_us) / 1e6
+        gpu_s = result.decode_us / 1e6
         n = result.batch_size
         a = 0.2
         if n >= 4:

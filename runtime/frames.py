@@ -162,6 +162,7 @@ class _Slot:
     index: int
     staging: torch.Tensor | None = None  # pinned [max_batch, 163] float32
     index_staging: torch.Tensor | None = None  # pinned [max_batch] int64: frame indices of the output groups
+    pool: object | None = None  # one CUDA-graph memory pool for the slot's groups (replayed one after another)
     groups: dict = field(default_factory=dict)  # (bucket, W, H, quality) -> _Group
 
 
@@ -210,6 +211,7 @@ class FrameRenderer:
             for slot in self._slots:
                 slot.staging = torch.empty(self.max_batch, _INPUT_WIDTH, dtype=torch.float32).pin_memory()
                 slot.index_staging = torch.empty(self.max_batch, dtype=torch.int64).pin_memory()
+                slot.pool = torch.cuda.graph_pool_handle()
 
     def describe(self) -> str:
         return (f"rasterizer {self.rasterizer}, JPEG on {'the GPU (kernels.jpeg)' if self.jpeg == 'cuda' else 'the CPU (Pillow)'}"
@@ -237,7 +239,7 @@ class FrameRenderer:
         for a capture later (``sizes``: (width, height, JPEG quality or None for raw))."""
         if not self.graphs:
             return
-        buckets = sorted({batch_bucket(k) for k in range(1, max_batch + 1)})
+        buckets = sorted({batch_bucket(k) for k in range(1, max_batch + 1)}, reverse=True)  # largest pool first
         for slot in self._slots:
             for (w, h, q) in sizes:
                 for n in buckets:
@@ -364,7 +366,7 @@ class FrameRenderer:
                 host = torch.empty(n, h, w, 3, dtype=torch.uint8).pin_memory()
             grp = _Group(n, w, h, q, inputs, u8, host, workspace=Workspace())
             if self.graphs:
-                grp.graph, _ = capture_graph(lambda: self._render_group(grp), self.device)
+                grp.graph, _ = capture_graph(lambda: self._render_group(grp), self.device, pool=slot.pool)
             else:
                 self._render_group(grp)  # sizes the workspace, allocates the JPEG outputs
         torch.cuda.current_stream(self.device).wait_stream(self.render_stream)

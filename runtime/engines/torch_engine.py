@@ -24,7 +24,7 @@ from .base import Engine, EngineInfo
 
 PRECISIONS = ("fp32", "bf16")
 GRAPH_MODES = ("none", "cuda")
-BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
+BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 20, 24, 32, 40, 48, 56, 64)
 MAX_BATCH = BATCH_BUCKETS[-1]
 
 
@@ -80,6 +80,9 @@ class TorchEngine(Engine):
                                        "torch": torch.__version__, **{k: v for k, v in identity.items()
                                                                       if k in ("weights", "preset")}})
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, tuple, tuple]] = {}
+        # one memory pool for every bucket's graph: they are replayed one at a time on one stream and their outputs
+        # are copied out before the next replay, so their temporaries may share memory
+        self._pool = torch.cuda.graph_pool_handle() if graphs == "cuda" else None
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)
@@ -125,7 +128,7 @@ class TorchEngine(Engine):
                     self.decode(torch.zeros(k, self.num_head_tokens, self.hidden_dim, device=self.device),
                                 torch.zeros(k, 135, device=self.device))
             return
-        for k in sorted({batch_bucket(b) for b in range(1, max_batch + 1)}):
+        for k in sorted({batch_bucket(b) for b in range(1, max_batch + 1)}, reverse=True):  # largest pool first
             if k not in self._graphs:
                 self._capture(k)
 
@@ -145,7 +148,7 @@ class TorchEngine(Engine):
                 self._decode_fn(s_code, s_expr)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, pool=self._pool):
             outs = self._decode_fn(s_code, s_expr)
         self._graphs[b] = (graph, (s_code, s_expr), outs)
 

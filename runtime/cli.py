@@ -617,8 +617,9 @@ def cmd_demo(args) -> int:
     default_size = 512 if device == "cuda" else 128  # small frames keep the CPU rasterizer interactive
     args.width, args.height = args.width or default_size, args.height or default_size
     if args.checkpoint is None and not args.engines:
-        print("[demo] no --checkpoint: the model has seeded RANDOM weights, so the frames show a coloured blob that "
-              "moves with the expressions, not a face (pass the released weights for a real avatar)")
+        print("[demo] no --checkpoint: the model has seeded RANDOM weights, so the frames show the head template's "
+              "silhouette as a flat grey-green oval on white that barely changes, not a face (pass the released "
+              "weights with --checkpoint for a real avatar)")
 
     # 2. engines for the default model
     if args.engines:
@@ -832,7 +833,8 @@ def add_parser(subparsers) -> None:
     p = _parser(subparsers, "demo", "export, serve, create an avatar and stream, all on localhost",
                 "End-to-end demo: export engines, start a server, create an avatar from an example photo, stream a "
                 "driving sequence, save frames and latency.\n\nWithout --checkpoint the tiny preset has seeded "
-                "RANDOM weights: the frames show what the renderer makes of an untrained network, not a face.")
+                "RANDOM weights: the frames show the head template's silhouette as a flat grey-green oval on white "
+                "that barely moves, not a face. The photo must be a square head crop (PNG/JPEG).")
     p.add_argument("--out", default="demo_out", help="output folder (engines/, avatars/, frames/, latency.json)")
     p.add_argument("--checkpoint", help="FLEX-1 weights; without it the tiny preset with random weights is used")
     p.add_argument("--dinov2", help="DINOv2 weights for the encoder")

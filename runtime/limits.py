@@ -127,8 +127,9 @@ def server_options(config: ServerConfig) -> list[tuple[str, int]]:
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         # Allow those client pings while no call is active (a client idling between streams).
         ("grpc.keepalive_permit_without_calls", 1),
-        # Refuse to open more HTTP/2 streams per connection than the service could ever serve at once.
-        ("grpc.max_concurrent_streams", config.max_streams + 16),
+        # Refuse to open more HTTP/2 streams per connection than the service could ever hold at once (+16 for
+        # unary calls, health and reflection).
+        ("grpc.max_concurrent_streams", config.max_streams + config.max_pending_streams + 16),
         # Do not share the port with another process (SO_REUSEPORT): a second server must fail to bind.
         ("grpc.so_reuseport", 0),
     ]

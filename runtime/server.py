@@ -497,8 +497,8 @@ class _RunningServer:
     def __init__(self, engine: Engine, config: ServerConfig, store: AvatarStore | None = None):
         self.config = config.validate()
         self.engine = engine
-        self.store = store if store is not None else AvatarStore(
-            config.store_dir, AvatarQuota(config.max_avatars, config.max_store_bytes))
+        self.store = store if store is not None else AvatarStore(config.store_dir)
+        self.store.quota = AvatarQuota(config.max_avatars, config.max_store_bytes)  # the config rules any store
         self.rasterizer = resolve_rasterizer(config.rasterizer, engine)
         self.service: FlexAvatarService | None = None
         self.server: grpc.aio.Server | None = None

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10\x66lexavatar.proto\x12\rflexavatar.v1\"/\n\x06\x43\x61mera\x12\x11\n\tcam2world\x18\x01 \x03(\x02\x12\x12\n\nintrinsics\x18\x02 \x03(\x02\"\x80\x01\n\x13\x43reateAvatarRequest\x12\x0f\n\x05image\x18\x01 \x01(\x0cH\x00\x12\x19\n\x0f\x61vatar_code_npy\x18\x02 \x01(\x0cH\x00\x12%\n\x06\x63\x61mera\x18\x03 \x01(\x0b\x32\x15.flexavatar.v1.Camera\x12\x0c\n\x04name\x18\x04 \x01(\tB\x08\n\x06source\"\x8d\x01\n\x06\x41vatar\x12\x11\n\tavatar_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x17\n\x0fnum_head_tokens\x18\x04 \x01(\x05\x12\x12\n\nhidden_dim\x18\x05 \x01(\x05\x12\x16\n\x0e\x63reated_unix_s\x18\x06 \x01(\x01\x12\r\n\x05model\x18\x07 \x01(\t\"%\n\x10GetAvatarRequest\x12\x11\n\tavatar_id\x18\x01 \x01(\t\"\x14\n\x12ListAvatarsRequest\"=\n\x13ListAvatarsResponse\x12&\n\x07\x61vatars\x18\x01 \x03(\x0b\x32\x15.flexavatar.v1.Avatar\"(\n\x13\x44\x65leteAvatarRequest\x12\x11\n\tavatar_id\x18\x01 \x01(\t\")\n\x14\x44\x65leteAvatarResponse\x12\x11\n\tavatar_id\x18\x01 \x01(\t\"\x16\n\x14GetServerInfoRequest\"\x83\x02\n\x06Limits\x12\x10\n\x08min_size\x18\x01 \x01(\x05\x12\x11\n\tmax_width\x18\x02 \x01(\x05\x12\x12\n\nmax_height\x18\x03 \x01(\x05\x12\x13\n\x0bmax_streams\x18\x04 \x01(\x05\x12\x19\n\x11max_message_bytes\x18\x05 \x01(\x05\x12\x16\n\x0emax_stream_fps\x18\x06 \x01(\x01\x12!\n\x19max_stream_messages_per_s\x18\x07 \x01(\x01\x12\x16\n\x0emax_batch_size\x18\x08 \x01(\x05\x12\x19\n\x11max_batch_wait_us\x18\t \x01(\x05\x12\x15\n\rauth_required\x18\n \x01(\x08\x12\x0b\n\x03tls\x18\x0b \x01(\x08\"\x8b\x02\n\x0bServerStats\x12\x16\n\x0e\x61\x63tive_streams\x18\x01 \x01(\x05\x12\x15\n\rstreams_total\x18\x02 \x01(\x04\x12\x17\n\x0f\x66rames_received\x18\x03 \x01(\x04\x12\x17\n\x0f\x66rames_rendered\x18\x04 \x01(\x04\x12\x16\n\x0e\x66rames_dropped\x18\x05 \x01(\x04\x12\x0f\n\x07\x62\x61tches\x18\x06 \x01(\x04\x12?\n\x0b\x62\x61tch_sizes\x18\x07 \x03(\x0b\x32*.flexavatar.v1.ServerStats.BatchSizesEntry\x1a\x31\n\x0f\x42\x61tchSizesEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xbc\x03\n\nServerInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x16\n\x0e\x65ngine_backend\x18\x02 \x01(\t\x12\x15\n\rengine_device\x18\x03 \x01(\t\x12\x18\n\x10\x65ngine_precision\x18\x04 \x01(\t\x12\x1a\n\x12\x65ngine_description\x18\x05 \x01(\t\x12\x42\n\rengine_detail\x18\x06 \x03(\x0b\x32+.flexavatar.v1.ServerInfo.EngineDetailEntry\x12\x1a\n\x12rasterizer_backend\x18\x07 \x01(\t\x12\r\n\x05model\x18\x08 \x01(\t\x12\x17\n\x0fnum_head_tokens\x18\t \x01(\x05\x12\x12\n\nhidden_dim\x18\n \x01(\x05\x12\x15\n\rnum_gaussians\x18\x0b \x01(\x05\x12%\n\x06limits\x18\x0c \x01(\x0b\x32\x15.flexavatar.v1.Limits\x12)\n\x05stats\x18\r \x01(\x0b\x32\x1a.flexavatar.v1.ServerStats\x1a\x33\n\x11\x45ngineDetailEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"r\n\x0e\x41nimateRequest\x12.\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1c.flexavatar.v1.SessionConfigH\x00\x12%\n\x05\x66rame\x18\x02 \x01(\x0b\x32\x14.flexavatar.v1.FrameH\x00\x42\t\n\x07payload\"\xb8\x01\n\rSessionConfig\x12\x11\n\tavatar_id\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12)\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32\x17.flexavatar.v1.Encoding\x12\x0f\n\x07quality\x18\x05 \x01(\x05\x12\x12\n\nbackground\x18\x06 \x03(\x02\x12%\n\x06\x63\x61mera\x18\x07 \x01(\x0b\x32\x15.flexavatar.v1.Camera\"q\n\x05\x46rame\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x1b\n\x13\x63lient_timestamp_us\x18\x02 \x01(\x03\x12\x12\n\nexpression\x18\x03 \x03(\x02\x12%\n\x06\x63\x61mera\x18\x04 \x01(\x0b\x32\x15.flexavatar.v1.Camera\"\x80\x01\n\x0cStageTimings\x12\x10\n\x08queue_us\x18\x01 \x01(\r\x12\x11\n\tdecode_us\x18\x02 \x01(\r\x12\x11\n\trender_us\x18\x03 \x01(\r\x12\x11\n\tencode_us\x18\x04 \x01(\r\x12\x11\n\tserver_us\x18\x05 \x01(\r\x12\x12\n\nbatch_size\x18\x06 \x01(\r\"E\n\x0eStreamCounters\x12\x10\n\x08received\x18\x01 \x01(\x04\x12\x10\n\x08rendered\x18\x02 \x01(\x04\x12\x0f\n\x07\x64ropped\x18\x03 \x01(\x04\"\xf8\x01\n\x0f\x41nimateResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x1b\n\x13\x63lient_timestamp_us\x18\x02 \x01(\x03\x12\r\n\x05image\x18\x03 \x01(\x0c\x12\r\n\x05width\x18\x04 \x01(\x05\x12\x0e\n\x06height\x18\x05 \x01(\x05\x12)\n\x08\x65ncoding\x18\x06 \x01(\x0e\x32\x17.flexavatar.v1.Encoding\x12,\n\x07timings\x18\x07 \x01(\x0b\x32\x1b.flexavatar.v1.StageTimings\x12/\n\x08\x63ounters\x18\x08 \x01(\x0b\x32\x1d.flexavatar.v1.StreamCounters*E\n\x08\x45ncoding\x12\x18\n\x14\x45NCODING_UNSPECIFIED\x10\x00\x12\x0c\n\x08RAW_RGB8\x10\x01\x12\x08\n\x04JPEG\x10\x02\x12\x07\n\x03PNG\x10\x03\x32\xea\x03\n\nFlexAvatar\x12I\n\x0c\x43reateAvatar\x12\".flexavatar.v1.CreateAvatarRequest\x1a\x15.flexavatar.v1.Avatar\x12\x43\n\tGetAvatar\x12\x1f.flexavatar.v1.GetAvatarRequest\x1a\x15.flexavatar.v1.Avatar\x12T\n\x0bListAvatars\x12!.flexavatar.v1.ListAvatarsRequest\x1a\".flexavatar.v1.ListAvatarsResponse\x12W\n\x0c\x44\x65leteAvatar\x12\".flexavatar.v1.DeleteAvatarRequest\x1a#.flexavatar.v1.DeleteAvatarResponse\x12O\n\rGetServerInfo\x12#.flexavatar.v1.GetServerInfoRequest\x1a\x19.flexavatar.v1.ServerInfo\x12L\n\x07\x41nimate\x12\x1d.flexavatar.v1.AnimateRequest\x1a\x1e.flexavatar.v1.AnimateResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10\x66lexavatar.proto\x12\rflexavatar.v1\"/\n\x06\x43\x61mera\x12\x11\n\tcam2world\x18\x01 \x03(\x02\x12\x12\n\nintrinsics\x18\x02 \x03(\x02\"\x80\x01\n\x13\x43reateAvatarRequest\x12\x0f\n\x05image\x18\x01 \x01(\x0cH\x00\x12\x19\n\x0f\x61vatar_code_npy\x18\x02 \x01(\x0cH\x00\x12%\n\x06\x63\x61mera\x18\x03 \x01(\x0b\x32\x15.flexavatar.v1.Camera\x12\x0c\n\x04name\x18\x04 \x01(\tB\x08\n\x06source\"\x8d\x01\n\x06\x41vatar\x12\x11\n\tavatar_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x17\n\x0fnum_head_tokens\x18\x04 \x01(\x05\x12\x12\n\nhidden_dim\x18\x05 \x01(\x05\x12\x16\n\x0e\x63reated_unix_s\x18\x06 \x01(\x01\x12\r\n\x05model\x18\x07 \x01(\t\"%\n\x10GetAvatarRequest\x12\x11\n\tavatar_id\x18\x01 \x01(\t\";\n\x12ListAvatarsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"j\n\x13ListAvatarsResponse\x12&\n\x07\x61vatars\x18\x01 \x03(\x0b\x32\x15.flexavatar.v1.Avatar\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\"(\n\x13\x44\x65leteAvatarRequest\x12\x11\n\tavatar_id\x18\x01 \x01(\t\")\n\x14\x44\x65leteAvatarResponse\x12\x11\n\tavatar_id\x18\x01 \x01(\t\"\x16\n\x14GetServerInfoRequest\"\x91\x04\n\x06Limits\x12\x10\n\x08min_size\x18\x01 \x01(\x05\x12\x11\n\tmax_width\x18\x02 \x01(\x05\x12\x12\n\nmax_height\x18\x03 \x01(\x05\x12\x13\n\x0bmax_streams\x18\x04 \x01(\x05\x12\x19\n\x11max_message_bytes\x18\x05 \x01(\x05\x12\x16\n\x0emax_stream_fps\x18\x06 \x01(\x01\x12!\n\x19max_stream_messages_per_s\x18\x07 \x01(\x01\x12\x16\n\x0emax_batch_size\x18\x08 \x01(\x05\x12\x19\n\x11max_batch_wait_us\x18\t \x01(\x05\x12\x15\n\rauth_required\x18\n \x01(\x08\x12\x0b\n\x03tls\x18\x0b \x01(\x08\x12\x1b\n\x13max_pending_streams\x18\x0c \x01(\x05\x12\x18\n\x10\x63onfig_timeout_s\x18\r \x01(\x01\x12\x1d\n\x15stream_idle_timeout_s\x18\x0e \x01(\x01\x12\x13\n\x0bmax_avatars\x18\x0f \x01(\x05\x12\x17\n\x0fmax_store_bytes\x18\x10 \x01(\x03\x12\x18\n\x10max_photo_pixels\x18\x11 \x01(\x03\x12\x1e\n\x16max_concurrent_creates\x18\x12 \x01(\x05\x12\x1a\n\x12max_list_page_size\x18\x13 \x01(\x05\x12\x18\n\x10shutdown_drain_s\x18\x14 \x01(\x01\x12\x18\n\x10shutdown_grace_s\x18\x15 \x01(\x01\"\xb5\x02\n\x0bServerStats\x12\x16\n\x0e\x61\x63tive_streams\x18\x01 \x01(\x05\x12\x15\n\rstreams_total\x18\x02 \x01(\x04\x12\x17\n\x0f\x66rames_received\x18\x03 \x01(\x04\x12\x17\n\x0f\x66rames_rendered\x18\x04 \x01(\x04\x12\x16\n\x0e\x66rames_dropped\x18\x05 \x01(\x04\x12\x0f\n\x07\x62\x61tches\x18\x06 \x01(\x04\x12?\n\x0b\x62\x61tch_sizes\x18\x07 \x03(\x0b\x32*.flexavatar.v1.ServerStats.BatchSizesEntry\x12\x0f\n\x07\x61vatars\x18\x08 \x01(\x05\x12\x17\n\x0fpending_streams\x18\t \x01(\x05\x1a\x31\n\x0f\x42\x61tchSizesEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xbc\x03\n\nServerInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x16\n\x0e\x65ngine_backend\x18\x02 \x01(\t\x12\x15\n\rengine_device\x18\x03 \x01(\t\x12\x18\n\x10\x65ngine_precision\x18\x04 \x01(\t\x12\x1a\n\x12\x65ngine_description\x18\x05 \x01(\t\x12\x42\n\rengine_detail\x18\x06 \x03(\x0b\x32+.flexavatar.v1.ServerInfo.EngineDetailEntry\x12\x1a\n\x12rasterizer_backend\x18\x07 \x01(\t\x12\r\n\x05model\x18\x08 \x01(\t\x12\x17\n\x0fnum_head_tokens\x18\t \x01(\x05\x12\x12\n\nhidden_dim\x18\n \x01(\x05\x12\x15\n\rnum_gaussians\x18\x0b \x01(\x05\x12%\n\x06limits\x18\x0c \x01(\x0b\x32\x15.flexavatar.v1.Limits\x12)\n\x05stats\x18\r \x01(\x0b\x32\x1a.flexavatar.v1.ServerStats\x1a\x33\n\x11\x45ngineDetailEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"r\n\x0e\x41nimateRequest\x12.\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1c.flexavatar.v1.SessionConfigH\x00\x12%\n\x05\x66rame\x18\x02 \x01(\x0b\x32\x14.flexavatar.v1.FrameH\x00\x42\t\n\x07payload\"\xb8\x01\n\rSessionConfig\x12\x11\n\tavatar_id\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12)\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32\x17.flexavatar.v1.Encoding\x12\x0f\n\x07quality\x18\x05 \x01(\x05\x12\x12\n\nbackground\x18\x06 \x03(\x02\x12%\n\x06\x63\x61mera\x18\x07 \x01(\x0b\x32\x15.flexavatar.v1.Camera\"q\n\x05\x46rame\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x1b\n\x13\x63lient_timestamp_us\x18\x02 \x01(\x03\x12\x12\n\nexpression\x18\x03 \x03(\x02\x12%\n\x06\x63\x61mera\x18\x04 \x01(\x0b\x32\x15.flexavatar.v1.Camera\"\x80\x01\n\x0cStageTimings\x12\x10\n\x08queue_us\x18\x01 \x01(\r\x12\x11\n\tdecode_us\x18\x02 \x01(\r\x12\x11\n\trender_us\x18\x03 \x01(\r\x12\x11\n\tencode_us\x18\x04 \x01(\r\x12\x11\n\tserver_us\x18\x05 \x01(\r\x12\x12\n\nbatch_size\x18\x06 \x01(\r\"E\n\x0eStreamCounters\x12\x10\n\x08received\x18\x01 \x01(\x04\x12\x10\n\x08rendered\x18\x02 \x01(\x04\x12\x0f\n\x07\x64ropped\x18\x03 \x01(\x04\"\xf8\x01\n\x0f\x41nimateResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x1b\n\x13\x63lient_timestamp_us\x18\x02 \x01(\x03\x12\r\n\x05image\x18\x03 \x01(\x0c\x12\r\n\x05width\x18\x04 \x01(\x05\x12\x0e\n\x06height\x18\x05 \x01(\x05\x12)\n\x08\x65ncoding\x18\x06 \x01(\x0e\x32\x17.flexavatar.v1.Encoding\x12,\n\x07timings\x18\x07 \x01(\x0b\x32\x1b.flexavatar.v1.StageTimings\x12/\n\x08\x63ounters\x18\x08 \x01(\x0b\x32\x1d.flexavatar.v1.StreamCounters*E\n\x08\x45ncoding\x12\x18\n\x14\x45NCODING_UNSPECIFIED\x10\x00\x12\x0c\n\x08RAW_RGB8\x10\x01\x12\x08\n\x04JPEG\x10\x02\x12\x07\n\x03PNG\x10\x03\x32\xea\x03\n\nFlexAvatar\x12I\n\x0c\x43reateAvatar\x12\".flexavatar.v1.CreateAvatarRequest\x1a\x15.flexavatar.v1.Avatar\x12\x43\n\tGetAvatar\x12\x1f.flexavatar.v1.GetAvatarRequest\x1a\x15.flexavatar.v1.Avatar\x12T\n\x0bListAvatars\x12!.flexavatar.v1.ListAvatarsRequest\x1a\".flexavatar.v1.ListAvatarsResponse\x12W\n\x0c\x44\x65leteAvatar\x12\".flexavatar.v1.DeleteAvatarRequest\x1a#.flexavatar.v1.DeleteAvatarResponse\x12O\n\rGetServerInfo\x12#.flexavatar.v1.GetServerInfoRequest\x1a\x19.flexavatar.v1.ServerInfo\x12L\n\x07\x41nimate\x12\x1d.flexavatar.v1.AnimateRequest\x1a\x1e.flexavatar.v1.AnimateResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,8 +35,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SERVERSTATS_BATCHSIZESENTRY']._serialized_options = b'8\001'
   _globals['_SERVERINFO_ENGINEDETAILENTRY']._loaded_options = None
   _globals['_SERVERINFO_ENGINEDETAILENTRY']._serialized_options = b'8\001'
-  _globals['_ENCODING']._serialized_start=2442
-  _globals['_ENCODING']._serialized_end=2511
+  _globals['_ENCODING']._serialized_start=2838
+  _globals['_ENCODING']._serialized_end=2907
   _globals['_CAMERA']._serialized_start=35
   _globals['_CAMERA']._serialized_end=82
   _globals['_CREATEAVATARREQUEST']._serialized_start=85
@@ -46,37 +46,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETAVATARREQUEST']._serialized_start=359
   _globals['_GETAVATARREQUEST']._serialized_end=396
   _globals['_LISTAVATARSREQUEST']._serialized_start=398
-  _globals['_LISTAVATARSREQUEST']._serialized_end=418
-  _globals['_LISTAVATARSRESPONSE']._serialized_start=420
-  _globals['_LISTAVATARSRESPONSE']._serialized_end=481
-  _globals['_DELETEAVATARREQUEST']._serialized_start=483
-  _globals['_DELETEAVATARREQUEST']._serialized_end=523
-  _globals['_DELETEAVATARRESPONSE']._serialized_start=525
-  _globals['_DELETEAVATARRESPONSE']._serialized_end=566
-  _globals['_GETSERVERINFOREQUEST']._serialized_start=568
-  _globals['_GETSERVERINFOREQUEST']._serialized_end=590
-  _globals['_LIMITS']._serialized_start=593
-  _globals['_LIMITS']._serialized_end=852
-  _globals['_SERVERSTATS']._serialized_start=855
-  _globals['_SERVERSTATS']._serialized_end=1122
-  _globals['_SERVERSTATS_BATCHSIZESENTRY']._serialized_start=1073
-  _globals['_SERVERSTATS_BATCHSIZESENTRY']._serialized_end=1122
-  _globals['_SERVERINFO']._serialized_start=1125
-  _globals['_SERVERINFO']._serialized_end=1569
-  _globals['_SERVERINFO_ENGINEDETAILENTRY']._serialized_start=1518
-  _globals['_SERVERINFO_ENGINEDETAILENTRY']._serialized_end=1569
-  _globals['_ANIMATEREQUEST']._serialized_start=1571
-  _globals['_ANIMATEREQUEST']._serialized_end=1685
-  _globals['_SESSIONCONFIG']._serialized_start=1688
-  _globals['_SESSIONCONFIG']._serialized_end=1872
-  _globals['_FRAME']._serialized_start=1874
-  _globals['_FRAME']._serialized_end=1987
-  _globals['_STAGETIMINGS']._serialized_start=1990
-  _globals['_STAGETIMINGS']._serialized_end=2118
-  _globals['_STREAMCOUNTERS']._serialized_start=2120
-  _globals['_STREAMCOUNTERS']._serialized_end=2189
-  _globals['_ANIMATERESPONSE']._serialized_start=2192
-  _globals['_ANIMATERESPONSE']._serialized_end=2440
-  _globals['_FLEXAVATAR']._serialized_start=2514
-  _globals['_FLEXAVATAR']._serialized_end=3004
+  _globals['_LISTAVATARSREQUEST']._serialized_end=457
+  _globals['_LISTAVATARSRESPONSE']._serialized_start=459
+  _globals['_LISTAVATARSRESPONSE']._serialized_end=565
+  _globals['_DELETEAVATARREQUEST']._serialized_start=567
+  _globals['_DELETEAVATARREQUEST']._serialized_end=607
+  _globals['_DELETEAVATARRESPONSE']._serialized_start=609
+  _globals['_DELETEAVATARRESPONSE']._serialized_end=650
+  _globals['_GETSERVERINFOREQUEST']._serialized_start=652
+  _globals['_GETSERVERINFOREQUEST']._serialized_end=674
+  _globals['_LIMITS']._serialized_start=677
+  _globals['_LIMITS']._serialized_end=1206
+  _globals['_SERVERSTATS']._serialized_start=1209
+  _globals['_SERVERSTATS']._serialized_end=1518
+  _globals['_SERVERSTATS_BATCHSIZESENTRY']._serialized_start=1469
+  _globals['_SERVERSTATS_BATCHSIZESENTRY']._serialized_end=1518
+  _globals['_SERVERINFO']._serialized_start=1521
+  _globals['_SERVERINFO']._serialized_end=1965
+  _globals['_SERVERINFO_ENGINEDETAILENTRY']._serialized_start=1914
+  _globals['_SERVERINFO_ENGINEDETAILENTRY']._serialized_end=1965
+  _globals['_ANIMATEREQUEST']._serialized_start=1967
+  _globals['_ANIMATEREQUEST']._serialized_end=2081
+  _globals['_SESSIONCONFIG']._serialized_start=2084
+  _globals['_SESSIONCONFIG']._serialized_end=2268
+  _globals['_FRAME']._serialized_start=2270
+  _globals['_FRAME']._serialized_end=2383
+  _globals['_STAGETIMINGS']._serialized_start=2386
+  _globals['_STAGETIMINGS']._serialized_end=2514
+  _globals['_STREAMCOUNTERS']._serialized_start=2516
+  _globals['_STREAMCOUNTERS']._serialized_end=2585
+  _globals['_ANIMATERESPONSE']._serialized_start=2588
+  _globals['_ANIMATERESPONSE']._serialized_end=2836
+  _globals['_FLEXAVATAR']._serialized_start=2910
+  _globals['_FLEXAVATAR']._serialized_end=3400
 # @@protoc_insertion_point(module_scope)

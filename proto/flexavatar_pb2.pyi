@@ -63,14 +63,22 @@ class GetAvatarRequest(_message.Message):
     def __init__(self, avatar_id: _Optional[str] = ...) -> None: ...
 
 class ListAvatarsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListAvatarsResponse(_message.Message):
-    __slots__ = ("avatars",)
+    __slots__ = ("avatars", "next_page_token", "total_size")
     AVATARS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_SIZE_FIELD_NUMBER: _ClassVar[int]
     avatars: _containers.RepeatedCompositeFieldContainer[Avatar]
-    def __init__(self, avatars: _Optional[_Iterable[_Union[Avatar, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    total_size: int
+    def __init__(self, avatars: _Optional[_Iterable[_Union[Avatar, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., total_size: _Optional[int] = ...) -> None: ...
 
 class DeleteAvatarRequest(_message.Message):
     __slots__ = ("avatar_id",)
@@ -89,7 +97,7 @@ class GetServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("min_size", "max_width", "max_height", "max_streams", "max_message_bytes", "max_stream_fps", "max_stream_messages_per_s", "max_batch_size", "max_batch_wait_us", "auth_required", "tls")
+    __slots__ = ("min_size", "max_width", "max_height", "max_streams", "max_message_bytes", "max_stream_fps", "max_stream_messages_per_s", "max_batch_size", "max_batch_wait_us", "auth_required", "tls", "max_pending_streams", "config_timeout_s", "stream_idle_timeout_s", "max_avatars", "max_store_bytes", "max_photo_pixels", "max_concurrent_creates", "max_list_page_size", "shutdown_drain_s", "shutdown_grace_s")
     MIN_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_WIDTH_FIELD_NUMBER: _ClassVar[int]
     MAX_HEIGHT_FIELD_NUMBER: _ClassVar[int]
@@ -101,6 +109,16 @@ class Limits(_message.Message):
     MAX_BATCH_WAIT_US_FIELD_NUMBER: _ClassVar[int]
     AUTH_REQUIRED_FIELD_NUMBER: _ClassVar[int]
     TLS_FIELD_NUMBER: _ClassVar[int]
+    MAX_PENDING_STREAMS_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    STREAM_IDLE_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    MAX_AVATARS_FIELD_NUMBER: _ClassVar[int]
+    MAX_STORE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_PHOTO_PIXELS_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONCURRENT_CREATES_FIELD_NUMBER: _ClassVar[int]
+    MAX_LIST_PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHUTDOWN_DRAIN_S_FIELD_NUMBER: _ClassVar[int]
+    SHUTDOWN_GRACE_S_FIELD_NUMBER: _ClassVar[int]
     min_size: int
     max_width: int
     max_height: int
@@ -112,10 +130,20 @@ class Limits(_message.Message):
     max_batch_wait_us: int
     auth_required: bool
     tls: bool
-    def __init__(self, min_size: _Optional[int] = ..., max_width: _Optional[int] = ..., max_height: _Optional[int] = ..., max_streams: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_stream_fps: _Optional[float] = ..., max_stream_messages_per_s: _Optional[float] = ..., max_batch_size: _Optional[int] = ..., max_batch_wait_us: _Optional[int] = ..., auth_required: _Optional[bool] = ..., tls: _Optional[bool] = ...) -> None: ...
+    max_pending_streams: int
+    config_timeout_s: float
+    stream_idle_timeout_s: float
+    max_avatars: int
+    max_store_bytes: int
+    max_photo_pixels: int
+    max_concurrent_creates: int
+    max_list_page_size: int
+    shutdown_drain_s: float
+    shutdown_grace_s: float
+    def __init__(self, min_size: _Optional[int] = ..., max_width: _Optional[int] = ..., max_height: _Optional[int] = ..., max_streams: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_stream_fps: _Optional[float] = ..., max_stream_messages_per_s: _Optional[float] = ..., max_batch_size: _Optional[int] = ..., max_batch_wait_us: _Optional[int] = ..., auth_required: _Optional[bool] = ..., tls: _Optional[bool] = ..., max_pending_streams: _Optional[int] = ..., config_timeout_s: _Optional[float] = ..., stream_idle_timeout_s: _Optional[float] = ..., max_avatars: _Optional[int] = ..., max_store_bytes: _Optional[int] = ..., max_photo_pixels: _Optional[int] = ..., max_concurrent_creates: _Optional[int] = ..., max_list_page_size: _Optional[int] = ..., shutdown_drain_s: _Optional[float] = ..., shutdown_grace_s: _Optional[float] = ...) -> None: ...
 
 class ServerStats(_message.Message):
-    __slots__ = ("active_streams", "streams_total", "frames_received", "frames_rendered", "frames_dropped", "batches", "batch_sizes")
+    __slots__ = ("active_streams", "streams_total", "frames_received", "frames_rendered", "frames_dropped", "batches", "batch_sizes", "avatars", "pending_streams")
     class BatchSizesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -130,6 +158,8 @@ class ServerStats(_message.Message):
     FRAMES_DROPPED_FIELD_NUMBER: _ClassVar[int]
     BATCHES_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZES_FIELD_NUMBER: _ClassVar[int]
+    AVATARS_FIELD_NUMBER: _ClassVar[int]
+    PENDING_STREAMS_FIELD_NUMBER: _ClassVar[int]
     active_streams: int
     streams_total: int
     frames_received: int
@@ -137,7 +167,9 @@ class ServerStats(_message.Message):
     frames_dropped: int
     batches: int
     batch_sizes: _containers.ScalarMap[int, int]
-    def __init__(self, active_streams: _Optional[int] = ..., streams_total: _Optional[int] = ..., frames_received: _Optional[int] = ..., frames_rendered: _Optional[int] = ..., frames_dropped: _Optional[int] = ..., batches: _Optional[int] = ..., batch_sizes: _Optional[_Mapping[int, int]] = ...) -> None: ...
+    avatars: int
+    pending_streams: int
+    def __init__(self, active_streams: _Optional[int] = ..., streams_total: _Optional[int] = ..., frames_received: _Optional[int] = ..., frames_rendered: _Optional[int] = ..., frames_dropped: _Optional[int] = ..., batches: _Optional[int] = ..., batch_sizes: _Optional[_Mapping[int, int]] = ..., avatars: _Optional[int] = ..., pending_streams: _Optional[int] = ...) -> None: ...
 
 class ServerInfo(_message.Message):
     __slots__ = ("version", "engine_backend", "engine_device", "engine_precision", "engine_description", "engine_detail", "rasterizer_backend", "model", "num_head_tokens", "hidden_dim", "num_gaussians", "limits", "stats")

@@ -71,7 +71,10 @@ class FlexAvatarServicer:
 
     def CreateAvatar(self, request, context):
         """Creates an avatar from a head photo (PNG/JPEG, square crop; the engine's encoder runs once) or imports
-        an avatar code (.npy). Errors: INVALID_ARGUMENT (undecodable image, bad camera, wrong code shape).
+        an avatar code (.npy). Errors: INVALID_ARGUMENT (undecodable image, a photo over Limits.max_photo_pixels or
+        not square -- both checked from the image header before decoding --, bad camera, wrong code shape, a name
+        with control characters); RESOURCE_EXHAUSTED (the store is full: Limits.max_avatars / max_store_bytes; or
+        Limits.max_concurrent_creates photo creations already running).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -85,7 +88,8 @@ class FlexAvatarServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListAvatars(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One page of avatars, oldest first; follow next_page_token until it is empty.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

@@ -188,9 +188,17 @@ class FlexAvatarClient:
         return self.stub.GetAvatar(pb.GetAvatarRequest(avatar_id=avatar_id), timeout=self.timeout,
                                    metadata=self._metadata)
 
-    def list_avatars(self) -> list[pb.Avatar]:
-        return list(self.stub.ListAvatars(pb.ListAvatarsRequest(), timeout=self.timeout,
-                                          metadata=self._metadata).avatars)
+    def list_avatars(self, page_size: int = 0) -> list[pb.Avatar]:
+        """Every avatar, oldest first: follows ListAvatars' pages (``page_size`` each; 0 = the server's default)."""
+        avatars: list[pb.Avatar] = []
+        token = ""
+        while True:
+            page = self.stub.ListAvatars(pb.ListAvatarsRequest(page_size=page_size, page_token=token),
+                                         timeout=self.timeout, metadata=self._metadata)
+            avatars.extend(page.avatars)
+            token = page.next_page_token
+            if not token:
+                return avatars
 
     def delete_avatar(self, avatar_id: str) -> None:
         self.stub.DeleteAvatar(pb.DeleteAvatarRequest(avatar_id=avatar_id), timeout=self.timeout,

@@ -7,14 +7,23 @@
     serve(engine, ServerConfig(port=50051))                      # blocking; SIGINT/SIGTERM shut down gracefully
 
 Besides flexavatar.v1.FlexAvatar the server runs the standard grpc.health.v1 health service ("" and
-"flexavatar.v1.FlexAvatar") and server reflection. Shutdown: health NOT_SERVING, optional drain delay, then
-in-flight calls get a grace period before they are cancelled.
+"flexavatar.v1.FlexAvatar") and server reflection. Every call passes the RequestGuard interceptor (limits.py):
+bearer-token auth before the body is parsed, undecodable requests -> INVALID_ARGUMENT.
+
+Shutdown (SIGINT/SIGTERM, or ServerHandle.stop): health NOT_SERVING at once; during the drain every call is still
+served (new streams too) so load balancers move clients away; then new calls are refused, live streams end after
+the frame they are rendering with UNAVAILABLE "server is shutting down", and calls still running get the grace
+period before they are cancelled. A second signal skips what is left of the drain and the grace.
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import itertools
+import functools
 import logging
+import secrets
 import signal
 import threading
 import time
@@ -36,7 +45,15 @@ from . import codec
 from .batcher import Batcher, low_priority_stream
 from .engines.base import Engine
 from .frames import FrameRenderer, resolve_rasterizer
-from .limits import BearerTokenInterceptor, ServerConfig, TokenBucket, server_credentials, server_options
+from .limits import (
+    RequestGuard,
+    ServerConfig,
+    TokenBucket,
+    UndecodableRequestError,
+    log_safe,
+    server_credentials,
+    server_options,
+)
 from .session import (
     Session,
     StreamError,
@@ -46,7 +63,18 @@ from .session import (
     parse_frame,
     parse_session_config,
 )
-from .store import AvatarNotFound, AvatarRecord, AvatarStore, is_valid_avatar_id, parse_avatar_code_npy
+from .store import (
+    MAX_PAGE_SIZE,
+    AvatarNotFound,
+    AvatarQuota,
+    AvatarRecord,
+    AvatarStore,
+    QuotaExceeded,
+    check_avatar_name,
+    is_valid_avatar_id,
+    list_page,
+    parse_avatar_code_npy,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +101,7 @@ def _avatar_proto(record: AvatarRecord) -> pb.Avatar:
 
 
 class FlexAvatarService(pb_grpc.FlexAvatarServicer):
-    """The servicer. Runs on one event loop; the engine runs on the batcher's engine thread."""
+    """The servicer. Runs on one event loop; GPU work is submitted and collected on the batcher's threads."""
 
     def __init__(self, engine: Engine, config: ServerConfig, store: AvatarStore, rasterizer: str, metrics=None):
         self.engine = engine
@@ -90,8 +118,13 @@ class FlexAvatarService(pb_grpc.FlexAvatarServicer):
                                lead_s=config.batch_lead_ms / 1000.0, active_streams=lambda: len(self.sessions),
                                metrics=metrics)
         self._create_stream = low_priority_stream(engine.device)  # avatar creation below the live frames
+        # Photos of CreateAvatar decode on their own small pool, so uploads never delay frame encoding.
+        self.photo_executor = ThreadPoolExecutor(config.photo_workers, thread_name_prefix="flexrt-photo")
+        self.creates_in_progress = 0  # CreateAvatar calls from a photo, at most config.max_concurrent_creates
         self.sessions: dict[int, Session] = {}
-        self.open_streams = 0
+        # Animate streams still waiting for their SessionConfig (no slot taken yet), oldest first; each future is
+        # set when the stream is evicted to make room for a newer one
+        self.pending: collections.OrderedDict[int, asyncio.Future] = collections.OrderedDict()
         self.shutting_down = False
         self.streams_total = 0
         self.frames_received = 0
@@ -103,7 +136,14 @@ class FlexAvatarService(pb_grpc.FlexAvatarServicer):
 
     async def stop(self) -> None:
         await self.batcher.stop()
-        await asyncio.get_running_loop().run_in_executor(None, self.codec_executor.shutdown, True)
+        for executor in (self.codec_executor, self.photo_executor):
+            await asyncio.get_running_loop().run_in_executor(None, executor.shutdown, True)
+
+    def end_streams(self, message: str) -> int:
+        """Shutdown: every live stream ends with UNAVAILABLE ``message`` after the frame it is rendering."""
+        for session in self.sessions.values():
+            session.fail(StreamError(grpc.StatusCode.UNAVAILABLE, message))
+        return len(self.sessions)
 
     # ---- stats ----
     def stats(self) -> dict:
@@ -133,23 +173,40 @@ class FlexAvatarService(pb_grpc.FlexAvatarServicer):
             await context.abort(err.code, err.message)
         except AvatarNotFound as err:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(err))
-        except Exception as exc:  # engine or disk failure: logged here, reported as INTERNAL
-            logger.exception("%s failed", fn.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+        except QuotaExceeded as err:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err))
+        except Exception:  # engine or disk failure: details (paths, exception text) stay in the server log
+            error_id = secrets.token_hex(4)
+            logger.exception("%s failed (error id %s)", fn.__name__, error_id)
+            await context.abort(grpc.StatusCode.INTERNAL,
+                                f"internal server error (error id {error_id}; the server log has the details)")
 
     # ---- avatars ----
     async def CreateAvatar(self, request: pb.CreateAvatarRequest, context) -> pb.Avatar:
-        return await self._run_unary(context, self._create_avatar, request)
+        return await self._run_unary(context, self._create_avatar, request, context)
 
-    async def _create_avatar(self, request: pb.CreateAvatarRequest) -> pb.Avatar:
-        loop = asyncio.get_running_loop()
+    async def _create_avatar(self, request: pb.CreateAvatarRequest, context) -> pb.Avatar:
         source = request.WhichOneof("source")
-        if len(request.name) > 128:
-            raise invalid(f"name has {len(request.name)} characters, at most 128 are allowed")
+        try:
+            check_avatar_name(request.name)
+        except ValueError as exc:
+            raise invalid(str(exc)) from None
         expected = (self.engine.num_head_tokens, self.engine.hidden_dim)
         if source is None:
             raise invalid("CreateAvatarRequest needs 'image' (PNG/JPEG bytes) or 'avatar_code_npy' (.npy bytes)")
-        if source == "avatar_code_npy":
+        self.store.quota.check(*self.store.usage(), expected[0] * expected[1] * 4)  # a full store: before any work
+        if source == "image":
+            if self.creates_in_progress >= self.config.max_concurrent_creates:
+                raise StreamError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                  f"the server is already creating {self.creates_in_progress} avatars from photos "
+                                  f"(max_concurrent_creates); retry in a few seconds")
+            self.creates_in_progress += 1
+            try:
+                code = await self._encode_request_photo(request)
+            finally:
+                self.creates_in_progress -= 1
+            model = self.model
+        else:
             try:
                 code = parse_avatar_code_npy(request.avatar_code_npy)  # [HT,D] float32
             except ValueError as exc:
@@ -158,23 +215,39 @@ class FlexAvatarService(pb_grpc.FlexAvatarServicer):
                 raise invalid(f"avatar code is [HT,D] = {list(code.shape)}, this server's model expects "
                               f"{list(expected)}")
             model = "imported"
-        else:
-            if request.HasField("camera"):
-                c2w, K = parse_camera(request.camera, "CreateAvatarRequest.camera")
-            else:
-                c2w, K = default_camera_arrays()
-            size = self.engine.image_size
-            try:
-                rgb = await loop.run_in_executor(self.codec_executor, _decode_photo, request.image, size)
-            except ValueError as exc:
-                raise invalid(str(exc)) from None
-            code = await self.batcher.run_creation(self._encode_photo, rgb, c2w, K)  # [HT,D] host
-            model = self.model
-        record = await loop.run_in_executor(
-            None, lambda: self.store.add(code, source=source if source == "image" else "npy", model=model,
-                                         name=request.name))
-        logger.info("created avatar %s from %s (%s)", record.avatar_id, source, record.name or "unnamed")
+        record = await self._commit_avatar(context, code, source="image" if source == "image" else "npy",
+                                           model=model, name=request.name)
+        logger.info("created avatar %s from %s (%s)", record.avatar_id, source, log_safe(record.name or "unnamed"))
         return _avatar_proto(record)
+
+    async def _encode_request_photo(self, request: pb.CreateAvatarRequest) -> np.ndarray:
+        """Photo bytes -> avatar code float32 [HT,D]: header checks, decode (photo pool), encoder (engine thread)."""
+        if request.HasField("camera"):
+            c2w, K = parse_camera(request.camera, "CreateAvatarRequest.camera")
+        else:
+            c2w, K = default_camera_arrays()
+        try:
+            rgb = await asyncio.get_running_loop().run_in_executor(
+                self.photo_executor, _decode_photo, request.image, self.engine.image_size, self.config.max_photo_pixels)
+        except ValueError as exc:
+            raise invalid(str(exc)) from None
+        return await self.batcher.run_creation(self._encode_photo, rgb, c2w, K)  # [HT,D] host
+
+    async def _commit_avatar(self, context, code: np.ndarray, **fields) -> AvatarRecord:
+        """Store the avatar unless the client has gone. A client that cancels while the store writes gets its
+        avatar removed again: a cancelled CreateAvatar never leaves an avatar behind."""
+        if context.cancelled() or context.done():
+            raise asyncio.CancelledError()
+        add = asyncio.get_running_loop().run_in_executor(None, functools.partial(self.store.add, code, **fields))
+        try:
+            return await asyncio.shield(add)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):  # the add itself may have failed: nothing to undo then
+                record = await add
+                await asyncio.get_running_loop().run_in_executor(None, self.store.delete, record.avatar_id)
+                logger.info("CreateAvatar was cancelled by the client while avatar %s was stored: removed it",
+                            record.avatar_id)
+            raise
 
     @torch.inference_mode()
     def _encode_photo(self, rgb: np.ndarray, c2w: np.ndarray, K: np.ndarray) -> np.ndarray:
@@ -196,7 +269,15 @@ class FlexAvatarService(pb_grpc.FlexAvatarServicer):
         return await self._run_unary(context, get)
 
     async def ListAvatars(self, request: pb.ListAvatarsRequest, context) -> pb.ListAvatarsResponse:
-        return pb.ListAvatarsResponse(avatars=[_avatar_proto(r) for r in self.store.list()])
+        async def page():
+            try:
+                records, next_token = list_page(self.store, request.page_size, request.page_token)
+            except ValueError as exc:
+                raise invalid(str(exc)) from None
+            return pb.ListAvatarsResponse(avatars=[_avatar_proto(r) for r in records], next_page_token=next_token,
+                                          total_size=len(self.store))
+
+        return await self._run_unary(context, page)
 
     async def DeleteAvatar(self, request: pb.DeleteAvatarRequest, context) -> pb.DeleteAvatarResponse:
         async def delete():
@@ -228,11 +309,17 @@ class FlexAvatarService(pb_grpc.FlexAvatarServicer):
                 max_stream_fps=cfg.max_stream_fps, max_stream_messages_per_s=cfg.max_stream_messages_per_s,
                 max_batch_size=cfg.max_batch_size, max_batch_wait_us=int(cfg.max_batch_wait_ms * 1000),
                 auth_required=cfg.auth_token is not None, tls=cfg.tls,
+                max_pending_streams=cfg.max_pending_streams, config_timeout_s=cfg.config_timeout_s,
+                stream_idle_timeout_s=cfg.stream_idle_timeout_s, max_avatars=cfg.max_avatars,
+                max_store_bytes=cfg.max_store_bytes, max_photo_pixels=cfg.max_photo_pixels,
+                max_concurrent_creates=cfg.max_concurrent_creates, max_list_page_size=MAX_PAGE_SIZE,
+                shutdown_drain_s=cfg.shutdown_drain_s, shutdown_grace_s=cfg.shutdown_grace_s,
             ),
             stats=pb.ServerStats(
                 active_streams=stats["active_streams"], streams_total=stats["streams_total"],
                 frames_received=stats["frames_received"], frames_rendered=stats["frames_rendered"],
                 frames_dropped=stats["frames_dropped"], batches=stats["batches"], batch_sizes=stats["batch_sizes"],
+                avatars=len(self.store), pending_streams=len(self.pending),
             ),
         )
 
@@ -241,12 +328,6 @@ class FlexAvatarService(pb_grpc.FlexAvatarServicer):
 
     # ---- Animate ----
     async def Animate(self, request_iterator, context) -> None:
-        if self.shutting_down:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
-        if self.open_streams >= self.config.max_streams:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"server is at its limit of {self.config.max_streams} concurrent Animate streams")
-        self.open_streams += 1  # counts streams still sending their config too
         session = None
         reader = None
         try:
@@ -260,7 +341,6 @@ class FlexAvatarService(pb_grpc.FlexAvatarServicer):
         except StreamError as err:
             await context.abort(err.code, err.message)
         finally:
-            self.open_streams -= 1
             if reader is not None:
                 reader.cancel()
             if session is not None and self.sessions.pop(session.session_id, None) is not None:
@@ -269,13 +349,45 @@ class FlexAvatarService(pb_grpc.FlexAvatarServicer):
                             session.counters.received, session.counters.rendered, session.counters.dropped)
 
     async def _open_session(self, request_iterator) -> Session:
+        """The first message -> a Session holding one of the max_streams slots.
+
+        Until its SessionConfig arrives a stream holds no slot: it waits (at most config_timeout_s) among at most
+        max_pending_streams such streams, and when one more arrives the one that has waited longest is closed
+        with RESOURCE_EXHAUSTED. So connections that never send a config can neither take the slots of real
+        streams nor keep new streams out; slots go to streams whose config names a stored avatar (the count is
+        checked after the last await, so it is exact)."""
+        limits = self.config
+        if self.shutting_down:
+            raise StreamError(grpc.StatusCode.UNAVAILABLE, "server is shutting down; connect to another server")
+        loop = asyncio.get_running_loop()
+        key, evicted = next(_pending_ids), loop.create_future()
+        self.pending[key] = evicted
+        if len(self.pending) > limits.max_pending_streams:
+            self.pending.popitem(last=False)[1].set_result(None)  # the longest-waiting stream makes room
+        first_message = asyncio.ensure_future(anext(request_iterator))
         try:
-            first = await asyncio.wait_for(anext(request_iterator), self.config.config_timeout_s)
+            await asyncio.wait((first_message, evicted), timeout=limits.config_timeout_s,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self.pending.pop(key, None)
+            if not first_message.done():
+                first_message.cancel()
+        if not first_message.done() or first_message.cancelled():
+            if evicted.done():
+                raise StreamError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                  f"closed before it sent its SessionConfig: {limits.max_pending_streams} newer streams "
+                                  "arrived (max_pending_streams); send the config as the first message of a stream")
+            raise StreamError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                              f"no SessionConfig within {limits.config_timeout_s:g} s (config_timeout_s); send it "
+                              "as the first message right after opening the stream")
+        try:
+            first = first_message.result()
         except StopAsyncIteration:
             raise invalid("the stream ended before its SessionConfig") from None
-        except asyncio.TimeoutError:
-            raise StreamError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                              f"no SessionConfig within {self.config.config_timeout_s:g} s") from None
+        except UndecodableRequestError as err:
+            raise invalid(str(err)) from None
+        if self.shutting_down:
+            raise StreamError(grpc.StatusCode.UNAVAILABLE, "server is shutting down; connect to another server")
         cfg, settings = parse_session_config(first, self.config)
         self._check_avatar_id(cfg.avatar_id)
         try:
@@ -288,13 +400,29 @@ class FlexAvatarService(pb_grpc.FlexAvatarServicer):
                               f"avatar {record.avatar_id} has a [{record.num_head_tokens},{record.hidden_dim}] code, "
                               f"this server's model expects {list(expected)}")
         code = await asyncio.get_running_loop().run_in_executor(None, self.store.load_code, cfg.avatar_id)
+        if len(self.sessions) >= limits.max_streams:  # no await from here until Animate registers the session
+            raise StreamError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"server is at its limit of {limits.max_streams} concurrent Animate streams")
         avatar_code = torch.tensor(code, device=self.engine.device)  # [HT,D], uploaded once per stream
         return Session(avatar_id=cfg.avatar_id, avatar_code=avatar_code, **settings)
 
     async def _read_frames(self, request_iterator, session: Session) -> None:
         bucket = TokenBucket(self.config.max_stream_messages_per_s)
+        loop = asyncio.get_running_loop()
+        idle_s = self.config.stream_idle_timeout_s
+        last_message = loop.time()
+
+        async def idle_watchdog():  # one wake-up per idle_s, nothing per message
+            while (remaining := last_message + idle_s - loop.time()) > 0:
+                await asyncio.sleep(remaining)
+            session.fail(StreamError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                     f"no message on this stream for {idle_s:g} s (stream_idle_timeout_s); the "
+                                     "stream was closed to free its slot"))
+
+        watchdog = loop.create_task(idle_watchdog())
         try:
             async for request in request_iterator:
+                last_message = loop.time()
                 if not bucket.take():
                     session.fail(StreamError(
                         grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -307,11 +435,15 @@ class FlexAvatarService(pb_grpc.FlexAvatarServicer):
             session.close_input()
         except StreamError as err:
             session.fail(err)
+        except UndecodableRequestError as err:
+            session.fail(invalid(str(err)))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the transport failed or the client went away: end the stream quietly
-            logger.debug("stream %d: reading stopped: %s", session.session_id, exc)
+            logger.debug("stream %d: reading stopped: %s", session.session_id, log_safe(exc))
             session.close_input()
+        finally:
+            watchdog.cancel()
 
     async def _render_loop(self, session: Session, context) -> None:
         """Submit the session's newest frame whenever fewer than ``max_in_flight_per_stream`` of its frames are
@@ -328,7 +460,13 @@ class FlexAvatarService(pb_grpc.FlexAvatarServicer):
                 await slots.acquire()
                 if writer.done():  # the writer failed (its error is raised below)
                     break
-                frame = await session.next_frame()
+                try:
+                    frame = await session.next_frame()
+                except StreamError:  # shutdown, a bad message, a failed batch: send what is in flight, then end
+                    results.put_nowait(None)
+                    with contextlib.suppress(Exception):
+                        await writer
+                    raise
                 if frame is None:
                     break  # the client half-closed; every frame it sent is answered or dropped
                 if min_interval:
@@ -385,12 +523,16 @@ class FlexAvatarService(pb_grpc.FlexAvatarServicer):
             slots.release()
 
 
+_pending_ids = itertools.count()
+
+
 def _u32(value: int) -> int:
     return int(min(max(value, 0), 0xFFFFFFFF))
 
 
-def _decode_photo(data: bytes, size: int) -> np.ndarray:
-    return codec.resize_square(codec.decode_image(data), size)  # uint8 [size,size,3]
+def _decode_photo(data: bytes, size: int, max_pixels: int) -> np.ndarray:
+    """Photo bytes -> uint8 [size,size,3]; the size and squareness are checked from the header before decoding."""
+    return codec.resize_square(codec.decode_image(data, max_pixels, square=True), size)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -404,6 +546,7 @@ class _RunningServer:
         self.config = config.validate()
         self.engine = engine
         self.store = store if store is not None else AvatarStore(config.store_dir)
+        self.store.quota = AvatarQuota(config.max_avatars, config.max_store_bytes)  # the config rules any store
         self.rasterizer = resolve_rasterizer(config.rasterizer, engine.device)
         self.service: FlexAvatarService | None = None
         self.server: grpc.aio.Server | None = None
@@ -411,6 +554,7 @@ class _RunningServer:
         self.port: int | None = None
         self.metrics_port: int | None = None
         self._stopped = False
+        self._forced: asyncio.Event | None = None  # set by a second signal: skip the rest of drain and grace
 
     async def start(self) -> None:
         cfg = self.config
@@ -424,8 +568,8 @@ class _RunningServer:
                     s.counters.dropped for s in list(self.service.sessions.values())),
                 jpeg_fallbacks=lambda: self.service.renderer.jpeg_overflows, device=self.engine.device)
         self.service = FlexAvatarService(self.engine, cfg, self.store, self.rasterizer, metrics=self.metrics)
-        interceptors = [BearerTokenInterceptor(cfg.auth_token)] if cfg.auth_token else []
-        self.server = grpc.aio.server(options=server_options(cfg), interceptors=interceptors)
+        self._forced = asyncio.Event()
+        self.server = grpc.aio.server(options=server_options(cfg), interceptors=[RequestGuard(cfg.auth_token)])
         pb_grpc.add_FlexAvatarServicer_to_server(self.service, self.server)
         self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -466,22 +610,40 @@ class _RunningServer:
                     cfg.store_dir or "memory", len(self.store), "bearer token" if cfg.auth_token else "off")
 
     async def stop(self, grace: float | None = None) -> None:
-        """Health NOT_SERVING -> drain delay -> refuse new calls, grace for in-flight ones -> engine stops."""
+        """Health NOT_SERVING -> drain (everything still served) -> refuse new calls, live streams end after
+        their current frame, grace for calls still running -> engine stops."""
         if self._stopped:
             return
         self._stopped = True
+        loop = asyncio.get_running_loop()
         grace = self.config.shutdown_grace_s if grace is None else grace
-        self.service.shutting_down = True
-        await self.health.enter_graceful_shutdown()
-        logger.info("shutting down: health NOT_SERVING, drain %.1f s, grace %.1f s, %d active streams",
-                    self.config.shutdown_drain_s, grace, len(self.service.sessions))
-        if self.config.shutdown_drain_s > 0:
-            await asyncio.sleep(self.config.shutdown_drain_s)
-        await self.server.stop(grace)
-        await self.service.stop()
+        service = self.service
+        await self.health.enter_graceful_shutdown()  # load balancers send new clients elsewhere
+        logger.info("shutting down: health NOT_SERVING; drain %.1f s (still serving), then %d active streams end "
+                    "and calls get %.1f s", self.config.shutdown_drain_s, len(service.sessions), grace)
+        await self._unless_forced(self.config.shutdown_drain_s)
+        service.shutting_down = True  # new Animate streams -> UNAVAILABLE
+        ended = service.end_streams("server is shutting down; reconnect (to another server) to continue")
+        deadline = loop.time() + grace
+        while service.sessions and loop.time() < deadline and not self._forced.is_set():
+            await asyncio.sleep(0.02)
+        if ended:
+            logger.info("%d streams ended, %d still open", ended, len(service.sessions))
+        await self.server.stop(0 if self._forced.is_set() else max(0.0, deadline - loop.time()))
+        await service.stop()
         if self.metrics is not None:
             self.metrics.stop()
         logger.info("server stopped")
+
+    def force_stop(self) -> None:
+        """Skip what is left of the drain and the grace (a second SIGINT/SIGTERM)."""
+        if self._forced is not None:
+            self._forced.set()
+
+    async def _unless_forced(self, seconds: float) -> None:
+        if seconds > 0:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._forced.wait(), seconds)
 
 
 class ServerHandle:
@@ -598,9 +760,18 @@ def serve(engine: Engine, config: ServerConfig | None = None, store: AvatarStore
             ready(running.port)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def on_signal(sig: signal.Signals) -> None:
+            if stop.is_set():
+                logger.warning("second %s: stopping now", sig.name)
+                running.force_stop()
+            else:
+                logger.info("%s: shutting down (send it again to stop at once)", sig.name)
+                stop.set()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
+                loop.add_signal_handler(sig, on_signal, sig)
         await stop.wait()
         await running.stop()
 

@@ -238,9 +238,10 @@ def run(ctx, backend: str = "best", best: dict | None = None, resolution: int = 
         ctx_mp = mp.get_context("spawn")
         with ctx_mp.Pool(procs) as pool:
             pool.map(_ping, range(procs), chunksize=1)
-            points = [(s, enc, False) for enc in sweep_encodings for s in streams]
-            if creation_streams:
+            points = [(s, sweep_encodings[0], False) for s in streams]
+            if creation_streams:  # right after the main sweep: it matters more than the other encodings' points
                 points.append((int(creation_streams), sweep_encodings[0], True))
+            points += [(s, enc, False) for enc in sweep_encodings[1:] for s in streams]
             for s, enc, creating in points:
                 point_s = (warm_frames + measured_frames) / fps + 2.0
                 if budget.remaining() < point_s:

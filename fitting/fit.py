@@ -110,6 +110,7 @@ class FitResult:
     rasterizer: str = ""  # the differentiable rasterizer backend that ran ("torch" | "gsplat")
     terms: dict[str, str] = field(default_factory=dict)  # loss term -> "on (weight w)" | "off: why"
     init: str = ""  # "init_code" | "feed-forward"
+    initial_code: torch.Tensor | None = None  # [HT, D] float32, CPU: the code the fit started from
     seconds: float = 0.0
 
     def summary(self) -> str:
@@ -427,7 +428,8 @@ def run_fit(model, images, cam2world, intrinsics, expression_codes, init_code=No
         expression_offsets=fitted_offsets.float().cpu(),
         psnr_before_per_view=before.double().cpu().numpy(), psnr_after_per_view=after.double().cpu().numpy(),
         views=np.asarray(views, dtype=np.int64), steps_done=len(losses), cancelled=cancelled,
-        rasterizer=problem.backend, terms=terms, init=init, seconds=time.perf_counter() - t_start,
+        rasterizer=problem.backend, terms=terms, init=init, initial_code=code0.detach()[0].float().cpu(),
+        seconds=time.perf_counter() - t_start,
     )
     logger.info("%s", result.summary())
     return result

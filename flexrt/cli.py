@@ -5,6 +5,7 @@
     flexavatar stream ...           flexrt.runtime.cli
     flexavatar demo ...             flexrt.runtime.cli
     flexavatar bench ...            flexrt.benchmarks.cli
+    flexavatar fit ...              flexrt.fitting.cli
 
 Only the module of the chosen subcommand is imported (the others may pull in heavy or GPU-only packages).
 """
@@ -21,13 +22,14 @@ SUBCOMMANDS = {
     "stream": ("flexrt.runtime.cli", "stream a driving sequence to a server and write frames + latency"),
     "demo": ("flexrt.runtime.cli", "the main job: export, serve, create an avatar, stream, summarise latency"),
     "bench": ("flexrt.benchmarks.cli", "latency benchmarks (per stage and end to end)"),
+    "fit": ("flexrt.fitting.cli", "fit an avatar code to tracked photos / video frames (decoder frozen)"),
 }
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flexavatar",
-        description="FlexAvatar Runtime: export FLEX-1 engines, serve avatars over gRPC, stream and benchmark.",
+        description="FlexAvatar Runtime: export FLEX-1 engines, serve avatars over gRPC, stream, fit and benchmark.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

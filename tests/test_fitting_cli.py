@@ -75,3 +75,13 @@ def test_fit_cli_errors_are_one_line(inputs_file, extra, match):
 def test_fit_cli_missing_inputs(tmp_path):
     with pytest.raises(SystemExit, match="error: inputs file not found"):
         main(["fit", "--inputs", str(tmp_path / "none.npz"), "--out", str(tmp_path / "x.npy"), "--device", "cpu"])
+
+
+def test_fitting_benchmark_runs_on_cpu():
+    """benchmarks/bench_fitting.py end to end at smoke size (the numbers come from the GPU run)."""
+    from flexrt.benchmarks.bench_fitting import STAGES, format_report, run
+
+    r = run(preset="tiny", device="cpu", views=2, res=32, steps=2, warmup=1)
+    assert set(r["step_split"]["median_ms"]) == set(STAGES) and r["step_split"]["steps"] == 2
+    assert r["rasterizer"] == "torch" and r["meets_target"] is None and r["fit_avatar_seconds"] > 0
+    assert "| render_bwd |" in format_report(r)

@@ -6,6 +6,7 @@
     flexavatar avatars ...          flexrt.runtime.cli
     flexavatar demo ...             flexrt.runtime.cli
     flexavatar bench ...            flexrt.benchmarks.cli
+    flexavatar fit ...              flexrt.fitting.cli
 
 Only the module of the chosen subcommand is imported (the others may pull in heavy or GPU-only packages).
 """
@@ -23,13 +24,14 @@ SUBCOMMANDS = {
     "avatars": ("flexrt.runtime.cli", "create, list, show and delete avatars on a server"),
     "demo": ("flexrt.runtime.cli", "the main job: export, serve, create an avatar, stream, summarise latency"),
     "bench": ("flexrt.benchmarks.cli", "latency benchmarks (per stage and end to end)"),
+    "fit": ("flexrt.fitting.cli", "fit an avatar code to tracked photos / video frames (decoder frozen)"),
 }
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flexavatar",
-        description="FlexAvatar Runtime: export FLEX-1 engines, serve avatars over gRPC, stream and benchmark.",
+        description="FlexAvatar Runtime: export FLEX-1 engines, serve avatars over gRPC, stream, fit and benchmark.",
     )
     from flexrt import __version__
 

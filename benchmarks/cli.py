@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 import traceback
 from pathlib import Path
+
+from .timing import setup_logging as _setup_logging
 
 PHASES = ("export", "decoder", "render", "rasterizer", "encode", "e2e", "grpc", "psnr")
 DEFAULT_PHASES = ("decoder", "render", "rasterizer", "encode", "e2e", "grpc")
@@ -157,18 +158,6 @@ def _settings(args) -> dict:
     s["resolutions"] = _ints(s["resolutions"])
     s["streams"] = _ints(s["streams"])
     return s
-
-
-def _setup_logging(quiet: bool) -> None:
-    """Progress lines of the benchmark (logger flexrt.bench) on stderr; other libraries' loggers are left alone."""
-    logger = logging.getLogger("flexrt.bench")
-    logger.setLevel(logging.WARNING if quiet else logging.INFO)
-    if not any(getattr(h, "_flexrt_bench", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("[bench] %(message)s"))
-        handler._flexrt_bench = True
-        logger.addHandler(handler)
-    logger.propagate = False
 
 
 def run(args) -> int:

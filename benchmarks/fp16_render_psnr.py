@@ -163,9 +163,9 @@ def main(argv=None) -> int:
                    help="auto: cupy on a GPU, else the CPU reference (default auto)")
     p.add_argument("--pairs", default=",".join(PAIRS), help=f"comma-separated subset of: {', '.join(PAIRS)}")
     args = p.parse_args(argv)
-    from .cli import _setup_logging
+    from .timing import setup_logging
 
-    _setup_logging(quiet=False)
+    setup_logging(quiet=False)
     pairs = [s.strip() for s in args.pairs.split(",") if s.strip()]
     for name in pairs:
         if name not in PAIRS:

@@ -139,6 +139,13 @@ class FlexAvatarModel(nn.Module):
         self._gaussian_decoder._initial_gaussian_positions = initial_gaussian_positions.to(dev, torch.float32).contiguous()
         self._gaussian_decoder._uv_samples = uv_samples.to(dev, torch.float32).contiguous()
 
+    def template_buffers(self) -> dict[str, torch.Tensor]:
+        """The installed template (the inverse of ``set_template``): initial_head_xyz [1,HT,3],
+        initial_gaussian_positions [1,G,3], uv_samples [1,G,1,2] (template_samples.npz names)."""
+        return {"initial_head_xyz": self._head_transformer._initial_head_xyz,
+                "initial_gaussian_positions": self._gaussian_decoder._initial_gaussian_positions,
+                "uv_samples": self._gaussian_decoder._uv_samples}
+
     # ------------------------------------------------------------------ stage (a): avatar creation
     def encode(self, images: torch.Tensor, cam2world: torch.Tensor, intrinsics: torch.Tensor,
                features: torch.Tensor, intermediates: dict | None = None) -> torch.Tensor:

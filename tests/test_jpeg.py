@@ -121,15 +121,10 @@ def test_gpu_cuda_backend_equals_reference_and_replays_in_a_graph():
     assert torch.equal(lengths.cpu(), ref[1])
     for i, n in enumerate(ref[1].tolist()):
         assert torch.equal(data[i, :n].cpu(), ref[0][i, :n])
+    from flexrt.kernels import capture_graph
+
     static = x.clone()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        enc.encode(static)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        g_data, g_len = enc.encode(static)
+    graph, (g_data, g_len) = capture_graph(lambda: enc.encode(static))
     static.copy_(x.flip(0))
     graph.replay()
     torch.cuda.synchronize()

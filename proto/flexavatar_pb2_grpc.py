@@ -131,9 +131,11 @@ class FlexAvatarServicer:
         Limits.max_fit_observations, an undecodable / non-square photo or one over Limits.max_photo_pixels -- checked
         from the header before decoding --, photos of different sizes with resolution 0, a size over
         Limits.max_fit_resolution, a bad camera, an expression that is not 135 finite floats, steps over
-        Limits.max_fit_steps, a bad initial code, a name with control characters); NOT_FOUND (unknown init_avatar_id);
+        Limits.max_fit_steps, a malformed init_avatar_id, an init_avatar_code_npy that is not a float .npy of the
+        model's [HT,D], a name with control characters); NOT_FOUND (unknown init_avatar_id);
         RESOURCE_EXHAUSTED (Limits.max_concurrent_fits fits already running, or the avatar store is full);
-        FAILED_PRECONDITION (no initial code given and the server has no encoder for a feed-forward one);
+        FAILED_PRECONDITION (no initial code given and the server has no encoder for a feed-forward one, or the
+        init_avatar_id avatar's code does not fit the server's model);
         UNAVAILABLE (the server is shutting down); INTERNAL (a server fault; the message has an error id).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

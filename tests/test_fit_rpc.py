@@ -284,3 +284,35 @@ def test_unimplemented_without_a_torch_model_and_full_store(scene, engine):
                                                           init_code=scene["code_init"].numpy(), steps=2))
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "the avatar store is full: 1 of 1 avatars" in details
         assert server.stats()["fits"] == {"running": 0, "completed": 0, "cancelled": 0, "failed": 0}  # refused first
+
+
+def test_avatars_fit_command(scene, server, tmp_path, capsys):
+    """`flexavatar avatars fit`: tracked inputs (.npz, images inside) -> FitAvatar -> the id and a summary line."""
+    import json
+
+    from flexrt.cli import main
+    from flexrt.fitting.inputs import FitInputs, save_fit_inputs
+
+    inputs = tmp_path / "views_input.npz"
+    save_fit_inputs(inputs, FitInputs(scene["target_float"].numpy()[:2], scene["c2w"][:2], scene["K"][:2],
+                                      scene["expr"][:2]))
+    code = tmp_path / "init.npy"
+    np.save(code, scene["code_init"].numpy()[:, None])  # the official [HT,1,D] layout
+    previews = tmp_path / "previews"
+    rc = main(["avatars", "fit", "--server", server.address, "--inputs", str(inputs), "--init-npy", str(code),
+               "--steps", "2", "--preview-every", "1", "--previews", str(previews), "--name", "cli", "--json",
+               "--no-progress"])
+    assert rc == 0
+    out, err = capsys.readouterr()
+    record = json.loads(out)
+    assert record["source"] == "fit" and record["name"] == "cli" and record["steps"] == 2 and len(record["losses"]) == 2
+    assert record["init"] == "init_avatar_code_npy" and "PSNR on the inputs" in err and "dino: off" in err
+    assert sorted(p.name[:8] for p in previews.glob("*.jpg")) == ["step0001", "step0002"]
+    with FlexAvatarClient(server.address) as client:
+        assert client.get_avatar(record["avatar_id"]).source == "fit"
+    # a mistake is one line
+    rc = main(["avatars", "fit", "--server", server.address, "--inputs", str(inputs), "--steps", "5000",
+               "--no-progress"])
+    assert rc == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "INVALID_ARGUMENT: steps 5000 is outside" in err and "\n" not in err

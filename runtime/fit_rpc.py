@@ -322,7 +322,7 @@ class FitAvatarCalls:
             logger.info("fit stored as avatar %s (%s)", record.avatar_id, log_safe(record.name or "unnamed"))
             terms = {"dino": NO_DINO_TERM} if self.dino_loss is None else None  # the server's flag, not fit's
             yield result_message(self.avatar_proto(record), result, req.init, side, terms)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):  # the client went away (gRPC cancels or closes us)
             if job is not None and not job.done:
                 self.cancelled += 1
                 logger.info("FitAvatar cancelled by the client: the fit stops after its current step")

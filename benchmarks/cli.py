@@ -125,6 +125,12 @@ def add_parser(subparsers) -> None:
     g.add_argument("--creation-streams", type=int, default=None,
                    help="one more sweep point with this many streams while avatars are created back to back "
                         "(live streams vs avatar creation); default: none")
+    g.add_argument("--fitting-streams", type=int, default=None,
+                   help="one more sweep point with this many streams while FitAvatar fits run back to back (4 "
+                        "observations at --fit-resolution², 200 steps; live streams vs avatar fitting); needs a "
+                        "torch-* --grpc-backend; default: none")
+    g.add_argument("--fit-resolution", type=int, default=512,
+                   help="side of the fitting point's observations (default: %(default)s, the official fit's)")
     g.add_argument("--grpc-backend", default="best",
                    help="decoder backend of the server: 'best' (the e2e phase's fastest, else as 'auto'), 'auto' "
                         "(TensorRT, else CUDA graphs; ONNX Runtime on the CPU) or a backend name (default: best)")
@@ -318,7 +324,8 @@ def _run_phases(args, s, phases, backends, rasterizers, encodings, rec) -> int:
                          s["round_trip_frames"], s["streams"], args.fps, s["duration"], s["stream_warmup"],
                          args.grpc_client_procs, args.grpc_encode_workers, args.grpc_max_batch,
                          args.grpc_batch_wait_ms, budget=budget, on_row=lambda r: rec.save(), sink=data["grpc"],
-                         sweep_encodings=sweep_encodings, creation_streams=args.creation_streams)
+                         sweep_encodings=sweep_encodings, creation_streams=args.creation_streams,
+                         fitting_streams=args.fitting_streams, fit_resolution=args.fit_resolution)
             elif name == "psnr":
                 from .fp16_render_psnr import run as run_psnr
 

@@ -122,8 +122,10 @@ class FitService:
         self._slots = threading.BoundedSemaphore(limits.max_concurrent)
 
     def start(self, images, cam2world, intrinsics, expression_codes, *, config: FitConfig = FitConfig(),
-              init_code=None, on_progress: Callable[[FitProgress], object] | None = None) -> FitJob:
-        """Validate (raises FitInputError / FitBusy here, in the caller's thread), then start the fit."""
+              init_code=None, on_progress: Callable[[FitProgress], object] | None = None,
+              preview_every: int | None = None) -> FitJob:
+        """Validate (raises FitInputError / FitBusy here, in the caller's thread), then start the fit.
+        ``preview_every``: this request's preview cadence (None = ``limits.preview_every``)."""
         config = FitConfig(**vars(config)).validate()
         require_no_sam(config.sam_weights)
         obs = check_observations(images, cam2world, intrinsics, expression_codes)  # CPU copy: checks only
@@ -134,7 +136,9 @@ class FitService:
                                 "initial avatar code")
         if not self._slots.acquire(blocking=False):
             raise FitBusy(f"all {self.limits.max_concurrent} fit slot(s) are busy")
-        every = self.limits.preview_every
+        every = self.limits.preview_every if preview_every is None else preview_every
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise FitInputError(f"preview_every must be a positive int, got {every!r}")
         model, dino = self.model, self.dino
 
         def target(job: FitJob) -> FitResult:

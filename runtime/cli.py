@@ -4,6 +4,7 @@
     flexavatar serve --model tiny                       # a TorchEngine straight from a preset (no export)
     flexavatar avatars create --image photo.png [--camera-npz cam.npz] [--name NAME]   # prints the avatar id
     flexavatar avatars create --npy code.npy | list | get ID | delete ID
+    flexavatar avatars fit --inputs a_input.npz b_input.npz [--init ID] [--steps 200]    # FitAvatar; prints the id
     flexavatar stream --avatar ID --sequence seq.npz|synthetic --out frames/|video.mp4 [--fps 30]
     flexavatar demo [--out demo_out] [--checkpoint ckpt.pt] [--device auto] [--width 128 --height 128]
 
@@ -394,6 +395,9 @@ def _server_config(args):
         pipeline_slots=args.pipeline_slots, jpeg=args.jpeg, metrics_port=args.metrics_port,
         rasterizer=args.rasterizer, auth_token=_read_token(args), tls_cert=args.tls_cert, tls_key=args.tls_key,
         shutdown_grace_s=args.grace, shutdown_drain_s=args.drain,
+        max_fit_observations=args.max_fit_observations, max_fit_resolution=args.max_fit_resolution,
+        max_fit_steps=args.max_fit_steps, fit_preview_every=args.fit_preview_every,
+        max_concurrent_fits=args.max_concurrent_fits, fit_dino_loss_weights=args.fit_dino_loss_weights,
     ).validate()
 
 
@@ -420,7 +424,8 @@ def _check_port_free(host: str, port: int) -> None:
 def cmd_serve(args) -> int:
     _setup_logging(args.log_level)
     for path, flag in ((args.engines, "--engines"), (args.checkpoint, "--checkpoint"), (args.dinov2, "--dinov2"),
-                       (args.template, "--template"), (args.tls_cert, "--tls-cert"), (args.tls_key, "--tls-key")):
+                       (args.template, "--template"), (args.tls_cert, "--tls-cert"), (args.tls_key, "--tls-key"),
+                       (args.fit_dino_loss_weights, "--fit-dino-loss-weights")):
         _need_file(path, flag)
     config = _server_config(args)  # every limit checked before the (slow) engine build
     _check_port_free(config.host, config.port)
@@ -564,10 +569,63 @@ def cmd_avatars(args) -> int:
         with _client(args) as client:
             avatar = client.get_avatar(_check_id(args.avatar_id))
         print(json.dumps(_avatar_dict(avatar)) if args.json else _avatar_line(avatar))
+    elif args.action == "fit":
+        return _fit_on_server(args)
     else:  # delete
         with _client(args) as client:
             client.delete_avatar(_check_id(args.avatar_id))
         print(f"deleted {args.avatar_id}")
+    return 0
+
+
+def _fit_on_server(args) -> int:
+    """`avatars fit`: tracked inputs (flexrt.fitting.inputs) -> FitAvatar with a progress bar -> the new id."""
+    from tqdm.auto import tqdm
+
+    from flexrt.fitting.inputs import load_fit_inputs
+
+    from .store import check_avatar_name
+
+    check_avatar_name(args.name)
+    for path in args.inputs:
+        _need_file(path, "--inputs")
+    _need_file(args.video, "--video")
+    init = {}
+    if args.init:
+        init["init_avatar_id"] = _check_id(args.init)
+    elif args.init_npy:
+        init["init_code"] = _need_file(args.init_npy, "--init-npy").read_bytes()
+    inputs = load_fit_inputs(args.inputs, video=args.video, max_frames=args.max_frames)  # FitInputError: one line
+    previews = Path(args.previews) if args.previews else None
+    if previews is not None:
+        previews.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=None, desc="fit", unit="step", disable=True if args.no_progress else None, file=sys.stderr)
+
+    def on_progress(p) -> None:
+        bar.total = p.steps
+        bar.update(p.step - bar.n)
+        bar.set_postfix(loss=f"{p.loss:.4f}", psnr=f"{p.psnr:.2f}")
+        if previews is not None and p.preview_jpeg:
+            (previews / f"step{p.step:04d}_view{p.view}.jpg").write_bytes(p.preview_jpeg)
+
+    try:
+        with _client(args) as client:
+            avatar, result = client.fit_avatar(
+                inputs.images, inputs.cam2world, inputs.intrinsics, inputs.expression_codes, name=args.name,
+                steps=args.steps, expression_offsets=not args.no_expression, seed=args.seed,
+                preview_every=args.preview_every, resolution=args.resolution, on_progress=on_progress, **init)
+    finally:
+        bar.close()
+    terms = "; ".join(f"{k}: {v}" for k, v in sorted(result.loss_terms.items()))
+    print(f"fitted {inputs.n} observation(s) at {result.resolution}x{result.resolution}, {result.steps} steps in "
+          f"{result.fit_seconds:.1f} s ({result.rasterizer}; initial code: {result.init}); PSNR on the inputs "
+          f"{result.psnr_before:.2f} -> {result.psnr_after:.2f} dB; {terms}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({**_avatar_dict(avatar), "psnr_before": result.psnr_before,
+                          "psnr_after": result.psnr_after, "steps": result.steps, "init": result.init,
+                          "loss_terms": dict(result.loss_terms), "losses": list(result.losses)}))
+    else:
+        print(avatar.avatar_id)
     return 0
 
 
@@ -760,6 +818,24 @@ def add_parser(subparsers) -> None:
                    help="threads decoding photos: their own pool, so uploads never hold up frame encoding")
     g.add_argument("--max-concurrent-creates", type=int, default=d.max_concurrent_creates,
                    help="CreateAvatar calls from photos in progress at once; more get RESOURCE_EXHAUSTED (retry)")
+    g = p.add_argument_group("avatar fitting (FitAvatar; needs the PyTorch backend, else UNIMPLEMENTED)")
+    g.add_argument("--max-fit-observations", type=int, default=d.max_fit_observations,
+                   help="observations (photos / video frames) one FitAvatar request may send")
+    g.add_argument("--max-fit-resolution", type=int, default=d.max_fit_resolution,
+                   help="largest side in pixels the observations are fitted at (as sent, or after the request's "
+                        "resolution); a fit step's cost grows with it (the official fit: 512)")
+    g.add_argument("--max-fit-steps", type=int, default=d.max_fit_steps,
+                   help="most optimisation steps a request may ask for (the official recipe: 200, the default of "
+                        "a request that says 0)")
+    g.add_argument("--fit-preview-every", type=int, default=d.fit_preview_every,
+                   help="a preview JPEG in the progress every this many steps, for requests that say 0")
+    g.add_argument("--max-concurrent-fits", type=int, default=d.max_concurrent_fits,
+                   help="fits running at once; more get RESOURCE_EXHAUSTED (each keeps the GPU busy for seconds, "
+                        "on a low-priority CUDA stream below the live frames)")
+    g.add_argument("--fit-dino-loss-weights", metavar="FILE",
+                   help="DINOv2-small weights for the fit's perceptual DINO loss (dinov2_vits14_pretrain.pth or "
+                        "facebook/dinov2-small model.safetensors); without them the term is off and every result "
+                        "says so")
     g = p.add_argument_group("batching")
     g.add_argument("--max-batch", type=int, default=d.max_batch_size, help="frames of different streams decoded in one engine call")
     g.add_argument("--max-batch-wait-ms", type=float, default=d.max_batch_wait_ms,
@@ -810,6 +886,7 @@ def add_parser(subparsers) -> None:
                 "Manage the avatars of a running server.\n\n"
                 "  flexavatar avatars create --image photo.png [--camera-npz photo_input.npz] [--name NAME]\n"
                 "  flexavatar avatars create --npy code.npy     (an avatar code, [HT,1,D] or [HT,D])\n"
+                "  flexavatar avatars fit --inputs a_input.npz b_input.npz [--init ID] [--steps 200]\n"
                 "  flexavatar avatars list | get ID | delete ID\n\n"
                 "create prints the new avatar's id (for `flexavatar stream --avatar ID`).")
     actions = p.add_subparsers(dest="action", metavar="ACTION")
@@ -826,6 +903,32 @@ def add_parser(subparsers) -> None:
                                         "server's frontal camera")
     a.add_argument("--name", default="", help="a label (at most 128 characters, no control characters)")
     a.add_argument("--json", action="store_true", help="print the whole avatar record as JSON")
+    a = actions.add_parser(
+        "fit", help="fit an avatar to several photos or video frames on the server (FitAvatar); prints its id",
+        formatter_class=_Formatter,
+        description="Fit an avatar code to tracked observations on the server (FitAvatar: the official test-time "
+                    "fitting, docs/FITTING.md) and store it; prints the new id. Inputs as for `flexavatar fit`: "
+                    "one .npz per photo (<name>_input.npz beside <name>.png) or one N-frame .npz (images inside, "
+                    "or --video). Ctrl-C cancels the fit (nothing is stored).")
+    a.add_argument("--inputs", nargs="+", required=True, metavar="NPZ",
+                   help="tracked observations: cameras, expression codes and images (docs/FITTING.md, Inputs)")
+    a.add_argument("--video", help="an .mp4 whose frames go with the single per-frame --inputs .npz")
+    a.add_argument("--max-frames", type=int, default=None, help="send at most this many frames, evenly spaced")
+    init = a.add_mutually_exclusive_group()
+    init.add_argument("--init", metavar="ID", help="start from this stored avatar (default: the server's "
+                                                   "feed-forward code of the first observation)")
+    init.add_argument("--init-npy", metavar="NPY", help="start from this avatar code .npy ([HT,1,D] or [HT,D])")
+    a.add_argument("--steps", type=int, default=0, help="optimisation steps (0 = the official 200)")
+    a.add_argument("--resolution", type=int, default=0,
+                   help="side in pixels the server fits at (0 = as sent; at most the server's --max-fit-resolution)")
+    a.add_argument("--no-expression", action="store_true",
+                   help="keep the tracked expression codes (default: per-view offsets are fitted, as the paper)")
+    a.add_argument("--seed", type=int, default=0, help="seed of the per-step view choice")
+    a.add_argument("--preview-every", type=int, default=0, help="preview cadence in steps (0 = the server's)")
+    a.add_argument("--previews", metavar="DIR", help="write the preview JPEGs here (stepNNNN_viewV.jpg)")
+    a.add_argument("--name", default="", help="a label (at most 128 characters, no control characters)")
+    a.add_argument("--json", action="store_true", help="print the avatar record, PSNRs and losses as JSON")
+    a.add_argument("--no-progress", action="store_true", help="no progress bar")
     for name, help_text in (("list", "list every avatar, oldest first"), ("get", "show one avatar"),
                             ("delete", "delete one avatar")):
         b = actions.add_parser(name, help=help_text, formatter_class=_Formatter, description=help_text + ".")

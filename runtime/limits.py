@@ -17,6 +17,7 @@ from .codec import DEFAULT_MAX_PHOTO_PIXELS
 logger = logging.getLogger(__name__)
 
 MiB = 1 << 20
+FIT_MIN_RESOLUTION = 16  # fitting.fit.MIN_IMAGE_SIDE: the SSIM window and the rasterizer tiles need this much
 HEALTH_METHOD_PREFIX = "/grpc.health.v1.Health/"
 
 
@@ -48,6 +49,16 @@ class ServerConfig:
     max_photo_pixels: int = DEFAULT_MAX_PHOTO_PIXELS  # larger photos are refused from their header, undecoded
     photo_workers: int = 1  # threads decoding photos (their own pool: never the one encoding frames)
     max_concurrent_creates: int = 4  # CreateAvatar calls decoding/encoding at once; more -> RESOURCE_EXHAUSTED
+
+    # ---- avatar fitting (FitAvatar; fitting/service.py runs it on the engine's PyTorch model) ----
+    max_fit_observations: int = 16  # observations (photos / video frames) per FitAvatar request
+    max_fit_resolution: int = 512  # largest side the observations are fitted at (the official fit: 512)
+    max_fit_steps: int = 1000  # largest FitAvatarRequest.steps (the official recipe: 200)
+    fit_preview_every: int = 10  # a preview JPEG every this many steps when the request says 0
+    max_concurrent_fits: int = 1  # fits at once; more -> RESOURCE_EXHAUSTED (each holds the GPU for seconds)
+    # DINOv2-small weights for the fit's perceptual DINO loss (dinov2_vits14_pretrain.pth or facebook/dinov2-small
+    # model.safetensors); None: the term is off and every FitAvatarResult says so
+    fit_dino_loss_weights: str | None = None
 
     # ---- batching and the GPU pipeline (runtime/batcher.py, runtime/frames.py) ----
     max_batch_size: int = 64  # frames in one batch (an exported engine's max_batch bounds it)
@@ -84,9 +95,12 @@ class ServerConfig:
             raise ValueError(f"need 1 <= min_size <= max_width/max_height, got {self.min_size}, "
                              f"{self.max_width}x{self.max_height}")
         for name in ("max_streams", "max_pending_streams", "max_batch_size", "encode_workers", "photo_workers",
-                     "max_concurrent_creates", "max_photo_pixels", "pipeline_slots", "max_in_flight_per_stream"):
+                     "max_concurrent_creates", "max_photo_pixels", "pipeline_slots", "max_in_flight_per_stream",
+                     "max_fit_observations", "max_fit_steps", "fit_preview_every", "max_concurrent_fits"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_fit_resolution < FIT_MIN_RESOLUTION:
+            raise ValueError(f"max_fit_resolution must be >= {FIT_MIN_RESOLUTION}, got {self.max_fit_resolution}")
         if self.batch_lead_ms < 0:
             raise ValueError(f"batch_lead_ms must be >= 0, got {self.batch_lead_ms}")
         if self.jpeg not in ("auto", "cuda", "cpu"):
@@ -109,6 +123,14 @@ class ServerConfig:
         if self.auth_token is not None and len(self.auth_token) < 8:
             raise ValueError("auth_token must have at least 8 characters")
         return self
+
+    def fit_limits(self):
+        """The fitting.service.FitLimits of this configuration."""
+        from flexrt.fitting.service import FitLimits
+
+        return FitLimits(max_images=self.max_fit_observations, max_resolution=self.max_fit_resolution,
+                         max_steps=self.max_fit_steps, preview_every=self.fit_preview_every,
+                         max_concurrent=self.max_concurrent_fits).validate()
 
     @property
     def tls(self) -> bool:

@@ -44,6 +44,7 @@ from flexrt.proto import flexavatar_pb2_grpc as pb_grpc
 from . import codec
 from .batcher import Batcher, low_priority_stream
 from .engines.base import Engine
+from .fit_rpc import FitAvatarCalls
 from .frames import FrameRenderer, resolve_rasterizer
 from .limits import (
     RequestGuard,
@@ -121,6 +122,7 @@ class FlexAvatarService(pb_grpc.FlexAvatarServicer):
         # Photos of CreateAvatar decode on their own small pool, so uploads never delay frame encoding.
         self.photo_executor = ThreadPoolExecutor(config.photo_workers, thread_name_prefix="flexrt-photo")
         self.creates_in_progress = 0  # CreateAvatar calls from a photo, at most config.max_concurrent_creates
+        self.fitting = FitAvatarCalls(self, _avatar_proto)  # FitAvatar: fits on the engine's PyTorch model
         self.sessions: dict[int, Session] = {}
         # Animate streams still waiting for their SessionConfig (no slot taken yet), oldest first; each future is
         # set when the stream is evicted to make room for a newer one
@@ -135,6 +137,7 @@ class FlexAvatarService(pb_grpc.FlexAvatarServicer):
         self.batcher.start()
 
     async def stop(self) -> None:
+        await self.fitting.stop()
         await self.batcher.stop()
         for executor in (self.codec_executor, self.photo_executor):
             await asyncio.get_running_loop().run_in_executor(None, executor.shutdown, True)
@@ -159,6 +162,7 @@ class FlexAvatarService(pb_grpc.FlexAvatarServicer):
             "batcher_waiting": self.batcher.waiting,
             "batches_in_flight": self.batcher.in_flight,
             "jpeg_cpu_fallbacks": self.renderer.jpeg_overflows,
+            "fits": self.fitting.stats(),
             "sessions": sessions,
         }
 
@@ -169,17 +173,22 @@ class FlexAvatarService(pb_grpc.FlexAvatarServicer):
     async def _run_unary(self, context, fn, *args):
         try:
             return await fn(*args)
-        except StreamError as err:
-            await context.abort(err.code, err.message)
-        except AvatarNotFound as err:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(err))
-        except QuotaExceeded as err:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err))
-        except Exception:  # engine or disk failure: details (paths, exception text) stay in the server log
-            error_id = secrets.token_hex(4)
-            logger.exception("%s failed (error id %s)", fn.__name__, error_id)
-            await context.abort(grpc.StatusCode.INTERNAL,
-                                f"internal server error (error id {error_id}; the server log has the details)")
+        except Exception as exc:
+            await self.abort_with(context, fn.__name__, exc)
+
+    async def abort_with(self, context, what: str, exc: Exception) -> None:
+        """Ends the call with the status of ``exc`` (raised inside an ``except`` block; never returns)."""
+        if isinstance(exc, StreamError):
+            await context.abort(exc.code, exc.message)
+        if isinstance(exc, AvatarNotFound):
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        if isinstance(exc, QuotaExceeded):
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        # engine or disk failure: details (paths, exception text) stay in the server log
+        error_id = secrets.token_hex(4)
+        logger.error("%s failed (error id %s)", what, error_id, exc_info=exc)
+        await context.abort(grpc.StatusCode.INTERNAL,
+                            f"internal server error (error id {error_id}; the server log has the details)")
 
     # ---- avatars ----
     async def CreateAvatar(self, request: pb.CreateAvatarRequest, context) -> pb.Avatar:
@@ -235,7 +244,7 @@ class FlexAvatarService(pb_grpc.FlexAvatarServicer):
 
     async def _commit_avatar(self, context, code: np.ndarray, **fields) -> AvatarRecord:
         """Store the avatar unless the client has gone. A client that cancels while the store writes gets its
-        avatar removed again: a cancelled CreateAvatar never leaves an avatar behind."""
+        avatar removed again: a cancelled CreateAvatar (or FitAvatar) never leaves an avatar behind."""
         if context.cancelled() or context.done():
             raise asyncio.CancelledError()
         add = asyncio.get_running_loop().run_in_executor(None, functools.partial(self.store.add, code, **fields))
@@ -245,7 +254,7 @@ class FlexAvatarService(pb_grpc.FlexAvatarServicer):
             with contextlib.suppress(Exception):  # the add itself may have failed: nothing to undo then
                 record = await add
                 await asyncio.get_running_loop().run_in_executor(None, self.store.delete, record.avatar_id)
-                logger.info("CreateAvatar was cancelled by the client while avatar %s was stored: removed it",
+                logger.info("the call was cancelled by the client while avatar %s was stored: removed it",
                             record.avatar_id)
             raise
 
@@ -314,17 +323,26 @@ class FlexAvatarService(pb_grpc.FlexAvatarServicer):
                 max_store_bytes=cfg.max_store_bytes, max_photo_pixels=cfg.max_photo_pixels,
                 max_concurrent_creates=cfg.max_concurrent_creates, max_list_page_size=MAX_PAGE_SIZE,
                 shutdown_drain_s=cfg.shutdown_drain_s, shutdown_grace_s=cfg.shutdown_grace_s,
+                fitting_available=self.fitting.available, max_fit_observations=cfg.max_fit_observations,
+                max_fit_resolution=cfg.max_fit_resolution, max_fit_steps=cfg.max_fit_steps,
+                fit_preview_every=cfg.fit_preview_every, max_concurrent_fits=cfg.max_concurrent_fits,
             ),
             stats=pb.ServerStats(
                 active_streams=stats["active_streams"], streams_total=stats["streams_total"],
                 frames_received=stats["frames_received"], frames_rendered=stats["frames_rendered"],
                 frames_dropped=stats["frames_dropped"], batches=stats["batches"], batch_sizes=stats["batch_sizes"],
                 avatars=len(self.store), pending_streams=len(self.pending),
+                fits_running=self.fitting.running,
             ),
         )
 
     async def GetServerInfo(self, request: pb.GetServerInfoRequest, context) -> pb.ServerInfo:
         return self.server_info()
+
+    # ---- FitAvatar (runtime/fit_rpc.py) ----
+    async def FitAvatar(self, request: pb.FitAvatarRequest, context):
+        async for response in self.fitting.stream(request, context):
+            yield response
 
     # ---- Animate ----
     async def Animate(self, request_iterator, context) -> None:

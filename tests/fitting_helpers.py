@@ -29,9 +29,13 @@ def neutral_expressions(n: int) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=1)
 def sensitive_tiny_model():
+    return make_sensitive(load_official("tiny"))
+
+
+def make_sensitive(model):
+    """The two scalings above, in place, on a tiny-preset model (also used on a server's engine model)."""
     from flexrt.model.layers import JointAttention
 
-    model = load_official("tiny")
     with torch.no_grad():
         model._gaussian_decoder._mlp_decoder.out_layers["shs"].weight.mul_(20.0)
         for m in model._head_transformer._expression_transformer.modules():

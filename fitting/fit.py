@@ -180,10 +180,10 @@ def check_observations(images, cam2world, intrinsics, expression_codes, device=N
     if lo < -1e-3 or hi > 1.0 + 1e-3:
         raise FitInputError(f"images must be in [0,1] (white background = 1), got values in [{lo:.3g}, {hi:.3g}]")
     c2w = cam2world.double()
-    if bool((c2w[:, 3] - torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=torch.float64)).abs().max() > 1e-4):
+    if bool((c2w[:, 3] - torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=torch.float64, device=c2w.device)).abs().max() > 1e-4):
         raise FitInputError("cam2world must be rigid 4x4 matrices with last row [0,0,0,1]")
     rot = c2w[:, :3, :3]
-    err = (rot.transpose(1, 2) @ rot - torch.eye(3, dtype=torch.float64)).abs().amax(dim=(1, 2))
+    err = (rot.transpose(1, 2) @ rot - torch.eye(3, dtype=torch.float64, device=c2w.device)).abs().amax(dim=(1, 2))
     if bool((err > 1e-3).any()):
         raise FitInputError(f"cam2world rotations are not orthonormal (views {(err > 1e-3).nonzero()[:, 0].tolist()[:8]}; "
                             "expected OpenCV camera-to-world poses)")

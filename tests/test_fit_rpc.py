@@ -322,6 +322,7 @@ def test_avatars_fit_command(scene, server, tmp_path, capsys):
 def test_fit_on_cuda_with_gsplat_while_a_stream_runs(scene):
     """On the GPU: the fit runs through gsplat on the engine's CUDA model while an Animate stream keeps getting
     every frame; the stored avatar animates closer to the targets than the initial code."""
+    pytest.importorskip("gsplat", reason="this test checks the gsplat path of a fit (the `gpu` extra)")
     from flexrt.model.pipeline import build_pipeline
     from flexrt.runtime.engines import TorchEngine
 

@@ -306,7 +306,8 @@ class FlexAvatarService(pb_grpc.FlexAvatarServicer):
             engine_device=info.device,
             engine_precision=info.precision,
             engine_description=info.describe(),
-            engine_detail={str(k): str(v) for k, v in (info.detail or {}).items()},
+            engine_detail={**{str(k): str(v) for k, v in (info.detail or {}).items()},
+                           "frame_renderer": self.renderer.describe()},  # rasterizer, JPEG encoder, slots, graphs
             rasterizer_backend=self.rasterizer,
             model=self.model,
             num_head_tokens=self.engine.num_head_tokens,

@@ -31,8 +31,10 @@ Server -> client:
     binary: FRAME_HEADER (72 bytes, little endian) + the encoded frame
     {"type": "ended"}                     the stream finished after "end"
     {"type": "error", "id": N or null, "stream": bool, "code": "NOT_FOUND", "message": "..."}
-                                          the gRPC status name and message; id null and stream true: the stream
-                                          ended with it; id null and stream false: the connection (then closed)
+                                          the gRPC status name and message. id N: that call failed; stream true:
+                                          the stream ended with it (or was refused); otherwise a message of the
+                                          connection was refused (UNAUTHENTICATED and a rate over the limit also
+                                          close the connection)
 
 One connection carries at most one stream at a time (one page = one stream; several tabs = several streams).
 """
@@ -438,7 +440,7 @@ class _Connection:
         if self.stream is not None:
             await self.send_error(grpc.StatusCode.FAILED_PRECONDITION,
                                   "this connection already runs a stream; send 'end' first, or open another WebSocket "
-                                  "(every page or tab is its own stream)", stream=True)
+                                  "(every page or tab is its own stream)")
             return
         config = msg.get("config")
         try:
@@ -485,7 +487,7 @@ class _Connection:
             if not self.warned_no_stream:  # once, not for every frame still on its way after a stream ended
                 self.warned_no_stream = True
                 await self.send_error(grpc.StatusCode.FAILED_PRECONDITION,
-                                      "frame without a stream: send 'start' with a SessionConfig first", stream=True)
+                                      "frame without a stream: send 'start' with a SessionConfig first")
             return
         await self.stream_input.queue.put(_frame_request(msg))  # waits when the reader is behind (backpressure)
 

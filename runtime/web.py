@@ -66,6 +66,9 @@ from .limits import ServerConfig, TokenBucket, UndecodableRequestError, log_safe
 from .sequences import load_sequence_bytes, synthetic_sequence
 
 logger = logging.getLogger(__name__)
+# the websockets library's own log (a line per connection and per plain HTTP request): warnings and errors only
+transport_logger = logging.getLogger(__name__ + ".transport")
+transport_logger.setLevel(logging.WARNING)
 
 # One rendered frame: magic, header size, encoding, batch size, sequence, client timestamp, width, height, the five
 # StageTimings (queue, decode, render, encode, server; microseconds) and the StreamCounters (received, rendered,
@@ -230,7 +233,7 @@ class WebBridge:
         try:
             self._server = await serve(self._handle, host.strip("[]") or None, port, ssl=context,
                                        process_request=self._http, max_size=max_size, compression=None,
-                                       server_header=None)
+                                       server_header=None, logger=transport_logger)
         except OSError as exc:
             raise RuntimeError(f"cannot listen on {host}:{port} for the web page: {exc.strerror}") from None
         self.port = self._server.sockets[0].getsockname()[1]

@@ -362,3 +362,14 @@ def test_shutdown_ends_web_streams(engine):
         run(main())
     finally:
         server.stop(0.5)
+
+
+def test_bench_web_smoke(engine):
+    """benchmarks/bench_web.py end to end on the tiny preset (numbers are meaningless on a CPU)."""
+    from flexrt.benchmarks.bench_web import format_table, run as bench
+
+    result = bench(engine, resolution=32, frames=3, rounds=1, warmup=1)
+    for name in ("grpc", "web"):
+        assert result[name]["round_trip"]["n"] == 3 and result[name]["server"]["n"] == 3
+        assert result[name]["round_trip"]["p50_ms"] >= result[name]["server"]["p50_ms"] > 0
+    assert len(result["bridge_p50_ms_per_round"]) == 1 and "bridge (web - gRPC)" in format_table(result)

@@ -30,10 +30,13 @@ class WebError(Exception):
 
 
 class WebClient:
-    def __init__(self, url: str, token: str | None = None, auth: str = "message", open_timeout: float = 10.0):
+    def __init__(self, url: str, token: str | None = None, auth: str = "message", open_timeout: float = 10.0,
+                 ssl_context=None):
         """``auth``: how a token travels: "message" (the first message, as the page does), "query" (?token=) or
-        "header" (Authorization: Bearer)."""
+        "header" (Authorization: Bearer). ``ssl_context``: for a wss:// URL whose certificate is not in the
+        system's trust store (ssl.create_default_context(cafile=...))."""
         self.url, self.token, self.auth, self.open_timeout = url, token, auth, open_timeout
+        self.ssl_context = ssl_context
         self.ws = None
         self.hello: dict | None = None
         self._next_id = 1
@@ -49,8 +52,9 @@ class WebClient:
             url += ("&" if "?" in url else "?") + f"token={self.token}"
         if self.token is not None and self.auth == "header":
             headers = {"Authorization": f"Bearer {self.token}"}
+        extra = {"ssl": self.ssl_context} if self.ssl_context is not None else {}
         self.ws = await connect(url, additional_headers=headers, max_size=None, compression=None,
-                                open_timeout=self.open_timeout)
+                                open_timeout=self.open_timeout, **extra)
         if self.token is not None and self.auth == "message":
             await self.ws.send(json.dumps({"type": "auth", "token": self.token}))
         first = json.loads(await self.ws.recv())

@@ -373,3 +373,29 @@ def test_bench_web_smoke(engine):
         assert result[name]["round_trip"]["n"] == 3 and result[name]["server"]["n"] == 3
         assert result[name]["round_trip"]["p50_ms"] >= result[name]["server"]["p50_ms"] > 0
     assert len(result["bridge_p50_ms_per_round"]) == 1 and "bridge (web - gRPC)" in format_table(result)
+
+
+def test_tls_serves_https_and_wss_with_the_grpc_certificate(engine, tmp_path):
+    import shutil
+    import ssl
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed: cannot make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    trust = ssl.create_default_context(cafile=str(cert))
+    with start_server(engine, make_config(web_port=0, tls_cert=str(cert), tls_key=str(key), warmup_sizes=())) as server:
+        with urllib.request.urlopen(f"https://127.0.0.1:{server.web_port}/healthz", context=trust, timeout=10) as r:
+            assert r.read() == b"SERVING\n"
+
+        async def main():
+            async with WebClient(f"wss://127.0.0.1:{server.web_port}/ws", ssl_context=trust) as client:
+                assert client.hello["server"]["limits"]["tls"] is True
+            with pytest.raises(Exception):  # plaintext WebSocket to the TLS port
+                async with WebClient(ws_url(server), open_timeout=3):
+                    pass
+
+        run(main())

@@ -93,7 +93,7 @@ CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' blob: data:; conn
                            "object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
 SYNTHETIC_FRAMES = 121  # 4 s at 30 fps, as `flexavatar stream --sequence synthetic`
 STREAM_INPUT_QUEUE = 64  # frame messages buffered between the socket and the stream's reader (backpressure beyond)
-MAX_CALLS_PER_CONNECTION = 4  # unary calls of one connection running at once (more wait)
+MAX_CALLS_PER_CONNECTION = 4  # unary calls of one connection running at once (more: RESOURCE_EXHAUSTED)
 
 
 def pack_frame(response: pb.AnimateResponse) -> bytes:
@@ -294,7 +294,6 @@ class _Connection:
         self.stream: asyncio.Task | None = None
         self.stream_input: _StreamInput | None = None
         self.tasks: set[asyncio.Task] = set()
-        self.calls = asyncio.Semaphore(MAX_CALLS_PER_CONNECTION)
         self.bucket = TokenBucket(bridge.config.max_stream_messages_per_s)  # messages other than frames
         self.warned_no_stream = False
 
@@ -370,14 +369,14 @@ class _Connection:
 
     async def dispatch(self, kind, msg: dict) -> None:
         if kind == "call":
-            self.spawn(self.call(msg))
+            self.spawn(self.call(msg), msg)
         elif kind == "start":
             await self.start(msg)
         elif kind == "end":
             if self.stream_input is not None:
                 await self.stream_input.queue.put(None)  # half-close: the reader sees the end of the requests
         elif kind == "parse_sequence":
-            self.spawn(self.parse_sequence(msg))
+            self.spawn(self.parse_sequence(msg), msg)
         elif kind == "auth":
             pass  # already authorised (a page that always sends it)
         else:
@@ -385,10 +384,22 @@ class _Connection:
                                   f"unknown message type {log_safe(kind, 40)!r}; expected call, start, frame, end, "
                                   "parse_sequence or auth", id=msg.get("id") if isinstance(msg, dict) else None)
 
-    def spawn(self, coro) -> None:
+    def spawn(self, coro, msg: dict) -> None:
+        """Runs a call as its own task (frames keep flowing meanwhile); more than MAX_CALLS_PER_CONNECTION at once
+        are refused, so a page cannot pile up requests (a photo each) in the server's memory."""
+        if len(self.tasks) >= MAX_CALLS_PER_CONNECTION:
+            coro.close()
+            coro = self.send_error(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                   f"this connection already has {len(self.tasks)} calls running (at most "
+                                   f"{MAX_CALLS_PER_CONNECTION}); wait for their results", id=msg.get("id"))
         task = asyncio.get_running_loop().create_task(coro)
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(self._call_done)
+
+    def _call_done(self, task: asyncio.Task) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # e.g. the page left before its answer
+            logger.debug("web call ended: %s", log_safe(task.exception()))
 
     async def close_all(self) -> None:
         """The page went away: its stream and calls are cancelled, as gRPC cancels the calls of a closed channel."""
@@ -402,41 +413,39 @@ class _Connection:
     # ---- unary calls ----
     async def call(self, msg: dict) -> None:
         call_id, method = msg.get("id"), msg.get("method")
-        async with self.calls:
-            if method not in UNARY_METHODS:
-                await self.send_error(grpc.StatusCode.UNIMPLEMENTED,
-                                      f"method {log_safe(method, 40)!r} is not served over the web bridge; expected "
-                                      f"one of {', '.join(UNARY_METHODS)}", id=call_id)
-                return
-            try:
-                request = json_format.ParseDict(msg.get("request") or {}, UNARY_METHODS[method]())
-            except (json_format.ParseError, TypeError, ValueError) as exc:
-                await self.send_error(grpc.StatusCode.INVALID_ARGUMENT,
-                                      f"{method} request is not a valid {UNARY_METHODS[method].DESCRIPTOR.name} in "
-                                      f"proto3 JSON: {exc}", id=call_id)
-                return
-            try:
-                response = await getattr(self.service, method)(request, self.context)
-            except WebAbort as err:
-                await self.send_error(err.code, err.message, id=call_id)
-                return
-            await self.send_json({"type": "result", "id": call_id,
-                                  "response": json_format.MessageToDict(response, preserving_proto_field_name=True)})
+        if method not in UNARY_METHODS:
+            await self.send_error(grpc.StatusCode.UNIMPLEMENTED,
+                                  f"method {log_safe(method, 40)!r} is not served over the web bridge; expected "
+                                  f"one of {', '.join(UNARY_METHODS)}", id=call_id)
+            return
+        try:
+            request = json_format.ParseDict(msg.get("request") or {}, UNARY_METHODS[method]())
+        except (json_format.ParseError, TypeError, ValueError) as exc:
+            await self.send_error(grpc.StatusCode.INVALID_ARGUMENT,
+                                  f"{method} request is not a valid {UNARY_METHODS[method].DESCRIPTOR.name} in "
+                                  f"proto3 JSON: {exc}", id=call_id)
+            return
+        try:
+            response = await getattr(self.service, method)(request, self.context)
+        except WebAbort as err:
+            await self.send_error(err.code, err.message, id=call_id)
+            return
+        await self.send_json({"type": "result", "id": call_id,
+                              "response": json_format.MessageToDict(response, preserving_proto_field_name=True)})
 
     async def parse_sequence(self, msg: dict) -> None:
         """A driving-sequence .npz (runtime/sequences.py format) -> its expression codes, validated by the same code
         as `flexavatar stream --sequence FILE`."""
         call_id = msg.get("id")
-        async with self.calls:
-            try:
-                data = base64.b64decode(msg.get("npz_base64") or "", validate=True)
-                loop = asyncio.get_running_loop()
-                sequence = await loop.run_in_executor(None, load_sequence_bytes, data, str(msg.get("name") or "upload"))
-            except (ValueError, TypeError) as exc:
-                await self.send_error(grpc.StatusCode.INVALID_ARGUMENT, str(exc), id=call_id)
-                return
-            await self.send_json({"type": "result", "id": call_id, "response": {
-                "name": sequence.name, "expression_codes": sequence.expressions.tolist()}})
+        try:
+            data = base64.b64decode(msg.get("npz_base64") or "", validate=True)
+            loop = asyncio.get_running_loop()
+            sequence = await loop.run_in_executor(None, load_sequence_bytes, data, str(msg.get("name") or "upload"))
+        except (ValueError, TypeError) as exc:
+            await self.send_error(grpc.StatusCode.INVALID_ARGUMENT, str(exc), id=call_id)
+            return
+        await self.send_json({"type": "result", "id": call_id, "response": {
+            "name": sequence.name, "expression_codes": sequence.expressions.tolist()}})
 
     # ---- the stream ----
     async def start(self, msg: dict) -> None:

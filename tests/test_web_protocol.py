@@ -251,6 +251,13 @@ def test_errors_are_the_grpc_errors(engine, tmp_path):
                 with pytest.raises(WebError) as info:
                     await client.next_frame()
                 assert info.value.code == "DEADLINE_EXCEEDED" and "stream_idle_timeout_s" in info.value.message
+                # more than 4 calls at once on one connection: the 5th and later are refused, none waits in memory
+                results = await asyncio.gather(*(client.call("CreateAvatar", {"image": base64.b64encode(
+                    codec.encode_frame(np.full((64, 64, 3), k, np.uint8), "png")).decode()}) for k in range(6)),
+                    return_exceptions=True)
+                refused = [r for r in results if isinstance(r, WebError)]
+                assert len(refused) >= 2 and all(r.code == "RESOURCE_EXHAUSTED" and "calls running" in r.message
+                                                 for r in refused), results
                 # protocol mistakes: one error each, the connection stays usable
                 await client.ws.send(b"\x00\x01")
                 await client.ws.send("{not json")

@@ -202,6 +202,7 @@ function onMessage(msg) {
     if (msg.code === "UNAUTHENTICATED") $("auth").hidden = false;
     if (msg.stream) endStream();
   } else if (msg.type === "started") {
+    if (!state.streaming) { send({ type: "end" }); return; } // stopped before the server opened it
     state.started = true;
     $("canvas").width = msg.width;
     $("canvas").height = msg.height;

@@ -10,6 +10,7 @@ import asyncio
 import base64
 import io
 import json
+import os
 import re
 import urllib.error
 import urllib.request
@@ -406,3 +407,34 @@ def test_tls_serves_https_and_wss_with_the_grpc_certificate(engine, tmp_path):
                     pass
 
         run(main())
+
+
+def test_serve_web_port_flag(tmp_path):
+    """`flexavatar serve --web-port 0` serves the page (the log line names the port); a taken --web-port is one line."""
+    import signal
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "flexrt.cli", "serve", "--model", "tiny", "--device", "cpu", "--port", "0",
+           "--web-port", "0", "--store", str(tmp_path / "store"), "--grace", "0.5"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        port = None
+        for line in proc.stderr:
+            found = re.search(r"web page on http://127\.0\.0\.1:(\d+)/", line)
+            if found:
+                port = int(found.group(1))
+                break
+        assert port, "serve never logged its web page"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as r:
+            assert r.read() == b"SERVING\n"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as r:
+            assert b"FlexAvatar" in r.read()
+        again = [str(port) if i > 0 and cmd[i - 1] == "--web-port" else arg for i, arg in enumerate(cmd)]
+        taken = subprocess.run(again, capture_output=True, text=True, timeout=120)
+        assert taken.returncode != 0 and taken.stderr.strip().count("\n") == 0
+        assert f"port {port} on 127.0.0.1 is already in use" in taken.stderr
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)

@@ -392,7 +392,7 @@ def _server_config(args):
         max_store_bytes=int(args.max_store_mib * MiB), max_photo_pixels=int(args.max_photo_megapixels * 1e6),
         photo_workers=args.photo_workers, max_concurrent_creates=args.max_concurrent_creates,
         max_batch_size=args.max_batch, max_batch_wait_ms=args.max_batch_wait_ms, encode_workers=args.encode_workers,
-        pipeline_slots=args.pipeline_slots, jpeg=args.jpeg, metrics_port=args.metrics_port,
+        pipeline_slots=args.pipeline_slots, jpeg=args.jpeg, metrics_port=args.metrics_port, web_port=args.web_port,
         rasterizer=args.rasterizer, auth_token=_read_token(args), tls_cert=args.tls_cert, tls_key=args.tls_key,
         shutdown_grace_s=args.grace, shutdown_drain_s=args.drain,
         max_fit_observations=args.max_fit_observations, max_fit_resolution=args.max_fit_resolution,
@@ -429,6 +429,8 @@ def cmd_serve(args) -> int:
         _need_file(path, flag)
     config = _server_config(args)  # every limit checked before the (slow) engine build
     _check_port_free(config.host, config.port)
+    if config.web_port is not None:
+        _check_port_free(config.host, config.web_port)
     from .server import serve  # torch and the model: after every cheap check
 
     engine = build_engine(args)
@@ -783,6 +785,9 @@ def add_parser(subparsers) -> None:
                    help="serve Prometheus metrics on http://HOST:PORT/metrics (0 = any free port; off by default)")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 for all)")
     p.add_argument("--port", type=int, default=50051, help="port to listen on (0 = any free port, printed)")
+    p.add_argument("--web-port", type=int, default=None, metavar="PORT",
+                   help="also serve the browser client (a page + WebSocket bridge into the same sessions, limits "
+                        "and token; docs/WEB.md) on this port (0 = any free port, printed); off by default")
     p.add_argument("--store", default="avatars", help="avatar store directory (kept across restarts)")
     g = p.add_argument_group("streams")
     g.add_argument("--max-size", type=int, default=d.max_width, help="largest frame width/height a stream may ask for")

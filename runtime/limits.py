@@ -76,6 +76,11 @@ class ServerConfig:
     # ---- observability ----
     metrics_port: int | None = None  # Prometheus /metrics on this port (0 = any free port); None = off
 
+    # ---- browser client (runtime/web.py) ----
+    # the web page and its WebSocket bridge on this port (0 = any free port); None = off. Same sessions, limits,
+    # token and TLS certificate as gRPC.
+    web_port: int | None = None
+
     # ---- security ----
     auth_token: str | None = None  # bearer token; None = no auth. Health checks stay open for load balancers.
     tls_cert: str | None = None  # PEM certificate chain file; with tls_key enables TLS
@@ -91,6 +96,8 @@ class ServerConfig:
     def validate(self) -> "ServerConfig":
         if not 0 <= self.port < 65536:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
+        if self.web_port is not None and not 0 <= self.web_port < 65536:
+            raise ValueError(f"web_port must be in [0, 65535] or None (off), got {self.web_port}")
         if not 1 <= self.min_size <= min(self.max_width, self.max_height):
             raise ValueError(f"need 1 <= min_size <= max_width/max_height, got {self.min_size}, "
                              f"{self.max_width}x{self.max_height}")

@@ -11,6 +11,7 @@ intrinsics are normalised (divided by the image size), as everywhere in flexrt.m
 """
 from __future__ import annotations
 
+import io
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,8 +70,29 @@ def load_sequence(path: str | Path, frames: int | None = None, cameras: bool = F
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such file (a driving sequence is an .npz; or pass 'synthetic')")
+    return _load_npz(path, path)
+
+
+def load_sequence_bytes(data: bytes, name: str = "upload", max_bytes: int = 64 << 20) -> Sequence:
+    """The bytes of a driving-sequence .npz (an upload) -> Sequence named ``name``; the same checks and one-line
+    ValueError as load_sequence. The arrays' sizes declared in the zip directory must add up to at most
+    ``max_bytes`` (zipfile reads no more than a member declares), so a compressed upload cannot expand without
+    bound."""
     try:
-        z = np.load(path, allow_pickle=False)
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            declared = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise ValueError(f"{name}: not a readable .npz file ({type(exc).__name__})") from None
+    if declared > max_bytes:
+        raise ValueError(f"{name}: its arrays take {declared / 2**20:.1f} MiB, more than the {max_bytes / 2**20:g} "
+                         "MiB allowed for an uploaded sequence")
+    return _load_npz(io.BytesIO(data), Path(name))
+
+
+def _load_npz(source, path: Path) -> Sequence:
+    """``source`` (a path or a binary file object) -> Sequence; ``path`` names it in error messages."""
+    try:
+        z = np.load(source, allow_pickle=False)
     except Exception as exc:
         raise ValueError(f"{path}: not a readable .npz file ({type(exc).__name__})") from None
     if not isinstance(z, np.lib.npyio.NpzFile):

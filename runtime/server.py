@@ -572,6 +572,8 @@ class _RunningServer:
         self.health: health_aio.HealthServicer | None = None
         self.port: int | None = None
         self.metrics_port: int | None = None
+        self.web = None  # the browser bridge (runtime/web.py) when config.web_port is set
+        self.serving = False  # health SERVING (set after the warm-up, cleared when shutdown begins)
         self._stopped = False
         self._forced: asyncio.Event | None = None  # set by a second signal: skip the rest of drain and grace
 
@@ -617,12 +619,19 @@ class _RunningServer:
         await self.service.batcher.run_on_gpu_thread(self.service.renderer.warmup, sizes, cfg.max_batch_size)
         logger.info("warm-up for batches up to %d took %.1f s (%s)", cfg.max_batch_size, time.perf_counter() - t0,
                     self.service.renderer.describe())
+        if cfg.web_port is not None:
+            from .web import WebBridge  # the websockets package only when the page is served
+
+            self.web = WebBridge(self.service, cfg, serving=lambda: self.serving)
+            port_web = await self.web.start(cfg.host, cfg.web_port)
+            logger.info("web page on %s://%s:%d/", "https" if cfg.tls else "http", cfg.host, port_web)
         await self.server.start()
         if self.metrics is not None:
             self.metrics_port = self.metrics.serve(cfg.metrics_port, cfg.host)
             logger.info("Prometheus metrics on http://%s:%d/metrics", cfg.host, self.metrics_port)
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.serving = True  # the web page's /healthz mirrors the health service
         logger.info("flexavatar server on %s:%d (%s); engine: %s; rasterizer: %s; model: %s; store: %s "
                     "(%d avatars); auth: %s", cfg.host, port, "TLS" if cfg.tls else "insecure",
                     self.engine.info.describe(), self.rasterizer, self.service.model,
@@ -634,6 +643,7 @@ class _RunningServer:
         if self._stopped:
             return
         self._stopped = True
+        self.serving = False
         loop = asyncio.get_running_loop()
         grace = self.config.shutdown_grace_s if grace is None else grace
         service = self.service
@@ -648,6 +658,8 @@ class _RunningServer:
             await asyncio.sleep(0.02)
         if ended:
             logger.info("%d streams ended, %d still open", ended, len(service.sessions))
+        if self.web is not None:
+            await self.web.stop()
         await self.server.stop(0 if self._forced.is_set() else max(0.0, deadline - loop.time()))
         await service.stop()
         if self.metrics is not None:
@@ -694,6 +706,11 @@ class ServerHandle:
     @property
     def metrics_port(self) -> int | None:
         return self._running.metrics_port
+
+    @property
+    def web_port(self) -> int | None:
+        """Port of the web page and its WebSocket (config.web_port; None when off)."""
+        return self._running.web.port if self._running.web is not None else None
 
     def _call(self, coro_fn, timeout: float = 30.0):
         return asyncio.run_coroutine_threadsafe(coro_fn(), self._loop).result(timeout)

@@ -25,7 +25,7 @@ import time
 import numpy as np
 import torch
 
-from flexrt.runtime.batcher import _StageClock, rgb_to_uint8  # the server's stage clock and uint8 conversion
+from flexrt.runtime.frames import rgb_to_uint8  # the server's uint8 conversion
 
 from .bench_decoder import OFFICIAL_DECODER, BenchContext, Unavailable, release_memory, row_base
 from .timing import Budget, time_fn
@@ -253,13 +253,56 @@ def run_encode(ctx: BenchContext, encodings=ENCODINGS, resolutions=(256, 512, 10
 # end to end: expression -> frame
 # ------------------------------------------------------------------------------------------------------------
 
-def e2e_frame_fn(ctx: BenchContext, engine, render, rdev, batch: int, res: int, encoding: str, stage_log: list):
-    """-> fn(i): one timed frame (batch) from host expression codes to host uint8 frames (+ encoded bytes)."""
+class _StageClock:
+    """Stage timestamps without extra syncs: CUDA events on a GPU (read after the host copy), else perf_counter."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.marks: list = []
+
+    def mark(self) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def intervals_us(self) -> list[int]:
+        if self.cuda:
+            return [int(a.elapsed_time(b) * 1000) for a, b in zip(self.marks, self.marks[1:])]
+        return [int((b - a) * 1e6) for a, b in zip(self.marks, self.marks[1:])]
+
+
+def e2e_frame_fn(ctx: BenchContext, engine, render, rdev, batch: int, res: int, encoding: str, stage_log: list,
+                 rasterizer: str | None = None):
+    """-> fn(i): one timed frame (batch) from host expression codes to host frames (uint8, or encoded bytes).
+
+    The runtime's path (``rasterizer`` "cupy", or "cpu" on a CPU machine) is the server's own hot path,
+    ``runtime.frames.FrameRenderer.render`` (JPEG on the GPU where the server does it); other paths (the official
+    one: gsplat, CPU encoding) are written out here step by step."""
     from flexrt.runtime import codec
 
     dev = ctx.device
     code = ctx.avatar_codes(batch)
     host_batches = [b.numpy() for b in ctx.expression_batches(batch)]  # numpy [B,135], as the server gets them
+    if rasterizer == "cupy" or (rasterizer == "cpu" and dev.type == "cpu"):
+        from flexrt.proto import flexavatar_pb2 as pb
+        from flexrt.runtime.frames import FrameBatch, FrameRenderer
+
+        renderer = FrameRenderer(engine, rasterizer, max_batch=max(batch, 1), slots=1)
+        viewmats, Ks, bg = (t.cpu().numpy() for t in camera_tensors(batch, res, res, "cpu"))
+        enc = {"raw": pb.RAW_RGB8, "jpeg": pb.JPEG, "png": pb.PNG}[encoding]
+
+        def fn_renderer(i):
+            result = renderer.render(FrameBatch(
+                avatar_codes=list(code), expression_codes=host_batches[i % len(host_batches)],
+                viewmats=viewmats[:, 0], intrinsics=Ks[:, 0], backgrounds=bg[:, 0], sizes=[(res, res)] * batch,
+                encodings=[enc] * batch, qualities=[codec.DEFAULT_JPEG_QUALITY] * batch))
+            stage_log.append([result.decode_us / 1e3, result.render_us / 1e3, 0.0, result.cpu_encode_us / 1e3])
+            return result
+
+        return fn_renderer
     viewmats, Ks, bg = camera_tensors(batch, res, res, rdev)
     copy_to_host = rdev.type == "cpu" and dev.type != "cpu"
 
@@ -336,7 +379,7 @@ def run_e2e(ctx: BenchContext, paths, resolutions=(512,), batch_sizes=(1,), enco
         render, rdev = renderers[rasterizer]
         stage_log: list = []
         try:
-            fn = e2e_frame_fn(ctx, engine, render, rdev, b, res, enc, stage_log)
+            fn = e2e_frame_fn(ctx, engine, render, rdev, b, res, enc, stage_log, rasterizer)
             stats = time_fn(fn, "cpu", warmup, iters, max_seconds=budget.share(pending + 1))
         except Exception as e:
             emit(row_base(keys, "error", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))

@@ -22,10 +22,11 @@ import numpy as np
 
 log = logging.getLogger("flexrt.bench")
 
-DEFAULT_STREAMS = (1, 2, 4, 8, 16, 32, 48, 64)
+DEFAULT_STREAMS = (1, 8, 16, 32, 48, 64, 80, 96)
 TARGET_P99_MS = 33.0
 MIN_FPS_FRACTION = 0.95  # a stream "keeps up" when it gets at least this share of the frames it sent per second
 MAX_DROP_FRACTION = 0.01
+FIT_OBSERVATIONS, FIT_STEPS, FIT_RESOLUTION = 4, 200, 512  # the fitting point's FitAvatar request (issue 11)
 _FIELDS = ("latency_us", "queue_us", "decode_us", "render_us", "encode_us", "server_us", "batch_size")
 
 
@@ -88,9 +89,10 @@ def _ping(_):
 
 def _percentiles(values_ms: np.ndarray) -> dict:
     if values_ms.size == 0:
-        return {"p50_ms": None, "p90_ms": None, "p99_ms": None, "mean_ms": None, "max_ms": None}
+        return {"p50_ms": None, "p90_ms": None, "p99_ms": None, "p999_ms": None, "mean_ms": None, "max_ms": None}
     return {"p50_ms": float(np.percentile(values_ms, 50)), "p90_ms": float(np.percentile(values_ms, 90)),
-            "p99_ms": float(np.percentile(values_ms, 99)), "mean_ms": float(values_ms.mean()),
+            "p99_ms": float(np.percentile(values_ms, 99)), "p999_ms": float(np.percentile(values_ms, 99.9)),
+            "mean_ms": float(values_ms.mean()),
             "max_ms": float(values_ms.max())}
 
 
@@ -152,39 +154,26 @@ def resolve_backend(ctx, requested: str, best: dict | None = None) -> str:
     return requested
 
 
-def warm_engine(ctx, engine, rasterizer: str, max_batch: int, resolution: int) -> None:
-    """Capture / autotune every batch size the batcher can form and compile the rasterizer, before timing."""
-    import torch
-
-    from flexrt.kernels import rasterize, sh_dc_to_rgb
-
-    from .bench_e2e import camera_tensors
-
-    codes = ctx.avatar_codes(max_batch)
-    exprs = ctx.expression_batches(max_batch, ctx.device, count=1)[0]
-    with torch.inference_mode():
-        for b in range(1, max_batch + 1):
-            g = engine.decode(codes[:b], exprs[:b])
-            if b in (1, max_batch):
-                rdev = torch.device("cpu") if rasterizer == "cpu" else ctx.device
-                g = g.map(lambda t: t.to(rdev))
-                viewmats, Ks, bg = camera_tensors(b, resolution, resolution, rdev)
-                rasterize(g.positions, g.rotations, g.scales, g.opacities[..., 0], sh_dc_to_rgb(g.colors), viewmats,
-                          Ks, resolution, resolution, background=bg, backend=rasterizer)
-    if ctx.device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def run(ctx, backend: str = "best", best: dict | None = None, resolution: int = 512, encoding: str = "jpeg",
         round_trip_encodings=("raw", "jpeg", "png"), round_trip_frames: int = 100, streams=DEFAULT_STREAMS,
         fps: float = 30.0, duration: float = 5.0, warmup_s: float = 1.0, client_procs: int | None = None,
-        encode_workers: int | None = None, max_batch: int = 8, max_batch_wait_ms: float = 2.0,
-        rasterizer: str = "auto", budget=None, on_row=None, sink: dict | None = None) -> dict:
+        encode_workers: int | None = None, max_batch: int = 64, max_batch_wait_ms: float = 1.0,
+        rasterizer: str = "auto", budget=None, on_row=None, sink: dict | None = None, sweep_encodings=None,
+        creation_streams: int | None = None, fitting_streams: int | None = None,
+        fit_resolution: int = FIT_RESOLUTION) -> dict:
     """-> {"server": {...}, "round_trip": [rows], "concurrency": [rows]} (filled into ``sink`` when given, so a
-    caller saving it after every row keeps partial results)."""
+    caller saving it after every row keeps partial results).
+
+    ``sweep_encodings``: the sweep runs once per encoding (default: ``encoding``). ``creation_streams``: one more
+    point with this many streams while another client creates avatars from a photo back to back (their GPU work
+    runs on a low-priority stream; the row records how many were created). ``fitting_streams``: one more point
+    with this many streams while another client runs FitAvatar fits back to back (4 observations at
+    ``fit_resolution``², 200 steps, on the lowest-priority CUDA stream; the row's "avatar_fitting" records the fits
+    and their seconds); it needs a backend with a PyTorch model (torch-*), else the row says so."""
+    sweep_encodings = tuple(sweep_encodings or (encoding,))
     import multiprocessing as mp
 
-    from flexrt.runtime.batcher import resolve_rasterizer
+    from flexrt.runtime.frames import resolve_rasterizer
     from flexrt.runtime.client import FlexAvatarClient
     from flexrt.runtime.limits import ServerConfig
     from flexrt.runtime.server import start_server
@@ -203,18 +192,19 @@ def run(ctx, backend: str = "best", best: dict | None = None, resolution: int = 
         return result
     limit = ctx.max_batch(name)
     max_batch = min(max_batch, limit) if limit else max_batch
-    raster = resolve_rasterizer(rasterizer, engine)
-    warm_engine(ctx, engine, raster, max_batch, resolution)
+    raster = resolve_rasterizer(rasterizer, engine.device)  # the server warms itself up before SERVING
     streams = sorted(set(int(s) for s in streams))
     cfg_fields = dict(host="127.0.0.1", port=0, store_dir=None, max_streams=max(streams) + 8,
                       max_width=max(1024, resolution), max_height=max(1024, resolution), max_batch_size=max_batch,
-                      max_batch_wait_ms=max_batch_wait_ms, rasterizer=raster, shutdown_grace_s=1.0)
+                      max_batch_wait_ms=max_batch_wait_ms, rasterizer=raster, shutdown_grace_s=1.0,
+                      warmup_sizes=((resolution, resolution),))
     if encode_workers:
         cfg_fields["encode_workers"] = int(encode_workers)
     config = ServerConfig(**cfg_fields)
     procs = max(1, int(client_procs or max(1, min(8, (os.cpu_count() or 2) // 2))))
     expressions = ctx.expression_pool()
     code = ctx.avatar_codes(1)[0].cpu().numpy()
+    photo_png = _photo_png() if (creation_streams or fitting_streams) else None
     result["server"] = {"status": "ok", "backend": name, "engine": engine.info.describe(), "rasterizer": raster,
                         "resolution": resolution, "encoding": encoding, "fps": fps, "duration_s": duration,
                         "warmup_s": warmup_s, "client_procs": procs, "config": config.public_dict(),
@@ -253,37 +243,175 @@ def run(ctx, backend: str = "best", best: dict | None = None, resolution: int = 
         ctx_mp = mp.get_context("spawn")
         with ctx_mp.Pool(procs) as pool:
             pool.map(_ping, range(procs), chunksize=1)
-            for k, s in enumerate(streams):
+            points = [(s, sweep_encodings[0], False) for s in streams]
+            if creation_streams:  # right after the main sweep: it matters more than the other encodings' points
+                points.append((int(creation_streams), sweep_encodings[0], "creation"))
+            if fitting_streams:
+                points.append((int(fitting_streams), sweep_encodings[0], "fitting"))
+            points += [(s, enc, None) for enc in sweep_encodings[1:] for s in streams]
+            for s, enc, background in points:
                 point_s = (warm_frames + measured_frames) / fps + 2.0
                 if budget.remaining() < point_s:
-                    row = {"streams": s, "status": "skipped",
+                    row = {"streams": s, "encoding": enc, "status": "skipped",
                            "reason": f"time budget: {budget.remaining():.0f} s left, a point needs ~{point_s:.0f} s"}
                     result["concurrency"].append(row)
                     continue
+                fitter = None
+                if background == "fitting":
+                    fitter = _Fitter(server.address, photo_png, avatar_id, fit_resolution, engine)
+                    if fitter.unavailable:
+                        row = {"streams": s, "encoding": enc, "status": "unavailable",
+                               "avatar_fitting": {"reason": fitter.unavailable}}
+                        result["concurrency"].append(row)
+                        log.info("grpc %d streams + avatar fitting: %s", s, fitter.unavailable)
+                        continue
+                    fitter.start()  # after one short warm-up fit (gsplat's first call, allocator), not counted
                 n_tasks = min(s, procs)
                 per = [s // n_tasks + (1 if i < s % n_tasks else 0) for i in range(n_tasks)]
                 start_at = time.time() + 0.5
                 tasks = [{"target": server.address, "avatar_id": avatar_id, "expressions": expressions,
                           "offset": 1000 * i, "frames": warm_frames + measured_frames, "fps": fps,
-                          "width": resolution, "height": resolution, "encoding": encoding, "start_at": start_at,
+                          "width": resolution, "height": resolution, "encoding": enc, "start_at": start_at,
                           "streams": n} for i, n in enumerate(per)]
                 before = server.stats()["batch_sizes"]
+                creator = _Creator(server.address, photo_png) if background == "creation" else None
                 outs = [o for chunk in pool.map(stream_worker, tasks, chunksize=1) for o in chunk]
+                created = creator.stop() if creator else None
+                fitted = fitter.stop() if fitter else None
                 after = server.stats()["batch_sizes"]
-                row = {"streams": s, "status": "ok", "fps_target": fps,
+                row = {"streams": s, "encoding": enc, "status": "ok", "fps_target": fps,
                        **summarize_streams(outs, fps, warm_frames, measured_frames),
                        "batch_histogram": {int(b): int(after.get(b, 0)) - int(before.get(b, 0)) for b in after
                                            if int(after.get(b, 0)) - int(before.get(b, 0)) > 0}}
+                if created is not None:
+                    row["avatar_creation"] = created
+                if fitted is not None:
+                    row["avatar_fitting"] = fitted
                 result["concurrency"].append(row)
                 if on_row is not None:
                     on_row(row)
                 lat = row["latency"]
-                log.info("grpc %2d streams @ %g fps: %.1f fps/stream (min %.1f), dropped %d, p50 %s ms, p99 %s ms",
-                         s, fps, row["achieved_fps_per_stream_median"] or 0, row["achieved_fps_per_stream_min"] or 0,
+                log.info("grpc %2d streams %s @ %g fps%s: %.1f fps/stream (min %.1f), dropped %d, p50 %s ms, "
+                         "p99 %s ms", s, enc, fps, f" + avatar {background}" if background else "",
+                         row["achieved_fps_per_stream_median"] or 0, row["achieved_fps_per_stream_min"] or 0,
                          row["dropped"], _fmt(lat["p50_ms"]), _fmt(lat["p99_ms"]))
     del engine
     release_memory(ctx.device)
     return result
+
+
+class _Creator:
+    """A client thread that creates avatars from one photo back to back until stopped."""
+
+    def __init__(self, target: str, png: bytes):
+        self.created, self.errors, self.latencies = 0, [], []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, args=(target, png), daemon=True)
+        self._thread.start()
+
+    def _loop(self, target: str, png: bytes) -> None:
+        from flexrt.runtime.client import FlexAvatarClient
+
+        with FlexAvatarClient(target) as client:
+            while not self._stop.is_set():
+                t0 = time.perf_counter()
+                try:
+                    avatar = client.create_avatar(image=png, name="bench-creation")
+                    client.delete_avatar(avatar.avatar_id)
+                    self.created += 1
+                    self.latencies.append((time.perf_counter() - t0) * 1e3)
+                except Exception as e:  # reported in the row
+                    self.errors.append(f"{type(e).__name__}: {e}"[:200])
+                    time.sleep(0.1)
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        lat = np.asarray(self.latencies) if self.latencies else np.zeros(0)
+        return {"created": self.created, "create_ms_median": float(np.median(lat)) if lat.size else None,
+                "errors": self.errors[:3]}
+
+
+class _Fitter:
+    """A client thread that runs FitAvatar fits back to back until stopped: the example photo as 4 observations
+    (default camera, neutral expression), starting from the bench avatar, FIT_STEPS steps at ``resolution``²; each
+    fitted avatar is deleted again. ``stop()`` cancels the fit in progress (not counted)."""
+
+    def __init__(self, target: str, png: bytes, avatar_id: str, resolution: int, engine):
+        from flexrt.runtime.fit_rpc import fitting_model
+        from flexrt.runtime.sequences import neutral_expression
+
+        self.unavailable = None if fitting_model(engine) is not None else (
+            f"FitAvatar needs a backend with a PyTorch model (torch-*); this point's engine is "
+            f"{engine.info.backend}: pass --grpc-backend torch-compiled-bf16")
+        self.target, self.resolution = target, resolution
+        self.fits, self.errors, self.seconds, self.fit_seconds, self.steps_done = 0, [], [], [], 0
+        self.kwargs = dict(images=[png] * FIT_OBSERVATIONS, expression_codes=np.stack([neutral_expression()] *
+                           FIT_OBSERVATIONS), init_avatar_id=avatar_id, resolution=resolution, steps=FIT_STEPS)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self.warmup_s = None
+
+    def start(self) -> None:
+        from flexrt.runtime.client import FlexAvatarClient
+
+        t0 = time.perf_counter()
+        with FlexAvatarClient(self.target, timeout=600.0) as client:  # warm-up: gsplat's first call, allocator
+            avatar, _ = client.fit_avatar(**dict(self.kwargs, steps=2), timeout=600.0)
+            client.delete_avatar(avatar.avatar_id)
+        self.warmup_s = time.perf_counter() - t0
+        self._t0 = time.perf_counter()
+        self._thread.start()
+
+    def _on_progress(self, _progress) -> bool:
+        self.steps_done += 1
+        return not self._stop.is_set()  # False cancels the fit in progress
+
+    def _loop(self) -> None:
+        from flexrt.runtime.client import FitCancelled, FlexAvatarClient
+
+        with FlexAvatarClient(self.target, timeout=600.0) as client:
+            while not self._stop.is_set():
+                t0 = time.perf_counter()
+                try:
+                    avatar, result = client.fit_avatar(**self.kwargs, on_progress=self._on_progress, timeout=600.0)
+                    client.delete_avatar(avatar.avatar_id)
+                    self.fits += 1
+                    self.seconds.append(time.perf_counter() - t0)
+                    self.fit_seconds.append(result.fit_seconds)
+                except FitCancelled:
+                    return
+                except Exception as e:  # reported in the row
+                    self.errors.append(f"{type(e).__name__}: {e}"[:200])
+                    time.sleep(0.1)
+
+    def stop(self) -> dict:
+        point_s = time.perf_counter() - self._t0
+        self._stop.set()
+        self._thread.join(timeout=60)
+        return {"fits": self.fits, "point_seconds": round(point_s, 3),
+                "steps_per_s": round(self.steps_done / point_s, 3),  # fit steps (all fits) while the streams ran
+                "seconds_each": [round(x, 3) for x in self.seconds],
+                "fit_seconds_each": [round(x, 3) for x in self.fit_seconds],
+                "steps_during_point": self.steps_done, "warmup_fit_s": self.warmup_s, "errors": self.errors[:3],
+                "request": f"{FIT_OBSERVATIONS} observations (the example photo, default camera, neutral "
+                           f"expression) at {self.resolution}x{self.resolution}, {FIT_STEPS} steps, from the bench "
+                           "avatar"}
+
+
+def _photo_png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    from flexrt.runtime.cli import find_shared_dir, synthetic_photo
+
+    shared = find_shared_dir()
+    photo = shared / "reference/assets/images/marble_sculpture.png" if shared else None
+    image = Image.open(photo).convert("RGB") if photo and photo.is_file() else Image.fromarray(synthetic_photo(512))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def _fmt(v) -> str:

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 import traceback
 from pathlib import Path
+
+from .timing import setup_logging as _setup_logging
 
 PHASES = ("export", "decoder", "render", "rasterizer", "encode", "e2e", "grpc", "psnr")
 DEFAULT_PHASES = ("decoder", "render", "rasterizer", "encode", "e2e", "grpc")
@@ -24,7 +25,7 @@ PHASE_WEIGHTS = {"export": 0.15, "decoder": 0.25, "render": 0.1, "rasterizer": 0
                  "grpc": 0.2, "psnr": 0.08}
 
 FULL = dict(preset="flex1", batch_sizes="1,2,4,8,16,32", resolutions="256,512,1024", encodings="raw,jpeg,png",
-            streams="1,2,4,8,16,32,48,64", duration=5.0, stream_warmup=1.0, warmup=20, iters=100, max_seconds=20.0,
+            streams="1,8,16,32,48,64,80,96", duration=5.0, stream_warmup=1.0, warmup=20, iters=100, max_seconds=20.0,
             stream_resolution=512, round_trip_frames=100, rasterizers="cupy,gsplat,cpu", psnr_frames=None,
             psnr_resolution=512)
 SMOKE = dict(preset="tiny", batch_sizes="1,2", resolutions="32", encodings="raw,jpeg,png", streams="1,2",
@@ -118,13 +119,23 @@ def add_parser(subparsers) -> None:
     g.add_argument("--stream-warmup", type=float, default=None,
                    help="seconds at the start of each sweep point that are not counted (default: 1; smoke 0.2)")
     g.add_argument("--stream-resolution", type=int, default=None, help="frame size of the gRPC runs (default: 512; smoke 32)")
-    g.add_argument("--stream-encoding", default="jpeg", choices=("raw", "jpeg", "png"),
-                   help="frame encoding of the concurrency sweep (default: %(default)s)")
+    g.add_argument("--stream-encoding", default="jpeg",
+                   help="frame encoding(s) of the concurrency sweep, comma-separated: the sweep runs once per "
+                        "encoding (raw, jpeg, png; default: %(default)s)")
+    g.add_argument("--creation-streams", type=int, default=None,
+                   help="one more sweep point with this many streams while avatars are created back to back "
+                        "(live streams vs avatar creation); default: none")
+    g.add_argument("--fitting-streams", type=int, default=None,
+                   help="one more sweep point with this many streams while FitAvatar fits run back to back (4 "
+                        "observations at --fit-resolution², 200 steps; live streams vs avatar fitting); needs a "
+                        "torch-* --grpc-backend; default: none")
+    g.add_argument("--fit-resolution", type=int, default=512,
+                   help="side of the fitting point's observations (default: %(default)s, the official fit's)")
     g.add_argument("--grpc-backend", default="best",
                    help="decoder backend of the server: 'best' (the e2e phase's fastest, else as 'auto'), 'auto' "
                         "(TensorRT, else CUDA graphs; ONNX Runtime on the CPU) or a backend name (default: best)")
-    g.add_argument("--grpc-max-batch", type=int, default=8, help="server max_batch_size (default: %(default)s)")
-    g.add_argument("--grpc-batch-wait-ms", type=float, default=2.0,
+    g.add_argument("--grpc-max-batch", type=int, default=64, help="server max_batch_size (default: %(default)s)")
+    g.add_argument("--grpc-batch-wait-ms", type=float, default=1.0,
                    help="server max_batch_wait_ms (default: %(default)s)")
     g.add_argument("--grpc-encode-workers", type=int, default=None,
                    help="server encode_workers (JPEG/PNG threads) (default: the server's default)")
@@ -153,18 +164,6 @@ def _settings(args) -> dict:
     s["resolutions"] = _ints(s["resolutions"])
     s["streams"] = _ints(s["streams"])
     return s
-
-
-def _setup_logging(quiet: bool) -> None:
-    """Progress lines of the benchmark (logger flexrt.bench) on stderr; other libraries' loggers are left alone."""
-    logger = logging.getLogger("flexrt.bench")
-    logger.setLevel(logging.WARNING if quiet else logging.INFO)
-    if not any(getattr(h, "_flexrt_bench", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("[bench] %(message)s"))
-        handler._flexrt_bench = True
-        logger.addHandler(handler)
-    logger.propagate = False
 
 
 def run(args) -> int:
@@ -320,10 +319,13 @@ def _run_phases(args, s, phases, backends, rasterizers, encodings, rec) -> int:
                 shared.pop("frames", None)
                 best = (data.get("e2e_summary") or {}).get("best")
                 data["grpc"] = {}
-                run_grpc(ctx, args.grpc_backend, best, s["stream_resolution"], args.stream_encoding, encodings,
+                sweep_encodings = _names(args.stream_encoding, ("raw", "jpeg", "png"), "stream encoding")
+                run_grpc(ctx, args.grpc_backend, best, s["stream_resolution"], sweep_encodings[0], encodings,
                          s["round_trip_frames"], s["streams"], args.fps, s["duration"], s["stream_warmup"],
                          args.grpc_client_procs, args.grpc_encode_workers, args.grpc_max_batch,
-                         args.grpc_batch_wait_ms, budget=budget, on_row=lambda r: rec.save(), sink=data["grpc"])
+                         args.grpc_batch_wait_ms, budget=budget, on_row=lambda r: rec.save(), sink=data["grpc"],
+                         sweep_encodings=sweep_encodings, creation_streams=args.creation_streams,
+                         fitting_streams=args.fitting_streams, fit_resolution=args.fit_resolution)
             elif name == "psnr":
                 from .fp16_render_psnr import run as run_psnr
 

@@ -7,6 +7,7 @@ on white, and reports per-frame PSNR (min / median / mean) against the bar (>= 4
 Pairs (reference -> test):
     ort-fp16 vs ort-fp32             ONNX Runtime fp16 graph vs the fp32 graph (CUDA EP on a GPU, CPU EP on the CPU)
     torch-bf16 vs torch-fp32         TorchEngine bf16 autocast vs fp32 (eager)
+    served-bf16 vs torch-fp32        the serving default on a GPU (bf16, bf16 upsampler, torch.compile, CUDA graphs)
     tensorrt-fp16 vs torch-fp32      TensorRT FP16 engines vs the PyTorch fp32 model (when TensorRT is there)
 
     python -m flexrt.benchmarks.fp16_render_psnr --preset flex1 --engines ENGINES --out psnr_out
@@ -33,6 +34,7 @@ log = logging.getLogger("flexrt.bench")
 PAIRS = {
     "ort-fp16 vs ort-fp32": ("ort-fp32", "ort-fp16"),
     "torch-bf16 vs torch-fp32": ("torch-eager-fp32", "torch-eager-bf16"),
+    "served-bf16 vs torch-fp32": ("torch-eager-fp32", "torch-compiled-bf16"),
     "tensorrt-fp16 vs torch-fp32": ("torch-eager-fp32", "tensorrt-fp16"),
 }
 BAR_DB = 45.0
@@ -161,9 +163,9 @@ def main(argv=None) -> int:
                    help="auto: cupy on a GPU, else the CPU reference (default auto)")
     p.add_argument("--pairs", default=",".join(PAIRS), help=f"comma-separated subset of: {', '.join(PAIRS)}")
     args = p.parse_args(argv)
-    from .cli import _setup_logging
+    from .timing import setup_logging
 
-    _setup_logging(quiet=False)
+    setup_logging(quiet=False)
     pairs = [s.strip() for s in args.pairs.split(",") if s.strip()]
     for name in pairs:
         if name not in PAIRS:

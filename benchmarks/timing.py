@@ -134,3 +134,18 @@ class Budget:
             return self.cap
         share = max(self.floor, self.remaining() / max(1, items_left))
         return min(share, self.cap) if self.cap is not None else share
+
+
+def setup_logging(quiet: bool) -> None:
+    """Progress lines of the benchmark (logger flexrt.bench) on stderr; other libraries' loggers are left alone."""
+    import logging
+    import sys
+
+    logger = logging.getLogger("flexrt.bench")
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    if not any(getattr(h, "_flexrt_bench", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[bench] %(message)s"))
+        handler._flexrt_bench = True
+        logger.addHandler(handler)
+    logger.propagate = False

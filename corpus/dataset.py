@@ -96,10 +96,12 @@ def tracked_rotation(codes: torch.Tensor, cam2world: torch.Tensor, leak: float) 
 
 
 class HeadCorpus:
-    """Deterministic sample generator (renders on the CPU with ``flexrt.kernels.rasterize``)."""
+    """Deterministic sample generator. The rig runs on the CPU; ``device`` is where the frames are rasterized
+    (``flexrt.kernels.rasterize``: "cpu" reference, or "cuda"; the same samples up to float rounding)."""
 
-    def __init__(self, cfg: CorpusConfig = CorpusConfig()):
+    def __init__(self, cfg: CorpusConfig = CorpusConfig(), device: str = "cpu"):
         self.cfg = cfg
+        self.device = device
         self.rig = HeadRig(cfg.template_res)
         self._identities: dict[tuple[str, int], HeadIdentity] = {}
 
@@ -119,7 +121,7 @@ class HeadCorpus:
         for v in range(c2w.shape[0]):
             f = v if per_frame_camera else 0
             g = out.gaussians.map(lambda x: x[f])
-            images.append(render(g, c2w[v:v + 1], K[v:v + 1], size, out.normals[f])[0])
+            images.append(render(g, c2w[v:v + 1], K[v:v + 1], size, out.normals[f], self.device)[0])
         return torch.stack(images).permute(0, 3, 1, 2).contiguous()
 
     def sample(self, split: str, index: int) -> Sample:
@@ -195,11 +197,11 @@ _WORKER: dict = {}
 
 def _pool_shard(job: tuple) -> int:
     """Worker process: one shard (each worker builds its own corpus once, single-threaded)."""
-    cfg, split, first, stop, path = job
-    if _WORKER.get("cfg") != cfg:
+    cfg, split, first, stop, path, device = job
+    if _WORKER.get("cfg") != (cfg, device):
         torch.set_num_threads(1)
         torch.set_flush_denormal(True)
-        _WORKER.update(cfg=cfg, corpus=HeadCorpus(cfg))
+        _WORKER.update(cfg=(cfg, device), corpus=HeadCorpus(cfg, device))
     _write_shard(_WORKER["corpus"], split, range(first, stop), Path(path))
     return stop - first
 
@@ -231,7 +233,8 @@ def write_cache(corpus: HeadCorpus, split: str, count: int, out_dir: str | Path,
         import multiprocessing as mp
 
         with mp.get_context("spawn").Pool(jobs) as pool:
-            for n in pool.imap_unordered(_pool_shard, [(corpus.cfg, split, i.start, i.stop, str(p)) for i, p in todo]):
+            for n in pool.imap_unordered(_pool_shard, [(corpus.cfg, split, i.start, i.stop, str(p), corpus.device)
+                                                          for i, p in todo]):
                 bar.update(n)
     else:
         for indices, path in todo:

@@ -105,10 +105,7 @@ def _save_torch_artifacts(pipeline: Pipeline, root: Path, raw_config: Mapping[st
     m = pipeline.model
     save_state_dict(m, tdir / "model.safetensors")
     save_state_dict(pipeline.encoder.dino.vit, tdir / "dinov2.safetensors")
-    np.savez(tdir / "template_samples.npz",
-             initial_head_xyz=m._head_transformer._initial_head_xyz.cpu().numpy(),
-             initial_gaussian_positions=m._gaussian_decoder._initial_gaussian_positions.cpu().numpy(),
-             uv_samples=m._gaussian_decoder._uv_samples.cpu().numpy())
+    np.savez(tdir / "template_samples.npz", **{k: v.cpu().numpy() for k, v in m.template_buffers().items()})
     (tdir / "model_config.json").write_text(json.dumps(raw_config, indent=2) + "\n")
     return {f"torch.{name}": file_entry(root, f"torch/{fname}", format="torch", graph="all", precision="fp32")
             for name, fname in (("model", "model.safetensors"), ("dinov2", "dinov2.safetensors"),

@@ -4,9 +4,22 @@
     rgb, alpha = rasterize(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
                            background=None, backend="cpu" | "cupy", out_dtype=torch.float32)
 
+    from flexrt.kernels.jpeg import JpegEncoder    # batched baseline JPEG of uint8 frames [B,H,W,3], GPU or CPU
+    data, lengths = JpegEncoder(512, 512, quality=90, device="cuda").encode(frames)
+
+Differentiable (autograd, for fitting and training; ``differentiable``):
+
+    from flexrt.kernels import rasterize_differentiable
+    rgb, alpha = rasterize_differentiable(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
+                                          background=None, backend="auto" | "torch" | "gsplat")
+
 Backends: ``cpu`` (vectorised PyTorch reference, ``_torch_ref``) and ``cupy`` (NVRTC-compiled CUDA kernels in
 ``cuda/rasterize.cu``, ``_cupy_backend``). Depends on nothing else in flexrt. See docs/RASTERIZER.md.
 """
-from .rasterize import SH_C0, rasterize, sh_dc_to_rgb
+from ._cupy_backend import Workspace
+from .differentiable import rasterize_differentiable, resolve_differentiable_backend
+from .jpeg import JpegEncoder
+from .rasterize import SH_C0, capture_graph, rasterize, sh_dc_to_rgb
 
-__all__ = ["rasterize", "sh_dc_to_rgb", "SH_C0"]
+__all__ = ["rasterize", "rasterize_differentiable", "resolve_differentiable_backend", "sh_dc_to_rgb", "SH_C0",
+           "JpegEncoder", "capture_graph", "Workspace"]

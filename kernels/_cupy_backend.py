@@ -324,65 +324,6 @@ def _ops_and_ws(device: torch.device) -> tuple[CupyOps, Workspace]:
     return hit
 
 
-# ------------------------------------------------------------------------------------------------------------
-# CUDA graphs: a frame seen twice (same shapes, same input / output addresses, same stream) is captured once and
-# replayed afterwards, which removes the host cost of the launches (~0.3 ms measured at 58k / 512², H100).
-# Replays read whatever the input tensors hold at that moment, so changing their contents in place is fine.
-# ------------------------------------------------------------------------------------------------------------
-GRAPHS = os.environ.get("FLEXRT_RASTER_GRAPHS", "1") != "0"  # FLEXRT_RASTER_GRAPHS=0: always launch eagerly
-GRAPH_CACHE_SIZE = 8  # captured frames kept per thread (least recently used are dropped)
-# a thread that has dropped this many captured frames without ever replaying them is feeding tensors at
-# ever-changing addresses: it stops capturing (with a warning) instead of paying for captures nobody replays
-MAX_UNUSED_EVICTIONS = 4 * GRAPH_CACHE_SIZE
-
-
-class FrameGraph:
-    """One captured frame: fixed shapes and addresses, its own work buffers (and outputs when none are given)."""
-
-    def __init__(self, device_index: int, args: tuple, width: int, height: int, background, out_rgb, out_alpha,
-                 consts: tuple):
-        cur = torch.cuda.current_stream(device_index)
-        self.stream = cur
-        side = torch.cuda.Stream(device_index)
-        side.wait_stream(cur)
-        self.ws = Workspace()
-        self.out = (out_rgb, out_alpha)
-        self.replays = 0
-        with torch.cuda.stream(side):
-            ops = CupyOps(device_index, side.cuda_stream)
-            with ops:
-                # one eager frame on the capture stream sizes the work buffers (and is this call's result)
-                render(ops, self.ws, *args, width, height, background, out_rgb, out_alpha, *consts)
-                self.graph = torch.cuda.CUDAGraph()
-                self.graph.capture_begin(capture_error_mode="thread_local")
-                try:
-                    render(ops, self.ws, *args, width, height, background, out_rgb, out_alpha, *consts)
-                finally:
-                    self.graph.capture_end()
-        cur.wait_stream(side)
-        for buf, _, _ in self.ws.bufs.values():
-            buf.record_stream(cur)  # replays use them on the caller's stream
-
-    def replay(self) -> None:
-        self.graph.replay()
-        self.replays += 1
-
-    def release(self) -> None:
-        self.stream.synchronize()  # a replay may still be running (rare: only when the cache evicts)
-        self.graph.reset()
-
-
-def _graph_cache() -> tuple[dict, dict]:
-    graphs = getattr(_state, "graphs", None)
-    if graphs is None:
-        from collections import OrderedDict
-
-        graphs = _state.graphs = OrderedDict()
-        _state.seen = {}
-        _state.unused_evictions = 0
-    return graphs, _state.seen
-
-
 def rasterize_cupy(
     means: torch.Tensor,  # [B, N, 3]
     quats: torch.Tensor,  # [B, N, 4]
@@ -401,7 +342,7 @@ def rasterize_cupy(
     out: tuple[torch.Tensor, torch.Tensor] | None = None,
     max_bitmap_bytes: int | None = None,
     stats: dict | None = None,
-    graphs: bool | None = None,
+    workspace: Workspace | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Flattened-batch CUDA entry point -> (rgb [B, C, H, W, 3], alpha [B, C, H, W, 1]) in out_dtype.
 
@@ -409,9 +350,8 @@ def rasterize_cupy(
     ``max_bitmap_bytes``: bitmap budget per pass (default ``MAX_BITMAP_BYTES``). ``stats``: a dict to fill with
     the pair count and sizes (``{"profile": True}`` adds per-stage GPU times); only then does the call
     synchronise. Otherwise nothing waits on the GPU: the outputs are ready in stream order.
-    ``graphs``: replay captured frames (default ``GRAPHS``; see ``FrameGraph``). The first call with a new key
-    runs eagerly, the second captures (a one-time cost), later ones replay; without ``out`` a replay returns
-    fresh copies of the graph's own outputs.
+    ``workspace``: the work buffers to use (default: a grow-only set per thread and stream). A caller that
+    captures frames in a CUDA graph passes one of its own per captured frame, so the graph's buffers are its own.
     """
     require_cupy()
     B, N = means.shape[:2]
@@ -422,53 +362,15 @@ def rasterize_cupy(
             if tuple(t.shape) != (B, C, height, width, tail) or t.dtype != out_dtype or not t.is_contiguous():
                 raise ValueError(f"out tensor {tuple(t.shape)} {t.dtype} does not match "
                                  f"{(B, C, height, width, tail)} {out_dtype} contiguous")
-    if max_bitmap_bytes is None:
-        max_bitmap_bytes = MAX_BITMAP_BYTES
-    args = (means, quats, scales, opacities, colors, viewmats, Ks)
-    consts = (near_plane, far_plane, eps2d, max_bitmap_bytes)
-    use_graphs = GRAPHS if graphs is None else graphs
-    if use_graphs and stats is None:
-        idx = dev.index if dev.index is not None else torch.cuda.current_device()
-        key = (idx, torch.cuda.current_stream(idx).cuda_stream, B, N, C, width, height, out_dtype, consts,
-               tuple(t.data_ptr() for t in args), 0 if background is None else background.data_ptr(),
-               None if out is None else (out[0].data_ptr(), out[1].data_ptr()))
-        cache, seen = _graph_cache()
-        fg = cache.get(key)
-        if fg is not None:
-            cache.move_to_end(key)
-            fg.replay()
-            if out is not None:
-                return out
-            return fg.out[0].clone(), fg.out[1].clone()
-        if seen.get(key, 0) >= 1 and _state.unused_evictions < MAX_UNUSED_EVICTIONS:  # second sighting: capture
-            seen.pop(key, None)
-            if out is None:
-                o = (torch.empty(B, C, height, width, 3, dtype=out_dtype, device=dev),
-                     torch.empty(B, C, height, width, 1, dtype=out_dtype, device=dev))
-            else:
-                o = out
-            fg = FrameGraph(idx, args, width, height, background, o[0], o[1], consts)
-            cache[key] = fg
-            while len(cache) > GRAPH_CACHE_SIZE:
-                old = cache.popitem(last=False)[1]
-                old.release()
-                _state.unused_evictions += old.replays == 0
-                if old.replays == 0 and _state.unused_evictions == MAX_UNUSED_EVICTIONS:
-                    warnings.warn(
-                        f"flexrt.kernels: {MAX_UNUSED_EVICTIONS} captured rasterizer frames were dropped unused in this "
-                        "thread (inputs at changing addresses?); it now launches frames eagerly. Keep the input "
-                        "tensors in fixed buffers to benefit from CUDA graphs, or set FLEXRT_RASTER_GRAPHS=0.",
-                        RuntimeWarning, stacklevel=2)
-            return out if out is not None else (fg.out[0].clone(), fg.out[1].clone())
-        if len(seen) > 4 * GRAPH_CACHE_SIZE:
-            seen.clear()
-        seen[key] = seen.get(key, 0) + 1
-    if out is None:
+    else:
         out = (torch.empty(B, C, height, width, 3, dtype=out_dtype, device=dev),
                torch.empty(B, C, height, width, 1, dtype=out_dtype, device=dev))
     ops, ws = _ops_and_ws(dev)
     with ops:
-        render(ops, ws, *args, width, height, background, out[0], out[1], *consts, stats=stats)
+        render(ops, workspace if workspace is not None else ws, means, quats, scales, opacities, colors, viewmats,
+               Ks, width, height, background, out[0], out[1], near_plane, far_plane, eps2d,
+               MAX_BITMAP_BYTES if max_bitmap_bytes is None else max_bitmap_bytes, stats=stats)
     return out
 
-__all__ = ["rasterize_cupy", "require_cupy", "render", "Workspace", "CupyOps", "FrameGraph", "bitmap_words", "images_per_chunk"]
+
+__all__ = ["rasterize_cupy", "require_cupy", "render", "Workspace", "CupyOps", "bitmap_words", "images_per_chunk"]

@@ -178,29 +178,66 @@ def compiler() -> str | None:
     return shutil.which("g++")
 
 
+def build(source: str, wrappers: str, tag: str) -> ctypes.CDLL:
+    """Compile ``_PRELUDE + source + wrappers`` as C++20 (cached by hash in the temp folder) and load it."""
+    cxx = compiler()
+    if cxx is None:
+        raise RuntimeError("host emulation needs g++ (C++20)")
+    src = _PRELUDE + "\n" + source + "\n" + wrappers
+    digest = hashlib.sha256(src.encode()).hexdigest()[:16]
+    out_dir = Path(tempfile.gettempdir()) / "flexrt_host_emu"
+    out_dir.mkdir(exist_ok=True)
+    so = out_dir / f"{tag}_{digest}.so"
+    if not so.exists():
+        cpp = out_dir / f"{tag}_{digest}.cpp"
+        cpp.write_text(src)
+        tmp = so.with_suffix(f".{threading.get_ident()}.tmp.so")
+        subprocess.run([cxx, "-std=c++20", "-O1", "-fPIC", "-shared", "-pthread", "-x", "c++", str(cpp),
+                        "-o", str(tmp)], check=True, capture_output=True, text=True)
+        tmp.replace(so)
+    return ctypes.CDLL(str(so))
+
+
 def load() -> ctypes.CDLL:
-    """Compile (cached by source hash) and load the emulation library."""
+    """Compile (cached by source hash) and load the rasterizer's emulation library."""
     global _lib
     with _lib_lock:
-        if _lib is not None:
-            return _lib
-        cxx = compiler()
-        if cxx is None:
-            raise RuntimeError("host emulation needs g++ (C++20)")
-        src = _PRELUDE + "\n" + cb._SRC.read_text() + "\n" + _WRAPPERS
-        digest = hashlib.sha256(src.encode()).hexdigest()[:16]
-        out_dir = Path(tempfile.gettempdir()) / "flexrt_host_emu"
-        out_dir.mkdir(exist_ok=True)
-        so = out_dir / f"fr_emu_{digest}.so"
-        if not so.exists():
-            cpp = out_dir / f"fr_emu_{digest}.cpp"
-            cpp.write_text(src)
-            tmp = so.with_suffix(".tmp.so")
-            subprocess.run([cxx, "-std=c++20", "-O1", "-fPIC", "-shared", "-pthread", "-x", "c++", str(cpp),
-                            "-o", str(tmp)], check=True, capture_output=True, text=True)
-            tmp.replace(so)
-        _lib = ctypes.CDLL(str(so))
+        if _lib is None:
+            _lib = build(cb._SRC.read_text(), _WRAPPERS, "fr_emu")
         return _lib
+
+
+_JPEG_WRAPPERS = r"""
+extern "C" void emu_jpeg_block_bits(unsigned gx, unsigned bx, const int* coef, long long n_blocks,
+    const u32* dc_code, const int* dc_len, const u32* ac_code, const int* ac_len, u32* words, int* nbits) {
+    fr_emu_launch(gx, 1, bx, false, [&] { jpeg_block_bits(coef, n_blocks, dc_code, dc_len, ac_code, ac_len, words, nbits); });
+}
+extern "C" void emu_jpeg_pack(unsigned gx, unsigned bx, const u32* words, const int* nbits, const long long* offset,
+    long long n_items, int blocks_per_frame, int words_per_frame, u32* out) {
+    fr_emu_launch(gx, 1, bx, false, [&] { jpeg_pack(words, nbits, offset, n_items, blocks_per_frame, words_per_frame, out); });
+}
+"""
+
+
+class HostJpegKernels:
+    """``kernels.jpeg`` kernel launches (``launch(name, threads, args)``) run on the CPU on CPU tensors."""
+
+    def __init__(self):
+        from . import jpeg
+
+        self.lib = build(jpeg._CU_SRC.read_text(), _JPEG_WRAPPERS, "jpeg_emu")
+
+    def launch(self, name: str, threads: int, args: tuple, block: int = 128) -> None:
+        conv = []
+        for a in args:
+            if isinstance(a, torch.Tensor):
+                conv.append(ctypes.c_void_p(a.data_ptr()))
+            elif isinstance(a, np.int64):
+                conv.append(ctypes.c_longlong(int(a)))
+            else:
+                conv.append(ctypes.c_int(int(a)))
+        grid = (threads + block - 1) // block
+        getattr(self.lib, f"emu_{name}")(ctypes.c_uint(grid), ctypes.c_uint(block), *conv)
 
 
 class HostOps:

@@ -23,6 +23,14 @@ transmittance and the "done" flag across rounds (a cumprod inside the round), an
 are all done. Peak memory is bounded by ``_ROUND_ELEMS`` floats per temporary.
 
 Works on any torch device (the tensors' own); ``backend="cpu"`` is the name of this pure-PyTorch path.
+
+Autograd: every operation here is differentiable w.r.t. means, quats, scales, opacities, colours and the
+background (the discrete decisions -- culling, tile binning, depth order, the 1/255 and 1e-4 thresholds -- are
+piecewise constant, as in gsplat). Computation follows the inputs' dtype (float32 from ``rasterize``; float64
+works for gradient checks). With ``recompute=True`` each blend round runs under activation checkpointing: the
+forward keeps only a round's inputs ([A, 256] transmittances and the [A, K] Gaussian attributes) and the
+backward recomputes one round at a time, so peak memory is bounded by ``_ROUND_ELEMS`` per temporary instead of
+growing with every round's [A, 256, K] temporaries (``flexrt.kernels.differentiable``).
 """
 from __future__ import annotations
 
@@ -138,6 +146,40 @@ def project(
     }
 
 
+def _blend_round(
+    t_in: torch.Tensor,  # [A, 256] transmittance entering the round
+    d_in: torch.Tensor,  # [A, 256] bool: pixel already done
+    inrange: torch.Tensor,  # [A, K] bool: candidate slot holds a Gaussian
+    px: torch.Tensor,  # [A, 256] pixel centre x
+    py: torch.Tensor,  # [A, 256] pixel centre y
+    gx: torch.Tensor,  # [A, K] candidate mean2d x
+    gy: torch.Tensor,  # [A, K] candidate mean2d y
+    ga: torch.Tensor,  # [A, K] conic a
+    gb: torch.Tensor,  # [A, K] conic b
+    gc: torch.Tensor,  # [A, K] conic c
+    go: torch.Tensor,  # [A, K] opacity
+    gcol: torch.Tensor,  # [A, K, 3] colour
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One round of K depth-ordered candidates for A tiles -> (colour added [A, 256, 3], transmittance after the
+    round [A, 256], done after the round [A, 256] bool). A pure function of its inputs (recomputable)."""
+    dtype = t_in.dtype
+    dx = gx[:, None, :] - px[:, :, None]  # [A, 256, K]
+    dy = gy[:, None, :] - py[:, :, None]
+    sigma = 0.5 * (ga[:, None, :] * dx * dx + gc[:, None, :] * dy * dy) + gb[:, None, :] * dx * dy
+    alpha = torch.clamp_max(go[:, None, :] * torch.exp(-sigma), ALPHA_MAX)
+    ok = inrange[:, None, :] & (sigma >= 0) & (alpha >= torch.tensor(ALPHA_THRESHOLD, dtype=dtype)) & ~d_in[:, :, None]
+    alpha = torch.where(ok, alpha, 0.0)
+    prod = torch.cumprod(torch.cat([t_in[:, :, None], 1.0 - alpha], dim=-1), dim=-1)  # [A, 256, K+1]
+    t_excl, t_incl = prod[..., :-1], prod[..., 1:]
+    include = ok & (t_incl > T_STOP)
+    w = torch.where(include, alpha * t_excl, 0.0)
+    contrib = torch.einsum("apk,akc->apc", w, gcol)
+    t_last = torch.where(include, t_incl, torch.inf).amin(-1)
+    t_out = torch.minimum(t_in, t_last)
+    done = d_in | (prod[..., -1] <= T_STOP)
+    return contrib, t_out, done
+
+
 def _render_image(
     mean2d: torch.Tensor,  # [N, 2]
     depth: torch.Tensor,  # [N]
@@ -148,66 +190,69 @@ def _render_image(
     valid: torch.Tensor,  # [N] bool
     width: int,
     height: int,
+    recompute: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One image -> (accumulated colour [H, W, 3] without background, final transmittance [H, W])."""
+    """One image -> (accumulated colour [H, W, 3] without background, final transmittance [H, W]).
+
+    ``recompute``: run each blend round under activation checkpointing (bounded memory under autograd)."""
     dev = mean2d.device
-    f32 = torch.float32
+    dtype = mean2d.dtype
     tiles_x = (width + TILE - 1) // TILE
     tiles_y = (height + TILE - 1) // TILE
     n_tiles = tiles_x * tiles_y
     npix = TILE * TILE
 
     # depth order, ties by index (stable sort of the index-ordered list), like gsplat's stable radix sort
-    idx = valid.nonzero()[:, 0]
-    order = torch.sort(depth[idx], stable=True).indices
-    idx = idx[order]
-    m2 = mean2d[idx]
-    cv = cov2d[idx]
-    op = opacity[idx]
+    with torch.no_grad():
+        idx = valid.nonzero()[:, 0]
+        order = torch.sort(depth[idx], stable=True).indices
+        idx = idx[order]
+        m2 = mean2d[idx]
+        cv = cov2d[idx]
+        op = opacity[idx]
 
-    # conservative per-axis box in pixels (+1 px): sqrt(2 ln(255 o)) sigmas contain every pixel with
-    # alpha >= 1/255 (no 3.33 cap here: the decision is per pixel)
-    ext = torch.sqrt(torch.clamp_min(2.0 * torch.log(op.double() * 255.0), 0.0))
-    hx = ext * torch.sqrt(cv[:, 0].double()) + 1.0
-    hy = ext * torch.sqrt(cv[:, 2].double()) + 1.0
-    mx = m2[:, 0].double()
-    my = m2[:, 1].double()
-    on_img = (mx + hx >= 0) & (mx - hx <= width) & (my + hy >= 0) & (my - hy <= height)
-    keep = on_img.nonzero()[:, 0]
-    idx, mx, my, hx, hy = idx[keep], mx[keep], my[keep], hx[keep], hy[keep]
-    tx0 = torch.floor((mx - hx) / TILE).clamp(0, tiles_x - 1).long()
-    tx1 = torch.floor((mx + hx) / TILE).clamp(0, tiles_x - 1).long()
-    ty0 = torch.floor((my - hy) / TILE).clamp(0, tiles_y - 1).long()
-    ty1 = torch.floor((my + hy) / TILE).clamp(0, tiles_y - 1).long()
-    wspan = tx1 - tx0 + 1
-    counts = wspan * (ty1 - ty0 + 1)
+        # conservative per-axis box in pixels (+1 px): sqrt(2 ln(255 o)) sigmas contain every pixel with
+        # alpha >= 1/255 (no 3.33 cap here: the decision is per pixel)
+        ext = torch.sqrt(torch.clamp_min(2.0 * torch.log(op.double() * 255.0), 0.0))
+        hx = ext * torch.sqrt(cv[:, 0].double()) + 1.0
+        hy = ext * torch.sqrt(cv[:, 2].double()) + 1.0
+        mx = m2[:, 0].double()
+        my = m2[:, 1].double()
+        on_img = (mx + hx >= 0) & (mx - hx <= width) & (my + hy >= 0) & (my - hy <= height)
+        keep = on_img.nonzero()[:, 0]
+        idx, mx, my, hx, hy = idx[keep], mx[keep], my[keep], hx[keep], hy[keep]
+        tx0 = torch.floor((mx - hx) / TILE).clamp(0, tiles_x - 1).long()
+        tx1 = torch.floor((mx + hx) / TILE).clamp(0, tiles_x - 1).long()
+        ty0 = torch.floor((my - hy) / TILE).clamp(0, tiles_y - 1).long()
+        ty1 = torch.floor((my + hy) / TILE).clamp(0, tiles_y - 1).long()
+        wspan = tx1 - tx0 + 1
+        counts = wspan * (ty1 - ty0 + 1)
 
-    acc = torch.zeros(n_tiles, npix, 3, dtype=f32, device=dev)
-    trans = torch.ones(n_tiles, npix, dtype=f32, device=dev)
+    acc = torch.zeros(n_tiles, npix, 3, dtype=dtype, device=dev)
+    trans = torch.ones(n_tiles, npix, dtype=dtype, device=dev)
     if idx.numel() > 0:
-        # (Gaussian, tile) pairs in depth order, then stably grouped by tile
-        gpos = torch.repeat_interleave(torch.arange(idx.numel(), device=dev), counts)
-        starts = torch.cumsum(counts, 0) - counts
-        k = torch.arange(gpos.numel(), device=dev) - starts[gpos]
-        tile_of = (ty0[gpos] + k // wspan[gpos]) * tiles_x + (tx0[gpos] + k % wspan[gpos])
-        tile_sorted, perm = torch.sort(tile_of, stable=True)
-        pair_g = idx[gpos[perm]]  # Gaussian index per pair, grouped by tile, depth-ordered inside
-        tile_count = torch.bincount(tile_sorted, minlength=n_tiles)
-        tile_start = torch.cumsum(tile_count, 0) - tile_count
+        with torch.no_grad():
+            # (Gaussian, tile) pairs in depth order, then stably grouped by tile
+            gpos = torch.repeat_interleave(torch.arange(idx.numel(), device=dev), counts)
+            starts = torch.cumsum(counts, 0) - counts
+            k = torch.arange(gpos.numel(), device=dev) - starts[gpos]
+            tile_of = (ty0[gpos] + k // wspan[gpos]) * tiles_x + (tx0[gpos] + k % wspan[gpos])
+            tile_sorted, perm = torch.sort(tile_of, stable=True)
+            pair_g = idx[gpos[perm]]  # Gaussian index per pair, grouped by tile, depth-ordered inside
+            tile_count = torch.bincount(tile_sorted, minlength=n_tiles)
+            tile_start = torch.cumsum(tile_count, 0) - tile_count
 
-        # pixel centres per tile [n_tiles, 256]
-        ly = torch.arange(npix, device=dev) // TILE
-        lx = torch.arange(npix, device=dev) % TILE
-        tid = torch.arange(n_tiles, device=dev)
-        px = ((tid % tiles_x)[:, None] * TILE + lx[None, :]).to(f32) + 0.5
-        py = ((tid // tiles_x)[:, None] * TILE + ly[None, :]).to(f32) + 0.5
+            # pixel centres per tile [n_tiles, 256]
+            ly = torch.arange(npix, device=dev) // TILE
+            lx = torch.arange(npix, device=dev) % TILE
+            tid = torch.arange(n_tiles, device=dev)
+            px = ((tid % tiles_x)[:, None] * TILE + lx[None, :]).to(dtype) + 0.5
+            py = ((tid // tiles_x)[:, None] * TILE + ly[None, :]).to(dtype) + 0.5
         done = torch.zeros(n_tiles, npix, dtype=torch.bool, device=dev)
 
         ga, gb, gc = conic[:, 0], conic[:, 1], conic[:, 2]
         gx, gy = mean2d[:, 0], mean2d[:, 1]
-        thr = torch.tensor(ALPHA_THRESHOLD, dtype=f32, device=dev)
-        t_stop = torch.tensor(T_STOP, dtype=f32, device=dev)
-        alpha_max = torch.tensor(ALPHA_MAX, dtype=f32, device=dev)
+        use_checkpoint = recompute and torch.is_grad_enabled()
         k0 = 0
         max_count = int(tile_count.max())
         while k0 < max_count:
@@ -219,22 +264,17 @@ def _render_image(
             inrange = j[None, :] < tile_count[act, None]  # [A, K]
             pidx = torch.where(inrange, tile_start[act, None] + j[None, :], 0)
             g = pair_g[pidx]  # [A, K]
-            dx = gx[g][:, None, :] - px[act][:, :, None]  # [A, 256, K]
-            dy = gy[g][:, None, :] - py[act][:, :, None]
-            sigma = 0.5 * (ga[g][:, None, :] * dx * dx + gc[g][:, None, :] * dy * dy) + gb[g][:, None, :] * dx * dy
-            alpha = torch.minimum(alpha_max, opacity[g][:, None, :] * torch.exp(-sigma))
-            d_in = done[act]
-            ok = inrange[:, None, :] & (sigma >= 0) & (alpha >= thr) & ~d_in[:, :, None]
-            alpha = torch.where(ok, alpha, 0.0)
-            t_in = trans[act]
-            prod = torch.cumprod(torch.cat([t_in[:, :, None], 1.0 - alpha], dim=-1), dim=-1)  # [A, 256, K+1]
-            t_excl, t_incl = prod[..., :-1], prod[..., 1:]
-            include = ok & (t_incl > t_stop)
-            w = torch.where(include, alpha * t_excl, 0.0)
-            acc[act] += torch.einsum("apk,akc->apc", w, color[g])
-            t_last = torch.where(include, t_incl, torch.inf).amin(-1)
-            trans[act] = torch.minimum(t_in, t_last)
-            done[act] = d_in | (prod[..., -1] <= t_stop)
+            args = (trans[act], done[act], inrange, px[act], py[act], gx[g], gy[g], ga[g], gb[g], gc[g],
+                    opacity[g], color[g])
+            if use_checkpoint:
+                from torch.utils.checkpoint import checkpoint
+
+                contrib, t_out, d_out = checkpoint(_blend_round, *args, use_reentrant=False)
+            else:
+                contrib, t_out, d_out = _blend_round(*args)
+            acc[act] += contrib
+            trans[act] = t_out
+            done[act] = d_out
             k0 += K
 
     # tiles -> image
@@ -257,19 +297,20 @@ def rasterize_torch(
     near_plane: float = 0.01,
     far_plane: float = 1e10,
     eps2d: float = 0.3,
+    recompute: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flattened-batch entry point (inputs float32, validated by the caller) -> rgb [B, C, H, W, 3],
-    alpha [B, C, H, W, 1], float32."""
+    """Flattened-batch entry point (inputs of one float dtype, validated by the caller) -> rgb [B, C, H, W, 3],
+    alpha [B, C, H, W, 1] in that dtype. ``recompute``: checkpoint the blend rounds (see the module docstring)."""
     B, N = means.shape[:2]
     C = viewmats.shape[1]
     proj = project(means, quats, scales, opacities, colors, viewmats, Ks, width, height, near_plane, far_plane, eps2d)
-    rgb = torch.empty(B, C, height, width, 3, dtype=torch.float32, device=means.device)
-    alpha = torch.empty(B, C, height, width, 1, dtype=torch.float32, device=means.device)
+    rgb = torch.empty(B, C, height, width, 3, dtype=means.dtype, device=means.device)
+    alpha = torch.empty(B, C, height, width, 1, dtype=means.dtype, device=means.device)
     for b in range(B):
         for c in range(C):
             acc, trans = _render_image(
                 proj["mean2d"][b, c], proj["depth"][b, c], proj["cov2d"][b, c], proj["conic"][b, c],
-                proj["opacity"][b, c], colors[b], proj["valid"][b, c], width, height,
+                proj["opacity"][b, c], colors[b], proj["valid"][b, c], width, height, recompute,
             )
             if background is not None:
                 acc = acc + trans[..., None] * background[b, c]

@@ -112,12 +112,14 @@ def rasterize(
     background: torch.Tensor | None = None,  # [..., C, 3] or [3]; None = black
     backend: str = "cpu",
     out_dtype: torch.dtype = torch.float32,
+    workspace=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Render 3D Gaussians -> (rgb [..., C, H, W, 3], alpha [..., C, H, W, 1]) in ``out_dtype``.
 
     ``backend="cpu"``: the pure-PyTorch reference (runs on the tensors' device). ``backend="cupy"``: the
     CUDA kernels (needs CUDA tensors, CuPy and a GPU; raises RuntimeError when CuPy/CUDA is missing).
-    Inputs of other float dtypes are cast to float32. No autograd.
+    Inputs of other float dtypes are cast to float32. No autograd. ``workspace`` (cupy): caller-owned work
+    buffers (``Workspace()``), for frames captured in a CUDA graph with :func:`capture_graph`.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
@@ -149,7 +151,7 @@ def rasterize(
                 raise ValueError(f"backend='cupy' needs CUDA tensors, got tensors on {dev}")
             rgb, alpha = _cupy_backend.rasterize_cupy(
                 *args, width, height, bg, near_plane=NEAR_PLANE, far_plane=FAR_PLANE, eps2d=EPS2D,
-                out_dtype=out_dtype,
+                out_dtype=out_dtype, workspace=workspace,
             )
         else:
             from ._torch_ref import rasterize_torch
@@ -160,4 +162,28 @@ def rasterize(
     return rgb.reshape(batch + (C, height, width, 3)), alpha.reshape(batch + (C, height, width, 1))
 
 
-__all__ = ["rasterize", "sh_dc_to_rgb", "SH_C0"]
+def capture_graph(fn, device: torch.device | int | None = None, pool=None):
+    """Capture ``fn()`` in a CUDA graph -> (graph, what the captured call returned).
+
+    ``fn`` runs once eagerly on a side stream first (kernel compilation, work-buffer sizing), then once under
+    capture. ``graph.replay()`` re-runs the captured kernels on whatever the input tensors hold then, writing the
+    same output tensors. Everything ``fn`` touches must stay alive (and at the same addresses) while the graph is
+    used: the caller owns it -- pass ``rasterize`` a ``Workspace()`` of the caller's for that reason. ``pool``: a
+    ``torch.cuda.graph_pool_handle()`` shared with other graphs that are never replayed concurrently with this one.
+    """
+    cur = torch.cuda.current_stream(device)
+    side = torch.cuda.Stream(device)
+    side.wait_stream(cur)
+    with torch.cuda.stream(side):
+        fn()
+        graph = torch.cuda.CUDAGraph()
+        graph.capture_begin(pool=pool, capture_error_mode="thread_local")
+        try:
+            result = fn()
+        finally:
+            graph.capture_end()
+    cur.wait_stream(side)
+    return graph, result
+
+
+__all__ = ["rasterize", "sh_dc_to_rgb", "SH_C0", "capture_graph"]

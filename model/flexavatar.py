@@ -108,9 +108,6 @@ class FlexAvatarModel(nn.Module):
         self._head_transformer = HeadTransformer(cfg)
         self._gaussian_decoder = GaussianDecoder(cfg, num_gaussians)
         self._feature_projection = nn.Linear(d + cfg.feature_dim, d)
-        # dtype the StyleGAN upsampler runs in: fp32 as in the official code (also under bf16 autocast); an engine
-        # may lower it (TorchEngine(upsampler="bf16")), measured against fp32 in docs/BENCHMARKS.md
-        self.upsampler_dtype = torch.float32
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -141,6 +138,13 @@ class FlexAvatarModel(nn.Module):
         self._head_transformer._initial_head_xyz = initial_head_xyz.to(dev, torch.float32).contiguous()
         self._gaussian_decoder._initial_gaussian_positions = initial_gaussian_positions.to(dev, torch.float32).contiguous()
         self._gaussian_decoder._uv_samples = uv_samples.to(dev, torch.float32).contiguous()
+
+    def template_buffers(self) -> dict[str, torch.Tensor]:
+        """The installed template (the inverse of ``set_template``): initial_head_xyz [1,HT,3],
+        initial_gaussian_positions [1,G,3], uv_samples [1,G,1,2] (template_samples.npz names)."""
+        return {"initial_head_xyz": self._head_transformer._initial_head_xyz,
+                "initial_gaussian_positions": self._gaussian_decoder._initial_gaussian_positions,
+                "uv_samples": self._gaussian_decoder._uv_samples}
 
     # ------------------------------------------------------------------ stage (a): avatar creation
     def encode(self, images: torch.Tensor, cam2world: torch.Tensor, intrinsics: torch.Tensor,
@@ -221,6 +225,13 @@ class FlexAvatarModel(nn.Module):
         ids = torch.full((b, 1), DATASET_ID_3D, dtype=torch.long, device=avatar_code.device)
         return self._decode(avatar_code, expression_codes, ids, 1, None)
 
+    def deploy_decoder(self, precision: str = "fp32", fp8: bool = False, upsampler: str = "fp32") -> nn.Module:
+        """The per-frame decoder specialised for serving (model/deploy.py): same function as ``decode_frames``, fused
+        projections, weights in ``precision`` (optionally FP8 GEMMs and a bf16 upsampler). This model is unchanged."""
+        from .deploy import DeployedFrameDecoder
+
+        return DeployedFrameDecoder(self, precision=precision, fp8=fp8, upsampler=upsampler)
+
     def _dataset_ids(self, dataset_ids, b: int, device) -> torch.Tensor:
         if dataset_ids is None:
             return torch.full((b, 1), DATASET_ID_3D, dtype=torch.long, device=device)
@@ -250,10 +261,7 @@ class FlexAvatarModel(nn.Module):
         r = cfg.res_head_tokens
         uv_map = out.transpose(1, 2).reshape(bt, d, r, r)  # token = row * r + col
         with torch.autocast(device_type=uv_map.device.type, enabled=False):  # fp32 even under bf16 autocast
-            x = uv_map.to(self.upsampler_dtype)
-            if self.upsampler_dtype != torch.float32:
-                x = x.contiguous(memory_format=torch.channels_last)  # tensor-core friendly NHWC convs
-            img = gd._stylegan_upsampler(x, intermediates).float()  # [BT, Cg, 4r, 4r]
+            img = gd._stylegan_upsampler(uv_map.float(), intermediates)  # [BT, Cg, 4r, 4r]
         grid = gd._uv_samples.expand(bt, -1, -1, -1)  # [BT, G, 1, 2]
         feats = F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         feats = feats.flatten(2).transpose(1, 2)  # [BT, Cg, G, 1] -> [BT, G, Cg]

@@ -63,14 +63,22 @@ class GetAvatarRequest(_message.Message):
     def __init__(self, avatar_id: _Optional[str] = ...) -> None: ...
 
 class ListAvatarsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListAvatarsResponse(_message.Message):
-    __slots__ = ("avatars",)
+    __slots__ = ("avatars", "next_page_token", "total_size")
     AVATARS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_SIZE_FIELD_NUMBER: _ClassVar[int]
     avatars: _containers.RepeatedCompositeFieldContainer[Avatar]
-    def __init__(self, avatars: _Optional[_Iterable[_Union[Avatar, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    total_size: int
+    def __init__(self, avatars: _Optional[_Iterable[_Union[Avatar, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., total_size: _Optional[int] = ...) -> None: ...
 
 class DeleteAvatarRequest(_message.Message):
     __slots__ = ("avatar_id",)
@@ -89,7 +97,7 @@ class GetServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("min_size", "max_width", "max_height", "max_streams", "max_message_bytes", "max_stream_fps", "max_stream_messages_per_s", "max_batch_size", "max_batch_wait_us", "auth_required", "tls")
+    __slots__ = ("min_size", "max_width", "max_height", "max_streams", "max_message_bytes", "max_stream_fps", "max_stream_messages_per_s", "max_batch_size", "max_batch_wait_us", "auth_required", "tls", "max_pending_streams", "config_timeout_s", "stream_idle_timeout_s", "max_avatars", "max_store_bytes", "max_photo_pixels", "max_concurrent_creates", "max_list_page_size", "shutdown_drain_s", "shutdown_grace_s", "fitting_available", "max_fit_observations", "max_fit_resolution", "max_fit_steps", "fit_preview_every", "max_concurrent_fits")
     MIN_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_WIDTH_FIELD_NUMBER: _ClassVar[int]
     MAX_HEIGHT_FIELD_NUMBER: _ClassVar[int]
@@ -101,6 +109,22 @@ class Limits(_message.Message):
     MAX_BATCH_WAIT_US_FIELD_NUMBER: _ClassVar[int]
     AUTH_REQUIRED_FIELD_NUMBER: _ClassVar[int]
     TLS_FIELD_NUMBER: _ClassVar[int]
+    MAX_PENDING_STREAMS_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    STREAM_IDLE_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    MAX_AVATARS_FIELD_NUMBER: _ClassVar[int]
+    MAX_STORE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_PHOTO_PIXELS_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONCURRENT_CREATES_FIELD_NUMBER: _ClassVar[int]
+    MAX_LIST_PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHUTDOWN_DRAIN_S_FIELD_NUMBER: _ClassVar[int]
+    SHUTDOWN_GRACE_S_FIELD_NUMBER: _ClassVar[int]
+    FITTING_AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIT_OBSERVATIONS_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIT_RESOLUTION_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIT_STEPS_FIELD_NUMBER: _ClassVar[int]
+    FIT_PREVIEW_EVERY_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONCURRENT_FITS_FIELD_NUMBER: _ClassVar[int]
     min_size: int
     max_width: int
     max_height: int
@@ -112,10 +136,26 @@ class Limits(_message.Message):
     max_batch_wait_us: int
     auth_required: bool
     tls: bool
-    def __init__(self, min_size: _Optional[int] = ..., max_width: _Optional[int] = ..., max_height: _Optional[int] = ..., max_streams: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_stream_fps: _Optional[float] = ..., max_stream_messages_per_s: _Optional[float] = ..., max_batch_size: _Optional[int] = ..., max_batch_wait_us: _Optional[int] = ..., auth_required: _Optional[bool] = ..., tls: _Optional[bool] = ...) -> None: ...
+    max_pending_streams: int
+    config_timeout_s: float
+    stream_idle_timeout_s: float
+    max_avatars: int
+    max_store_bytes: int
+    max_photo_pixels: int
+    max_concurrent_creates: int
+    max_list_page_size: int
+    shutdown_drain_s: float
+    shutdown_grace_s: float
+    fitting_available: bool
+    max_fit_observations: int
+    max_fit_resolution: int
+    max_fit_steps: int
+    fit_preview_every: int
+    max_concurrent_fits: int
+    def __init__(self, min_size: _Optional[int] = ..., max_width: _Optional[int] = ..., max_height: _Optional[int] = ..., max_streams: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_stream_fps: _Optional[float] = ..., max_stream_messages_per_s: _Optional[float] = ..., max_batch_size: _Optional[int] = ..., max_batch_wait_us: _Optional[int] = ..., auth_required: _Optional[bool] = ..., tls: _Optional[bool] = ..., max_pending_streams: _Optional[int] = ..., config_timeout_s: _Optional[float] = ..., stream_idle_timeout_s: _Optional[float] = ..., max_avatars: _Optional[int] = ..., max_store_bytes: _Optional[int] = ..., max_photo_pixels: _Optional[int] = ..., max_concurrent_creates: _Optional[int] = ..., max_list_page_size: _Optional[int] = ..., shutdown_drain_s: _Optional[float] = ..., shutdown_grace_s: _Optional[float] = ..., fitting_available: _Optional[bool] = ..., max_fit_observations: _Optional[int] = ..., max_fit_resolution: _Optional[int] = ..., max_fit_steps: _Optional[int] = ..., fit_preview_every: _Optional[int] = ..., max_concurrent_fits: _Optional[int] = ...) -> None: ...
 
 class ServerStats(_message.Message):
-    __slots__ = ("active_streams", "streams_total", "frames_received", "frames_rendered", "frames_dropped", "batches", "batch_sizes")
+    __slots__ = ("active_streams", "streams_total", "frames_received", "frames_rendered", "frames_dropped", "batches", "batch_sizes", "avatars", "pending_streams", "fits_running")
     class BatchSizesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -130,6 +170,9 @@ class ServerStats(_message.Message):
     FRAMES_DROPPED_FIELD_NUMBER: _ClassVar[int]
     BATCHES_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZES_FIELD_NUMBER: _ClassVar[int]
+    AVATARS_FIELD_NUMBER: _ClassVar[int]
+    PENDING_STREAMS_FIELD_NUMBER: _ClassVar[int]
+    FITS_RUNNING_FIELD_NUMBER: _ClassVar[int]
     active_streams: int
     streams_total: int
     frames_received: int
@@ -137,7 +180,10 @@ class ServerStats(_message.Message):
     frames_dropped: int
     batches: int
     batch_sizes: _containers.ScalarMap[int, int]
-    def __init__(self, active_streams: _Optional[int] = ..., streams_total: _Optional[int] = ..., frames_received: _Optional[int] = ..., frames_rendered: _Optional[int] = ..., frames_dropped: _Optional[int] = ..., batches: _Optional[int] = ..., batch_sizes: _Optional[_Mapping[int, int]] = ...) -> None: ...
+    avatars: int
+    pending_streams: int
+    fits_running: int
+    def __init__(self, active_streams: _Optional[int] = ..., streams_total: _Optional[int] = ..., frames_received: _Optional[int] = ..., frames_rendered: _Optional[int] = ..., frames_dropped: _Optional[int] = ..., batches: _Optional[int] = ..., batch_sizes: _Optional[_Mapping[int, int]] = ..., avatars: _Optional[int] = ..., pending_streams: _Optional[int] = ..., fits_running: _Optional[int] = ...) -> None: ...
 
 class ServerInfo(_message.Message):
     __slots__ = ("version", "engine_backend", "engine_device", "engine_precision", "engine_description", "engine_detail", "rasterizer_backend", "model", "num_head_tokens", "hidden_dim", "num_gaussians", "limits", "stats")
@@ -259,3 +305,94 @@ class AnimateResponse(_message.Message):
     timings: StageTimings
     counters: StreamCounters
     def __init__(self, sequence: _Optional[int] = ..., client_timestamp_us: _Optional[int] = ..., image: _Optional[bytes] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., timings: _Optional[_Union[StageTimings, _Mapping]] = ..., counters: _Optional[_Union[StreamCounters, _Mapping]] = ...) -> None: ...
+
+class FitObservation(_message.Message):
+    __slots__ = ("image", "camera", "expression")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    CAMERA_FIELD_NUMBER: _ClassVar[int]
+    EXPRESSION_FIELD_NUMBER: _ClassVar[int]
+    image: bytes
+    camera: Camera
+    expression: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, image: _Optional[bytes] = ..., camera: _Optional[_Union[Camera, _Mapping]] = ..., expression: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class FitAvatarRequest(_message.Message):
+    __slots__ = ("observations", "name", "init_avatar_id", "init_avatar_code_npy", "steps", "no_expression_offsets", "seed", "preview_every", "resolution")
+    OBSERVATIONS_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    INIT_AVATAR_ID_FIELD_NUMBER: _ClassVar[int]
+    INIT_AVATAR_CODE_NPY_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    NO_EXPRESSION_OFFSETS_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    PREVIEW_EVERY_FIELD_NUMBER: _ClassVar[int]
+    RESOLUTION_FIELD_NUMBER: _ClassVar[int]
+    observations: _containers.RepeatedCompositeFieldContainer[FitObservation]
+    name: str
+    init_avatar_id: str
+    init_avatar_code_npy: bytes
+    steps: int
+    no_expression_offsets: bool
+    seed: int
+    preview_every: int
+    resolution: int
+    def __init__(self, observations: _Optional[_Iterable[_Union[FitObservation, _Mapping]]] = ..., name: _Optional[str] = ..., init_avatar_id: _Optional[str] = ..., init_avatar_code_npy: _Optional[bytes] = ..., steps: _Optional[int] = ..., no_expression_offsets: _Optional[bool] = ..., seed: _Optional[int] = ..., preview_every: _Optional[int] = ..., resolution: _Optional[int] = ...) -> None: ...
+
+class FitAvatarProgress(_message.Message):
+    __slots__ = ("step", "steps", "loss", "psnr", "view", "preview_jpeg")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    PSNR_FIELD_NUMBER: _ClassVar[int]
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    PREVIEW_JPEG_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    steps: int
+    loss: float
+    psnr: float
+    view: int
+    preview_jpeg: bytes
+    def __init__(self, step: _Optional[int] = ..., steps: _Optional[int] = ..., loss: _Optional[float] = ..., psnr: _Optional[float] = ..., view: _Optional[int] = ..., preview_jpeg: _Optional[bytes] = ...) -> None: ...
+
+class FitAvatarResult(_message.Message):
+    __slots__ = ("avatar", "psnr_before", "psnr_after", "psnr_before_per_view", "psnr_after_per_view", "losses", "loss_terms", "init", "steps", "resolution", "rasterizer", "fit_seconds")
+    class LossTermsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    AVATAR_FIELD_NUMBER: _ClassVar[int]
+    PSNR_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    PSNR_AFTER_FIELD_NUMBER: _ClassVar[int]
+    PSNR_BEFORE_PER_VIEW_FIELD_NUMBER: _ClassVar[int]
+    PSNR_AFTER_PER_VIEW_FIELD_NUMBER: _ClassVar[int]
+    LOSSES_FIELD_NUMBER: _ClassVar[int]
+    LOSS_TERMS_FIELD_NUMBER: _ClassVar[int]
+    INIT_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    RESOLUTION_FIELD_NUMBER: _ClassVar[int]
+    RASTERIZER_FIELD_NUMBER: _ClassVar[int]
+    FIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    avatar: Avatar
+    psnr_before: float
+    psnr_after: float
+    psnr_before_per_view: _containers.RepeatedScalarFieldContainer[float]
+    psnr_after_per_view: _containers.RepeatedScalarFieldContainer[float]
+    losses: _containers.RepeatedScalarFieldContainer[float]
+    loss_terms: _containers.ScalarMap[str, str]
+    init: str
+    steps: int
+    resolution: int
+    rasterizer: str
+    fit_seconds: float
+    def __init__(self, avatar: _Optional[_Union[Avatar, _Mapping]] = ..., psnr_before: _Optional[float] = ..., psnr_after: _Optional[float] = ..., psnr_before_per_view: _Optional[_Iterable[float]] = ..., psnr_after_per_view: _Optional[_Iterable[float]] = ..., losses: _Optional[_Iterable[float]] = ..., loss_terms: _Optional[_Mapping[str, str]] = ..., init: _Optional[str] = ..., steps: _Optional[int] = ..., resolution: _Optional[int] = ..., rasterizer: _Optional[str] = ..., fit_seconds: _Optional[float] = ...) -> None: ...
+
+class FitAvatarResponse(_message.Message):
+    __slots__ = ("progress", "result")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    progress: FitAvatarProgress
+    result: FitAvatarResult
+    def __init__(self, progress: _Optional[_Union[FitAvatarProgress, _Mapping]] = ..., result: _Optional[_Union[FitAvatarResult, _Mapping]] = ...) -> None: ...

@@ -64,6 +64,11 @@ class FlexAvatarStub:
                 request_serializer=flexavatar__pb2.AnimateRequest.SerializeToString,
                 response_deserializer=flexavatar__pb2.AnimateResponse.FromString,
                 _registered_method=True)
+        self.FitAvatar = channel.unary_stream(
+                '/flexavatar.v1.FlexAvatar/FitAvatar',
+                request_serializer=flexavatar__pb2.FitAvatarRequest.SerializeToString,
+                response_deserializer=flexavatar__pb2.FitAvatarResponse.FromString,
+                _registered_method=True)
 
 
 class FlexAvatarServicer:
@@ -71,7 +76,10 @@ class FlexAvatarServicer:
 
     def CreateAvatar(self, request, context):
         """Creates an avatar from a head photo (PNG/JPEG, square crop; the engine's encoder runs once) or imports
-        an avatar code (.npy). Errors: INVALID_ARGUMENT (undecodable image, bad camera, wrong code shape).
+        an avatar code (.npy). Errors: INVALID_ARGUMENT (undecodable image, a photo over Limits.max_photo_pixels or
+        not square -- both checked from the image header before decoding --, bad camera, wrong code shape, a name
+        with control characters); RESOURCE_EXHAUSTED (the store is full: Limits.max_avatars / max_store_bytes; or
+        Limits.max_concurrent_creates photo creations already running).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -85,7 +93,8 @@ class FlexAvatarServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListAvatars(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One page of avatars, oldest first; follow next_page_token until it is empty.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -107,6 +116,27 @@ class FlexAvatarServicer:
     def Animate(self, request_iterator, context):
         """Bidirectional stream: the first request carries `config`, every later one a `frame`. One response per
         rendered frame. Latest wins: a frame that is still waiting when a newer one arrives is dropped and counted.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FitAvatar(self, request, context):
+        """Fits an avatar code to several observations (photos or video frames with tracked cameras and expression
+        codes) with the decoder frozen: the FlexAvatar test-time fitting (Adam on the avatar code, one random view a
+        step, L1 + SSIM [+ DINO] loss; docs/FITTING.md). Streams one `progress` per step, then one `result` with the
+        stored Avatar (Animate can stream it at once). It runs at a lower GPU priority than Animate's frames.
+        Cancelling the call stops the fit after its current step and stores nothing. Needs a server running the
+        PyTorch backend (else UNIMPLEMENTED). Errors: INVALID_ARGUMENT (no observations, more than
+        Limits.max_fit_observations, an undecodable / non-square photo or one over Limits.max_photo_pixels -- checked
+        from the header before decoding --, photos of different sizes with resolution 0, a size over
+        Limits.max_fit_resolution, a bad camera, an expression that is not 135 finite floats, steps over
+        Limits.max_fit_steps, a malformed init_avatar_id, an init_avatar_code_npy that is not a float .npy of the
+        model's [HT,D], a name with control characters); NOT_FOUND (unknown init_avatar_id);
+        RESOURCE_EXHAUSTED (Limits.max_concurrent_fits fits already running, or the avatar store is full);
+        FAILED_PRECONDITION (no initial code given and the server has no encoder for a feed-forward one, or the
+        init_avatar_id avatar's code does not fit the server's model);
+        UNAVAILABLE (the server is shutting down); INTERNAL (a server fault; the message has an error id).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -144,6 +174,11 @@ def add_FlexAvatarServicer_to_server(servicer, server):
                     servicer.Animate,
                     request_deserializer=flexavatar__pb2.AnimateRequest.FromString,
                     response_serializer=flexavatar__pb2.AnimateResponse.SerializeToString,
+            ),
+            'FitAvatar': grpc.unary_stream_rpc_method_handler(
+                    servicer.FitAvatar,
+                    request_deserializer=flexavatar__pb2.FitAvatarRequest.FromString,
+                    response_serializer=flexavatar__pb2.FitAvatarResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -308,6 +343,33 @@ class FlexAvatar:
             '/flexavatar.v1.FlexAvatar/Animate',
             flexavatar__pb2.AnimateRequest.SerializeToString,
             flexavatar__pb2.AnimateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FitAvatar(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/flexavatar.v1.FlexAvatar/FitAvatar',
+            flexavatar__pb2.FitAvatarRequest.SerializeToString,
+            flexavatar__pb2.FitAvatarResponse.FromString,
             options,
             channel_credentials,
             insecure,

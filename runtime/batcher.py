@@ -1,19 +1,22 @@
-"""Dynamic batching: frames of concurrent streams -> ONE engine.decode call and ONE rasterize call per batch.
+"""The scheduler: frames of concurrent streams -> batches for the FrameRenderer (runtime/frames.py), formed by each
+frame's age and the GPU's predicted free time, with the GPU work pipelined.
 
-The batcher runs on the server's event loop and hands each batch to a single engine thread (engines and CUDA
-streams are not shared between threads). A batch starts with the first waiting frame, waits at most
-``max_wait_s`` for company (or until ``max_batch`` frames, or one frame of every open stream, are there),
-then renders. While a batch renders, the
-next frames collect, so under load batches fill up by themselves. Frames of different output resolutions in
-one batch share the decode call and get one rasterize call per resolution.
+Where things run:
+  event loop        ``submit`` (one job per frame), batch formation (``_run``), result delivery
+  "flexrt-gpu"      one thread: ``FrameRenderer.submit`` of each batch (enqueues GPU work, returns at once)
+  "flexrt-done"     one thread: ``Ticket.result`` of each batch in submission order (waits for the GPU, cuts bytes)
+  "flexrt-create"   one thread: avatar creation (``run_creation``), on its own low-priority CUDA stream
 
-Per batch, on the engine's device (B frames, G Gaussians):
-
-    codes [B,HT,D] (stacked device tensors) + expressions, cameras, backgrounds (one host->device copy)
-      -> engine.decode -> Gaussians [B,G,*]
-      -> sh_dc_to_rgb(colors) [B,G,3]
-      -> rasterize(..., viewmats [B,1,4,4], Ks [B,1,3,3], W, H, background [B,1,3]) -> rgb [B,1,H,W,3]
-      -> uint8 on the device -> ONE device->host copy [B,H,W,3]
+When a batch starts (the waiting frames are in arrival order; each session has at most ``max_in_flight`` frames
+here, so no stream can crowd out the others):
+  * at once when ``max_batch`` frames wait, or when the pipeline is empty and every open stream has a frame here
+    (nobody else can join), or when the pipeline is empty and the oldest frame has waited ``max_wait_s``;
+  * while batches are in flight: when the decode stage is predicted to be free within ``lead_s`` (the cost model
+    below), so frames keep joining the next batch while the GPU is busy, and the batch's decode is enqueued just
+    before the previous one ends (it then overlaps that batch's render); never more than ``slots`` batches in
+    flight (the renderer's pipeline depth).
+Cost model: a batch of n frames takes ``overhead + per_frame * n`` of decode-stage GPU time, both learnt from the
+measured times of finished batches (exponential moving averages).
 """
 from __future__ import annotations
 
@@ -24,48 +27,23 @@ from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-from .engines.base import EXPRESSION_DIM as _EXPR
-from .engines.base import Engine
+from .frames import BatchResult, EncodedFrame, FrameBatch, FrameRenderer
 from .session import FrameRequest, Session
 
 logger = logging.getLogger(__name__)
 
 
-def rgb_to_uint8(rgb: torch.Tensor) -> torch.Tensor:
-    """float rgb in [0,1] (any shape, any device) -> uint8, round half up, on the same device."""
-    return (rgb.clamp(0.0, 1.0) * 255.0 + 0.5).to(torch.uint8)
-
-
-def resolve_rasterizer(requested: str, engine: Engine) -> str:
-    """'auto' | 'cpu' | 'cupy' -> the rasterizer backend to use; raises RuntimeError when it cannot run."""
-    on_cuda = engine.device.type == "cuda"
-    if requested == "auto":
-        return "cupy" if on_cuda else "cpu"
-    if requested == "cupy":
-        if not on_cuda:
-            raise RuntimeError(f"rasterizer 'cupy' needs a CUDA engine, but the engine runs on {engine.device}")
-        try:
-            import cupy  # noqa: F401
-        except Exception as exc:
-            raise RuntimeError(f"rasterizer 'cupy' requested but CuPy cannot be imported ({exc}); "
-                               "install the gpu extra or use rasterizer='cpu'") from None
-        return "cupy"
-    if requested == "cpu":
-        if on_cuda:
-            logger.warning("rasterizer 'cpu' with a CUDA engine: every batch's Gaussians are copied to the host")
-        return "cpu"
-    raise ValueError(f"rasterizer must be 'auto', 'cpu' or 'cupy', got {requested!r}")
-
-
 @dataclass
 class RenderedFrame:
-    rgb: np.ndarray  # uint8 [H,W,3] on the host
-    queue_us: int  # frame received -> batch start
-    decode_us: int  # engine.decode of the batch
-    render_us: int  # rasterize + uint8 + device->host copy (all resolutions of the batch)
+    """One frame's outcome, handed back to its stream."""
+
+    frame: EncodedFrame
+    queue_us: int  # frame received -> its batch was handed to the GPU thread
+    decode_us: int  # the batch's decode stage (GPU time)
+    render_us: int  # the batch's render + encode + copy stage (GPU time)
+    encode_us: int  # host-side encoding of the batch (PNG, CPU JPEG)
     batch_size: int
 
 
@@ -76,48 +54,26 @@ class _Job:
     future: asyncio.Future
 
 
-class _StageClock:
-    """Stage timestamps without extra syncs: CUDA events on a GPU (read after the host copy, which syncs
-    anyway), perf_counter on the CPU."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        self.marks: list = []
-
-    def mark(self) -> None:
-        if self.cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            self.marks.append(event)
-        else:
-            self.marks.append(time.perf_counter())
-
-    def intervals_us(self) -> list[int]:
-        """Microseconds between consecutive marks (call after a synchronising host copy)."""
-        if self.cuda:
-            return [int(a.elapsed_time(b) * 1000) for a, b in zip(self.marks, self.marks[1:])]
-        return [int((b - a) * 1e6) for a, b in zip(self.marks, self.marks[1:])]
-
-
 class Batcher:
-    def __init__(self, engine: Engine, rasterizer: str, max_batch: int = 8, max_wait_s: float = 0.002,
-                 active_streams=None):
-        from flexrt.kernels import rasterize, sh_dc_to_rgb  # the rasterizer package (kernels/)
-
-        self.engine = engine
-        self.rasterizer = rasterizer
-        self.max_batch = int(max_batch)
+    def __init__(self, renderer: FrameRenderer, max_batch: int = 64, max_wait_s: float = 0.001,
+                 lead_s: float = 0.0015, active_streams=None, metrics=None):
+        self.renderer = renderer
+        self.max_batch = min(int(max_batch), renderer.max_batch)
         self.max_wait_s = float(max_wait_s)
-        # () -> number of open streams: the window is skipped once every stream has a frame waiting
-        self._active_streams = active_streams or (lambda: self.max_batch)
-        self._rasterize = rasterize
-        self._sh_dc_to_rgb = sh_dc_to_rgb
-        self._render_bufs: dict[tuple[int, int, int], tuple[torch.Tensor, ...]] = {}  # see _fixed_render_inputs
-        # One thread owns the engine: decode/encode/rasterize calls never run concurrently.
-        self.engine_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flexrt-engine")
+        self.lead_s = float(lead_s)
+        self.slots = len(renderer._slots) if renderer.on_gpu else 1
+        self._active_streams = active_streams or (lambda: self.max_batch)  # () -> open streams
+        self.metrics = metrics
+        self.gpu_executor = ThreadPoolExecutor(1, thread_name_prefix="flexrt-gpu")
+        self.done_executor = ThreadPoolExecutor(1, thread_name_prefix="flexrt-done")
+        self.create_executor = ThreadPoolExecutor(1, thread_name_prefix="flexrt-create")
         self._waiting: deque[_Job] = deque()
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
+        self._in_flight = 0  # batches handed to the GPU thread and not finished
+        self._busy_until = 0.0  # loop time at which the GPU is predicted to be free
+        self.overhead_s = 0.0005  # cost model, learnt from finished batches
+        self.per_frame_s = 0.001
         # counters (event-loop thread only)
         self.batches = 0
         self.frames_rendered = 0
@@ -140,19 +96,30 @@ class Batcher:
             job = self._waiting.popleft()
             if not job.future.done():
                 job.future.cancel()
-        await asyncio.get_running_loop().run_in_executor(None, self.engine_executor.shutdown, True)
+        loop = asyncio.get_running_loop()
+        for ex in (self.gpu_executor, self.done_executor, self.create_executor):
+            await loop.run_in_executor(None, ex.shutdown, True)
 
     @property
     def waiting(self) -> int:
         return len(self._waiting)
 
-    async def run_on_engine(self, fn, *args):
-        """Run ``fn(*args)`` on the engine thread (avatar creation uses this too)."""
-        return await asyncio.get_running_loop().run_in_executor(self.engine_executor, fn, *args)
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    async def run_on_gpu_thread(self, fn, *args):
+        """Run ``fn(*args)`` on the thread that submits GPU work (warm-up and captures use this)."""
+        return await asyncio.get_running_loop().run_in_executor(self.gpu_executor, fn, *args)
+
+    async def run_creation(self, fn, *args):
+        """Run ``fn(*args)`` (avatar creation, fitting) on its own thread; it puts its GPU work on a low-priority
+        stream itself, so live frames go first."""
+        return await asyncio.get_running_loop().run_in_executor(self.create_executor, fn, *args)
 
     # ---- submission ----
     def submit(self, session: Session, frame: FrameRequest) -> asyncio.Future:
-        """-> future of RenderedFrame. A session has at most one frame here at a time (see session.py)."""
+        """-> future of RenderedFrame."""
         future = asyncio.get_running_loop().create_future()
         self._waiting.append(_Job(session, frame, future))
         session.in_flight += 1
@@ -164,22 +131,32 @@ class Batcher:
         self._wakeup.set()
         return future
 
-    # ---- the loop ----
+    # ---- batch formation ----
+    def _ready_in(self, now: float) -> float:
+        """0 when a batch should start now, else the seconds to wait before looking again (inf: until woken)."""
+        n = len(self._waiting)
+        if n == 0 or self._in_flight >= self.slots:
+            return float("inf")
+        if n >= self.max_batch:
+            return 0.0
+        if self._in_flight == 0:
+            if len({id(j.session) for j in self._waiting}) >= self._active_streams():
+                return 0.0  # every open stream has a frame here: nobody else can join
+            age = (time.perf_counter_ns() - self._waiting[0].frame.received_ns) / 1e9
+            return max(0.0, self.max_wait_s - age)
+        return max(0.0, self._busy_until - self.lead_s - now)
+
     async def _take_batch(self) -> list[_Job]:
         loop = asyncio.get_running_loop()
-        while not self._waiting:
-            self._wakeup.clear()
-            await self._wakeup.wait()
-        deadline = loop.time() + self.max_wait_s
-        while len(self._waiting) < min(self.max_batch, self._active_streams()):
-            remaining = deadline - loop.time()
-            if remaining <= 0:
+        while True:
+            wait = self._ready_in(loop.time())
+            if wait == 0.0:
                 break
             self._wakeup.clear()
             try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
+                await asyncio.wait_for(self._wakeup.wait(), None if wait == float("inf") else wait)
             except asyncio.TimeoutError:
-                break
+                pass
         jobs = []
         while self._waiting and len(jobs) < self.max_batch:
             job = self._waiting.popleft()
@@ -193,99 +170,81 @@ class Batcher:
             jobs = await self._take_batch()
             if not jobs:
                 continue
+            now = loop.time()
+            self._busy_until = max(now, self._busy_until) + self.overhead_s + self.per_frame_s * len(jobs)
+            self._in_flight += 1
             start_ns = time.perf_counter_ns()
+            batch = FrameBatch(
+                avatar_codes=[j.session.avatar_code for j in jobs],
+                expression_codes=_stack([j.frame.expression for j in jobs]),
+                viewmats=_stack([j.frame.viewmat for j in jobs]),
+                intrinsics=_stack([j.frame.K for j in jobs]),
+                backgrounds=_stack([j.session.background for j in jobs]),
+                sizes=[(j.session.width, j.session.height) for j in jobs],
+                encodings=[j.session.encoding for j in jobs],
+                qualities=[j.session.quality for j in jobs])
             try:
-                frames = await loop.run_in_executor(self.engine_executor, self._render, jobs)
-            except asyncio.CancelledError:
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.cancel()
-                raise
+                ticket = await loop.run_in_executor(self.gpu_executor, self.renderer.submit, batch)
             except Exception as exc:
-                logger.exception("rendering a batch of %d frames failed", len(jobs))
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(RuntimeError(f"rendering failed: {type(exc).__name__}: {exc}"))
+                self._in_flight -= 1
+                self._fail(jobs, exc)
                 continue
-            self.batches += 1
-            self.frames_rendered += len(jobs)
-            self.batch_sizes[len(jobs)] += 1
-            for job, (rgb, decode_us, render_us) in zip(jobs, frames):
-                if job.future.done():
-                    continue
-                queue_us = max(0, (start_ns - job.frame.received_ns) // 1000)
-                job.future.set_result(RenderedFrame(rgb, int(queue_us), decode_us, render_us, len(jobs)))
+            done = loop.run_in_executor(self.done_executor, ticket.result)
+            done.add_done_callback(lambda f, jobs=jobs, start_ns=start_ns: self._deliver(jobs, start_ns, f))
 
-    # ---- engine thread ----
-    @torch.inference_mode()
-    def _fixed_render_inputs(self, n: int, width: int, height: int, args: tuple) -> tuple:
-        """Copy this batch's render inputs into buffers kept per (batch size, W, H), SH-DC -> RGB on the way.
+    def _deliver(self, jobs: list[_Job], start_ns: int, f: asyncio.Future) -> None:
+        self._in_flight -= 1
+        loop = asyncio.get_running_loop()
+        if self._in_flight == 0:
+            self._busy_until = loop.time()
+        self._wakeup.set()
+        if f.cancelled():
+            for job in jobs:
+                if not job.future.done():
+                    job.future.cancel()
+            return
+        if f.exception() is not None:
+            self._fail(jobs, f.exception())
+            return
+        result: BatchResult = f.result()
+        self._learn(result)
+        self.batches += 1
+        self.frames_rendered += len(jobs)
+        self.batch_sizes[len(jobs)] += 1
+        if self.metrics is not None:
+            self.metrics.batch(result)
+        for job, frame in zip(jobs, result.frames):
+            if job.future.done():
+                continue
+            queue_us = max(0, (start_ns - job.frame.received_ns) // 1000)
+            job.future.set_result(RenderedFrame(frame, int(queue_us), result.decode_us, result.render_us,
+                                                result.cpu_encode_us, result.batch_size))
 
-        The CuPy rasterizer replays a captured CUDA graph when it sees the same shapes at the same addresses
-        (kernels/_cupy_backend.py): fixed buffers make every batch of a bucket such a frame, which removes the
-        launch cost of the render (~0.3 ms host time per call on an H100) for the price of 8 device copies."""
-        key = (n, width, height)
-        bufs = self._render_bufs.get(key)
-        if bufs is None:
-            bufs = self._render_bufs[key] = tuple(torch.empty_like(t, memory_format=torch.contiguous_format)
-                                                  for t in args)
-        for i, (dst, src) in enumerate(zip(bufs, args)):
-            if i == 4:
-                self._sh_dc_to_rgb(src, out=dst)  # [n, G, 3] raw SH-DC -> RGB
-            else:
-                dst.copy_(src)
-        return bufs
+    def _learn(self, result: BatchResult) -> None:
+        gpu_s = result.decode_us / 1e6
+        n = result.batch_size
+        a = 0.2
+        if n >= 4:
+            self.per_frame_s = (1 - a) * self.per_frame_s + a * max(1e-5, (gpu_s - self.overhead_s) / n)
+        else:
+            self.overhead_s = (1 - a) * self.overhead_s + a * max(1e-5, gpu_s - self.per_frame_s * n)
 
-    def _render(self, jobs: list[_Job]) -> list[tuple[np.ndarray, int, int]]:
-        engine = self.engine
-        device = engine.device
-        b = len(jobs)
-        clock = _StageClock(device)
-        codes = torch.stack([job.session.avatar_code for job in jobs])  # [B,HT,D], already on the device
-        # every per-frame host input in one array -> ONE host->device copy:
-        # [B, 135 expression | 16 viewmat | 9 pixel K | 3 background] float32, validated on the host
-        host_inputs = np.stack([
-            np.concatenate([job.frame.expression, job.frame.viewmat.reshape(16), job.frame.K.reshape(9),
-                            job.session.background]) for job in jobs
-        ]).astype(np.float32, copy=False)
-        inputs = torch.from_numpy(host_inputs).to(device, non_blocking=True)  # [B,163]
-        clock.mark()
-        gaussians = engine.decode(codes, inputs[:, :_EXPR].contiguous())  # attributes [B,G,*]
-        clock.mark()
-        if self.rasterizer == "cpu" and device.type != "cpu":
-            gaussians = gaussians.map(lambda t: t.cpu())  # resolve_rasterizer warned about this at start
-            inputs = torch.from_numpy(host_inputs)
-        raster_device = gaussians.positions.device
+    def _fail(self, jobs: list[_Job], exc: BaseException) -> None:
+        logger.error("rendering a batch of %d frames failed: %s: %s", len(jobs), type(exc).__name__, exc)
+        for job in jobs:
+            if not job.future.done():
+                job.future.set_exception(RuntimeError(f"rendering failed: {type(exc).__name__}"))
 
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, job in enumerate(jobs):
-            groups.setdefault((job.session.width, job.session.height), []).append(i)
-        images_u8 = []  # (indices, uint8 [b,H,W,3] on the device)
-        for (width, height), idx in groups.items():
-            if len(idx) == b:
-                g, cams = gaussians, inputs
-            else:
-                sel = torch.tensor(idx, device=raster_device)
-                g = gaussians.map(lambda t: t.index_select(0, sel))
-                cams = inputs.index_select(0, sel)
-            n = len(idx)
-            viewmats = cams[:, _EXPR:_EXPR + 16].reshape(n, 1, 4, 4).contiguous()  # [b,1,4,4] world-to-camera
-            Ks = cams[:, _EXPR + 16:_EXPR + 25].reshape(n, 1, 3, 3).contiguous()  # [b,1,3,3] pixel intrinsics
-            background = cams[:, _EXPR + 25:].reshape(n, 1, 3).contiguous()  # [b,1,3]
-            args = (g.positions, g.rotations, g.scales, g.opacities[..., 0], g.colors, viewmats, Ks, background)
-            if self.rasterizer == "cupy":
-                args = self._fixed_render_inputs(n, width, height, args)
-            else:
-                args = args[:4] + (self._sh_dc_to_rgb(g.colors),) + args[5:]
-            rgb, _alpha = self._rasterize(
-                *args[:7], width, height, background=args[7], backend=self.rasterizer,
-            )  # rgb [b,1,H,W,3]
-            images_u8.append((idx, rgb_to_uint8(rgb[:, 0])))  # [b,H,W,3] uint8, still on the device
-        host = [(idx, u8.cpu().numpy()) for idx, u8 in images_u8]  # one device->host copy per resolution
-        clock.mark()
-        decode_us, render_us = clock.intervals_us()
-        out: list = [None] * b
-        for idx, arr in host:
-            for k, i in enumerate(idx):
-                out[i] = (arr[k], decode_us, render_us)
-        return out
+
+def _stack(arrays):
+    import numpy as np
+
+    return np.stack(arrays).astype(np.float32, copy=False)
+
+
+def low_priority_stream(device: torch.device):
+    """A CUDA stream below the live frames' priority (avatar creation, fitting); None on the CPU."""
+    if device.type != "cuda":
+        return None
+    lo, _hi = torch.cuda.Stream.priority_range()
+    return torch.cuda.Stream(device, priority=lo)

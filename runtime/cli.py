@@ -1,28 +1,49 @@
-"""`flexavatar serve | stream | demo`.
+"""`flexavatar serve | stream | demo | avatars`.
 
     flexavatar serve --engines engines/ [--backend auto] [--device auto] [--port 50051] [--store avatars/]
     flexavatar serve --model tiny                       # a TorchEngine straight from a preset (no export)
-    flexavatar stream --server 127.0.0.1:50051 --avatar ID --sequence seq.npz --out frames/ [--fps 30]
+    flexavatar avatars create --image photo.png [--camera-npz cam.npz] [--name NAME]   # prints the avatar id
+    flexavatar avatars create --npy code.npy | list | get ID | delete ID
+    flexavatar avatars fit --inputs a_input.npz b_input.npz [--init ID] [--steps 200]    # FitAvatar; prints the id
+    flexavatar stream --avatar ID --sequence seq.npz|synthetic --out frames/|video.mp4 [--fps 30]
     flexavatar demo [--out demo_out] [--checkpoint ckpt.pt] [--device auto] [--width 128 --height 128]
+
+Every command ends with one line "error: ..." (exit code 1) for a mistake it can name: a missing or malformed
+file, an unreachable server, an unknown avatar, a port in use. --debug shows the traceback instead.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import logging
 import os
+import shutil
+import socket
+import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .sequences import (  # noqa: F401  (re-exported: flexrt.runtime.cli.load_sequence etc. are public)
+    Sequence,
+    load_sequence,
+    neutral_expression,
+    save_sequence,
+    synthetic_sequence,
+)
 
 logger = logging.getLogger("flexrt.runtime.cli")
 
 DEMO_PHOTO = "marble_sculpture"
 DEMO_SEQUENCE = "EMO-1-shout+laugh"
 BACKENDS = ("auto", "onnxruntime", "torch", "tensorrt")
+DEFAULT_SERVER = "127.0.0.1:50051"
+MiB = 1 << 20
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -65,9 +86,23 @@ def find_shared_dir() -> Path | None:
     return None
 
 
+def _need_file(path: str | None, flag: str) -> Path | None:
+    """A path the user named must exist: one clear line before any slow step otherwise."""
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.exists():
+        raise SystemExit(f"error: {flag} {path}: no such file or directory")
+    return p
+
+
 def _read_token(args) -> str | None:
     if getattr(args, "token_file", None):
-        return Path(args.token_file).read_text().strip()
+        path = _need_file(args.token_file, "--token-file")
+        token = path.read_text().strip()
+        if not token:
+            raise SystemExit(f"error: --token-file {args.token_file} is empty")
+        return token
     if getattr(args, "token_env", None):
         value = os.environ.get(args.token_env)
         if not value:
@@ -78,56 +113,81 @@ def _read_token(args) -> str | None:
 
 def _add_auth_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token-file", help="file holding the bearer token (tokens never go on the command line)")
-    p.add_argument("--token-env", help="environment variable holding the bearer token")
+    p.add_argument("--token-env", metavar="VAR", help="environment variable holding the bearer token")
 
 
-@dataclass
-class Sequence:
-    expressions: np.ndarray  # [T,135] float32
-    cam2world: np.ndarray | None  # [T,4,4] OpenCV head-centric
-    intrinsics: np.ndarray | None  # [T,3,3] normalised
-    name: str
+def _add_client_args(p: argparse.ArgumentParser) -> None:
+    """How a client command reaches a server: address, auth, TLS."""
+    p.add_argument("--server", default=DEFAULT_SERVER, metavar="HOST:PORT",
+                   help="the flexavatar server (the default is where `flexavatar serve` listens)")
+    _add_auth_args(p)
+    p.add_argument("--tls-ca", help="PEM of the CA that signed the server certificate (enables TLS)")
+    p.add_argument("--tls-server-name", help="name to check in the server certificate instead of the host in --server")
 
 
-def load_sequence(path: str | Path) -> Sequence:
-    """A driving sequence .npz: expression_codes [T,135]; optional cam2world_head_centric [T,4,4] and pixel
-    intrinsics [T,3,3] for image_size (default 512x512), converted here to normalised intrinsics."""
-    with np.load(path) as z:
-        if "expression_codes" not in z.files:
-            raise SystemExit(f"error: {path} has no 'expression_codes' array (found {sorted(z.files)})")
-        expressions = np.asarray(z["expression_codes"], dtype=np.float32)
-        cam2world = np.asarray(z["cam2world_head_centric"], dtype=np.float32) if "cam2world_head_centric" in z.files else None
-        intrinsics = None
-        if cam2world is not None and "intrinsics" in z.files:
-            size = z["image_size"] if "image_size" in z.files else np.array([512, 512])
-            intrinsics = np.asarray(z["intrinsics"], dtype=np.float32).copy()
-            intrinsics[:, 0, :] /= float(size[1])  # row 0 (fx, 0, cx) / width; image_size is (H, W)
-            intrinsics[:, 1, :] /= float(size[0])  # row 1 (0, fy, cy) / height
-            intrinsics[:, 2, :] = (0.0, 0.0, 1.0)
-    if expressions.ndim != 2 or expressions.shape[1] != 135:
-        raise SystemExit(f"error: {path}: expression_codes must be [T,135], got {list(expressions.shape)}")
-    return Sequence(expressions, cam2world, intrinsics, Path(path).stem)
+def _add_common_args(p: argparse.ArgumentParser, log_level: str) -> None:
+    p.add_argument("--log-level", default=log_level, choices=("debug", "info", "warning", "error"),
+                   help="log verbosity")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error instead of one line")
 
 
-def neutral_expression() -> np.ndarray:
-    """Zeros with the identity 6D rotation [1,0,0,0,1,0] in the eyes (x2), neck, jaw and global-rotation slots."""
-    code = np.zeros(135, dtype=np.float32)
-    for start in (100, 106, 114, 120, 126):
-        code[start:start + 6] = (1, 0, 0, 0, 1, 0)
-    return code
+def _client(args):
+    from .client import FlexAvatarClient
+
+    _need_file(getattr(args, "tls_ca", None), "--tls-ca")
+    return FlexAvatarClient(args.server, token=_read_token(args), tls_root_cert=args.tls_ca,
+                            tls_server_name=args.tls_server_name)
 
 
-def synthetic_sequence(frames: int, fps: float = 30.0) -> Sequence:
-    """A procedural driving sequence: the neutral code plus smooth sinusoids on exp[0:10] and a jaw that opens
-    and closes (rotation about x, first two rows of the matrix as the 6D code)."""
-    t = np.arange(frames, dtype=np.float32) / fps  # seconds
-    codes = np.repeat(neutral_expression()[None], frames, axis=0)  # [T,135]
-    k = np.arange(10, dtype=np.float32)
-    codes[:, 0:10] = 1.5 * np.sin(2 * np.pi * (0.3 + 0.07 * k)[None] * t[:, None] + k[None])  # [T,10]
-    angle = 0.15 * (1 - np.cos(2 * np.pi * 0.5 * t))  # [T] jaw opening, 0 .. 0.3 rad
-    c, s = np.cos(angle), np.sin(angle)
-    codes[:, 120:126] = np.stack([np.ones_like(c), 0 * c, 0 * c, 0 * c, c, -s], axis=1)
-    return Sequence(codes.astype(np.float32), None, None, "synthetic")
+def _rpc_error_line(err, server: str) -> str:
+    """A failed call -> one line naming the server, the status and what to do."""
+    import grpc
+
+    code, details = err.code(), (err.details() or "").strip()
+    if code == grpc.StatusCode.UNAVAILABLE and ("connect" in details.lower() or "dns" in details.lower()):
+        return (f"cannot reach a flexavatar server at {server} ({details.splitlines()[0] if details else 'UNAVAILABLE'})"
+                "; is `flexavatar serve` running there, on that port?")
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return f"{server}: {details}; pass the server's token with --token-file or --token-env"
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED and not details:
+        details = "no answer in time"
+    return f"{server}: {code.name}: {details}"
+
+
+def _one_line_errors(command):
+    """User mistakes and server refusals -> 'error: ...' on stderr and exit code 1 (130 for Ctrl-C); the
+    traceback only with --debug."""
+
+    @functools.wraps(command)
+    def run(args) -> int:
+        import grpc
+
+        debug = getattr(args, "debug", False)
+        try:
+            return command(args)
+        except KeyboardInterrupt:
+            if debug:
+                raise
+            print("interrupted", file=sys.stderr)
+            return 130
+        except grpc.RpcError as err:
+            if debug or not hasattr(err, "code"):
+                raise
+            print(f"error: {_rpc_error_line(err, getattr(args, 'server', 'the server'))}", file=sys.stderr)
+            return 1
+        except (ValueError, OSError, RuntimeError) as exc:  # the library's errors say what was expected
+            if debug:
+                raise
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        except Exception as exc:
+            if debug:
+                raise
+            print(f"error: unexpected {type(exc).__name__}: {exc} (run again with --debug for the traceback)",
+                  file=sys.stderr)
+            return 1
+
+    return run
 
 
 def synthetic_photo(size: int = 512) -> np.ndarray:
@@ -148,46 +208,101 @@ def synthetic_photo(size: int = 512) -> np.ndarray:
     return np.asarray(image)
 
 
-class FrameWriter:
-    """Writes frames to a folder of PNGs, or to an .mp4 when imageio with its ffmpeg plugin is installed."""
+# ---------------------------------------------------------------------------------------------------------
+# writing frames
+# ---------------------------------------------------------------------------------------------------------
 
-    def __init__(self, out: str | Path, fps: float):
+def _ffmpeg_exe() -> str | None:
+    """The ffmpeg of the imageio-ffmpeg wheel (the `video` extra), else one on PATH."""
+    try:
+        import imageio_ffmpeg
+
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except Exception:  # not installed, or its binary missing
+        return shutil.which("ffmpeg")
+
+
+class FrameWriter:
+    """Writes frames to a folder of PNGs (frame_00000.png, ... numbered without gaps) or to an H.264 .mp4.
+
+    An .mp4 goes through an ffmpeg process that is started here, before any frame arrives, and without fork():
+    subprocess.Popen without preexec_fn creates the child with vfork()/posix_spawn, which run no fork handlers.
+    (imageio-ffmpeg's writer passes preexec_fn=os.setpgrp, which forces a real fork(); in a process where gRPC's
+    threads are running, gRPC's fork handlers then run around it -- "Other threads are currently calling into
+    gRPC, skipping fork() handlers" -- and the run could end in BrokenPipeError on ffmpeg's stdin.)"""
+
+    def __init__(self, out: str | Path, fps: float, width: int, height: int):
         self.out = Path(out)
         self.mp4 = self.out.suffix.lower() == ".mp4"
-        self._video = None
-        if self.mp4:
-            try:
-                import imageio.v2 as imageio
-                import imageio_ffmpeg  # noqa: F401
-            except ImportError:
-                raise SystemExit(f"error: writing {self.out} needs imageio and imageio-ffmpeg "
-                                 "(pip install imageio imageio-ffmpeg); or pass a folder to get PNG frames") from None
-            self.out.parent.mkdir(parents=True, exist_ok=True)
-            # H.264 at the stream's rate; macro_block_size=1 keeps sizes that are not multiples of 16 as they are
-            self._video = imageio.get_writer(self.out, fps=fps, codec="libx264", macro_block_size=1)
-        else:
+        self.width, self.height = width, height
+        self.count = 0
+        self._ffmpeg: subprocess.Popen | None = None
+        if not self.mp4:
+            if self.out.exists() and not self.out.is_dir():
+                raise SystemExit(f"error: --out {self.out} is a file; give a folder for PNG frames or a .mp4 path")
             self.out.mkdir(parents=True, exist_ok=True)
+            return
+        exe = _ffmpeg_exe()
+        if exe is None:
+            raise SystemExit(f"error: writing {self.out} needs ffmpeg: pip install imageio-ffmpeg (the `video` extra) "
+                             "or put ffmpeg on PATH; or pass a folder to get PNG frames")
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self._log = tempfile.TemporaryFile()  # ffmpeg's messages, shown when it fails
+        command = [
+            exe, "-hide_banner", "-loglevel", "error", "-y",
+            "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", f"{fps:g}", "-i", "-",
+            # H.264 in yuv420p (what players expect) needs even sizes: odd ones get one white pixel row/column
+            "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2:color=white", "-c:v", "libx264", "-pix_fmt", "yuv420p",
+            "-movflags", "+faststart", str(self.out),
+        ]
+        # start_new_session: Ctrl-C reaches only this process, which then closes ffmpeg's input so the file is
+        # finished (setsid in the child still allows vfork)
+        self._ffmpeg = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log,
+                                        start_new_session=True)
 
-    def write(self, index: int, result) -> None:
-        if self._video is not None:
-            self._video.append_data(result.image)  # uint8 [H,W,3]
+    def write(self, result) -> None:
+        """The next frame (an AnimateResult); frames are numbered in the order they are written."""
+        if (result.width, result.height) != (self.width, self.height):
+            raise RuntimeError(f"frame {result.sequence} is {result.width}x{result.height}, expected "
+                               f"{self.width}x{self.height}")
+        if self._ffmpeg is not None:
+            try:
+                self._ffmpeg.stdin.write(np.ascontiguousarray(result.image, dtype=np.uint8).tobytes())  # [H,W,3]
+            except BrokenPipeError:
+                self.close()  # raises with ffmpeg's own message when it failed
+                raise RuntimeError(f"ffmpeg stopped reading frames for {self.out}") from None
         elif result.encoding == "png":
-            (self.out / f"frame_{index:05d}.png").write_bytes(result.data)  # already PNG
+            (self.out / f"frame_{self.count:05d}.png").write_bytes(result.data)  # already PNG
         else:
             from PIL import Image
 
-            Image.fromarray(result.image).save(self.out / f"frame_{index:05d}.png", compress_level=1)
+            Image.fromarray(result.image).save(self.out / f"frame_{self.count:05d}.png", compress_level=1)
+        self.count += 1
 
     def close(self) -> None:
-        if self._video is not None:
-            self._video.close()
-            self._video = None
+        """Finish the file; raises RuntimeError with ffmpeg's last message when it failed."""
+        if self._ffmpeg is None:
+            return
+        ffmpeg, self._ffmpeg = self._ffmpeg, None
+        with contextlib.suppress(BrokenPipeError):
+            ffmpeg.stdin.close()
+        if ffmpeg.wait(timeout=120) != 0:
+            self._log.seek(0)
+            lines = self._log.read().decode(errors="replace").strip().splitlines()
+            raise RuntimeError(f"ffmpeg failed writing {self.out} (exit code {ffmpeg.returncode}): "
+                               f"{lines[-1] if lines else 'no message'}")
+        self._log.close()
 
 
 def stream_sequence(client, avatar_id: str, sequence: Sequence, out: str | Path, *, width: int, height: int,
-                    fps: float, encoding: str, camera: str, frames: int | None, max_in_flight: int | None,
-                    progress: bool = True) -> tuple[list, dict]:
-    """Stream a sequence, write its frames; -> (results, latency summary)."""
+                    fps: float, encoding: str, camera: str, frames: int | None, max_in_flight: int | None = 1,
+                    progress: bool = True, writer: FrameWriter | None = None) -> tuple[list, dict]:
+    """Stream a sequence and write its frames; -> (results, latency summary).
+
+    max_in_flight 1 (the default) is lossless: the next frame is sent once the previous one has arrived, so the
+    server never holds two frames of this stream and never drops one (latest wins only drops a frame that waits
+    while a newer one arrives). With more in flight, or a server --max-stream-fps, frames can be dropped: they are
+    reported on stderr and in the summary ("dropped_sequences"), and the files stay numbered without gaps."""
     from tqdm.auto import tqdm
 
     from .client import FrameInput, latency_summary
@@ -205,19 +320,37 @@ def stream_sequence(client, avatar_id: str, sequence: Sequence, out: str | Path,
             else:
                 yield FrameInput(sequence.expressions[i])
 
-    writer = FrameWriter(out, fps or 30.0)  # fails before streaming when an .mp4 cannot be written
+    writer = writer or FrameWriter(out, fps or 30.0, width, height)  # an .mp4's ffmpeg starts here
     results = []
+    # the bar only on a terminal (None = tqdm's check), and it does not stay behind an error message
+    bar = tqdm(total=count, desc="stream", unit="frame", disable=None if progress else True, file=sys.stderr)
     try:
-        with tqdm(total=count, desc="stream", unit="frame", disable=not progress, file=sys.stderr) as bar:
-            for result in client.animate(avatar_id, inputs(), width, height, encoding=encoding, fps=fps or None,
-                                         max_in_flight=max_in_flight):
-                writer.write(result.sequence, result)
-                results.append(result)
-                bar.update(result.sequence + 1 - bar.n)
-                bar.set_postfix(ms=f"{result.latency_us / 1000:.1f}", dropped=result.dropped)
+        for result in client.animate(avatar_id, inputs(), width, height, encoding=encoding, fps=fps or None,
+                                     max_in_flight=max_in_flight):
+            writer.write(result)
+            results.append(result)
+            bar.update(result.sequence + 1 - bar.n)
+            bar.set_postfix(ms=f"{result.latency_us / 1000:.1f}", dropped=result.dropped)
+        bar.close()
+    except BaseException:
+        bar.leave = False
+        bar.close()
+        if results:
+            print(f"stream ended early: {len(results)} of {count} frames arrived and were written to {out}",
+                  file=sys.stderr)
+        raise
     finally:
         writer.close()
-    return results, latency_summary(results)
+    summary = latency_summary(results)
+    received = {r.sequence for r in results}
+    summary["dropped_sequences"] = [s for s in range(count) if s not in received]
+    if summary["dropped_sequences"]:
+        dropped = summary["dropped_sequences"]
+        shown = ", ".join(map(str, dropped[:10])) + (", ..." if len(dropped) > 10 else "")
+        print(f"WARNING: the server dropped {len(dropped)} of {count} frames (sequences {shown}); {out} has the "
+              f"{len(results)} that arrived, numbered without gaps. --max-in-flight 1 sends each frame after the "
+              "previous one arrived and loses none.", file=sys.stderr)
+    return results, summary
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -252,17 +385,54 @@ def _server_config(args):
 
     return ServerConfig(
         host=args.host, port=args.port, store_dir=args.store, max_width=args.max_size, max_height=args.max_size,
-        max_streams=args.max_streams, max_stream_fps=args.max_stream_fps, max_batch_size=args.max_batch,
-        max_batch_wait_ms=args.max_batch_wait_ms, rasterizer=args.rasterizer, auth_token=_read_token(args),
-        tls_cert=args.tls_cert, tls_key=args.tls_key, shutdown_grace_s=args.grace, shutdown_drain_s=args.drain,
+        max_streams=args.max_streams, max_pending_streams=args.max_pending_streams,
+        config_timeout_s=args.config_timeout, stream_idle_timeout_s=args.idle_timeout,
+        max_message_bytes=int(args.max_message_mib * MiB), max_stream_fps=args.max_stream_fps,
+        max_stream_messages_per_s=args.max_stream_messages_per_s, max_avatars=args.max_avatars,
+        max_store_bytes=int(args.max_store_mib * MiB), max_photo_pixels=int(args.max_photo_megapixels * 1e6),
+        photo_workers=args.photo_workers, max_concurrent_creates=args.max_concurrent_creates,
+        max_batch_size=args.max_batch, max_batch_wait_ms=args.max_batch_wait_ms, encode_workers=args.encode_workers,
+        pipeline_slots=args.pipeline_slots, jpeg=args.jpeg, metrics_port=args.metrics_port, web_port=args.web_port,
+        rasterizer=args.rasterizer, auth_token=_read_token(args), tls_cert=args.tls_cert, tls_key=args.tls_key,
+        shutdown_grace_s=args.grace, shutdown_drain_s=args.drain,
+        max_fit_observations=args.max_fit_observations, max_fit_resolution=args.max_fit_resolution,
+        max_fit_steps=args.max_fit_steps, fit_preview_every=args.fit_preview_every,
+        max_concurrent_fits=args.max_concurrent_fits, fit_dino_loss_weights=args.fit_dino_loss_weights,
     ).validate()
 
 
-def cmd_serve(args) -> int:
-    from .server import serve
+def _check_port_free(host: str, port: int) -> None:
+    """One clear line when the port is taken, before the engine is built (gRPC alone only logs it)."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise SystemExit(f"error: --host {host}: cannot resolve it ({exc.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does: only a live listener conflicts
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == 98:  # EADDRINUSE
+                raise SystemExit(f"error: port {port} on {host} is already in use (another flexavatar serve?); "
+                                 "stop it or pick another --port") from None
+            raise SystemExit(f"error: cannot listen on {host}:{port}: {exc.strerror}") from None
 
+
+def cmd_serve(args) -> int:
     _setup_logging(args.log_level)
-    config = _server_config(args)
+    for path, flag in ((args.engines, "--engines"), (args.checkpoint, "--checkpoint"), (args.dinov2, "--dinov2"),
+                       (args.template, "--template"), (args.tls_cert, "--tls-cert"), (args.tls_key, "--tls-key"),
+                       (args.fit_dino_loss_weights, "--fit-dino-loss-weights")):
+        _need_file(path, flag)
+    config = _server_config(args)  # every limit checked before the (slow) engine build
+    _check_port_free(config.host, config.port)
+    if config.web_port is not None:
+        _check_port_free(config.host, config.web_port)
+    from .server import serve  # torch and the model: after every cheap check
+
     engine = build_engine(args)
     serve(engine, config, ready=lambda port: print(f"flexavatar server listening on {config.host}:{port}", flush=True))
     return 0
@@ -272,23 +442,29 @@ def cmd_serve(args) -> int:
 # stream
 # ---------------------------------------------------------------------------------------------------------
 
-def _client(args):
-    from .client import FlexAvatarClient
-
-    return FlexAvatarClient(args.server, token=_read_token(args), tls_root_cert=args.tls_ca,
-                            tls_server_name=args.tls_server_name)
-
-
 def cmd_stream(args) -> int:
     from .client import format_latency_table
+    from .store import is_valid_avatar_id
 
     _setup_logging(args.log_level)
-    sequence = load_sequence(args.sequence)
-    with _client(args) as client:
+    # everything local is checked before the server is contacted, and an .mp4's ffmpeg starts before gRPC does
+    if not is_valid_avatar_id(args.avatar):
+        raise SystemExit(f"error: --avatar {args.avatar!r} is not an avatar id (32 lowercase hex characters, as "
+                         "`flexavatar avatars create` and `avatars list` print them)")
+    if args.frames is not None and args.frames < 1:
+        raise SystemExit(f"error: --frames must be >= 1, got {args.frames}")
+    sequence = load_sequence(args.sequence, frames=args.frames, cameras=args.camera == "sequence")
+    writer = FrameWriter(args.out, args.fps or 30.0, args.width, args.height)
+    try:
+        client = _client(args)
+    except BaseException:
+        writer.close()
+        raise
+    with client:
         results, summary = stream_sequence(
             client, args.avatar, sequence, args.out, width=args.width, height=args.height, fps=args.fps,
             encoding=args.encoding, camera=args.camera, frames=args.frames,
-            max_in_flight=args.max_in_flight or None, progress=not args.no_progress)
+            max_in_flight=args.max_in_flight or None, progress=not args.no_progress, writer=writer)
     print(format_latency_table(summary))
     print(f"wrote {len(results)} frames to {args.out}")
     if args.latency_json:
@@ -297,55 +473,189 @@ def cmd_stream(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# avatars
+# ---------------------------------------------------------------------------------------------------------
+
+def _avatar_dict(avatar) -> dict:
+    return {"avatar_id": avatar.avatar_id, "name": avatar.name, "source": avatar.source,
+            "num_head_tokens": avatar.num_head_tokens, "hidden_dim": avatar.hidden_dim,
+            "created_unix_s": avatar.created_unix_s, "model": avatar.model}
+
+
+def _avatar_line(avatar) -> str:
+    from .limits import log_safe
+
+    created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(avatar.created_unix_s))
+    return (f"{avatar.avatar_id}  {created}  {avatar.source:<5}  [{avatar.num_head_tokens},{avatar.hidden_dim}]  "
+            f"{log_safe(avatar.name or '-', 40)}  {log_safe(avatar.model, 60)}")
+
+
+def _check_id(avatar_id: str) -> str:
+    from .store import is_valid_avatar_id
+
+    if not is_valid_avatar_id(avatar_id):
+        raise SystemExit(f"error: {avatar_id!r} is not an avatar id (32 lowercase hex characters, as "
+                         "`flexavatar avatars list` prints them)")
+    return avatar_id
+
+
+def _read_photo(path: str) -> bytes:
+    """The photo's bytes, after the checks the server makes from the image header (PNG/JPEG, square)."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    from .codec import check_image_header
+
+    data = _need_file(path, "--image").read_bytes()
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            check_image_header(image, max_pixels=2**62, square=True)
+    except UnidentifiedImageError:
+        raise SystemExit(f"error: --image {path}: not a PNG or JPEG image") from None
+    except ValueError as exc:
+        raise SystemExit(f"error: --image {path}: {exc}") from None
+    return data
+
+
+def _read_camera(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """--camera-npz: input_cam2world [4,4] and input_intrinsics_normalized [3,3] (the reference
+    <photo>_input.npz layout; docs/SEQUENCES.md)."""
+    try:
+        with np.load(_need_file(path, "--camera-npz"), allow_pickle=False) as z:
+            c2w = np.asarray(z["input_cam2world"], dtype=np.float32)
+            K = np.asarray(z["input_intrinsics_normalized"], dtype=np.float32)
+    except KeyError as exc:
+        raise SystemExit(f"error: --camera-npz {path}: no {exc} array (needs input_cam2world [4,4] and "
+                         "input_intrinsics_normalized [3,3])") from None
+    except Exception as exc:
+        raise SystemExit(f"error: --camera-npz {path}: not a readable .npz file ({type(exc).__name__})") from None
+    if c2w.shape != (4, 4) or K.shape != (3, 3) or not (np.isfinite(c2w).all() and np.isfinite(K).all()):
+        raise SystemExit(f"error: --camera-npz {path}: needs finite input_cam2world [4,4] and "
+                         f"input_intrinsics_normalized [3,3], got {list(c2w.shape)} and {list(K.shape)}")
+    return c2w, K
+
+
+def cmd_avatars(args) -> int:
+    from .store import check_avatar_name, parse_avatar_code_npy
+
+    _setup_logging(args.log_level)
+    if args.action == "create":
+        check_avatar_name(args.name)
+        if args.image:
+            source = dict(image=_read_photo(args.image))
+            if args.camera_npz:
+                source["cam2world"], source["intrinsics"] = _read_camera(args.camera_npz)
+        else:
+            if args.camera_npz:
+                raise SystemExit("error: --camera-npz goes with --image (an avatar code needs no camera)")
+            data = _need_file(args.npy, "--npy").read_bytes()
+            try:
+                parse_avatar_code_npy(data)
+            except ValueError as exc:
+                raise SystemExit(f"error: --npy {args.npy}: {exc}") from None
+            source = dict(npy=data)
+        with _client(args) as client:
+            avatar = client.create_avatar(name=args.name, **source)
+        print(json.dumps(_avatar_dict(avatar)) if args.json else avatar.avatar_id)
+    elif args.action == "list":
+        with _client(args) as client:
+            avatars = client.list_avatars()
+        if args.json:
+            print(json.dumps([_avatar_dict(a) for a in avatars], indent=1))
+        else:
+            for avatar in avatars:
+                print(_avatar_line(avatar))
+            print(f"{len(avatars)} avatars on {args.server}", file=sys.stderr)
+    elif args.action == "get":
+        with _client(args) as client:
+            avatar = client.get_avatar(_check_id(args.avatar_id))
+        print(json.dumps(_avatar_dict(avatar)) if args.json else _avatar_line(avatar))
+    elif args.action == "fit":
+        return _fit_on_server(args)
+    else:  # delete
+        with _client(args) as client:
+            client.delete_avatar(_check_id(args.avatar_id))
+        print(f"deleted {args.avatar_id}")
+    return 0
+
+
+def _fit_on_server(args) -> int:
+    """`avatars fit`: tracked inputs (flexrt.fitting.inputs) -> FitAvatar with a progress bar -> the new id."""
+    from tqdm.auto import tqdm
+
+    from flexrt.fitting.inputs import load_fit_inputs
+
+    from .store import check_avatar_name
+
+    check_avatar_name(args.name)
+    for path in args.inputs:
+        _need_file(path, "--inputs")
+    _need_file(args.video, "--video")
+    init = {}
+    if args.init:
+        init["init_avatar_id"] = _check_id(args.init)
+    elif args.init_npy:
+        init["init_code"] = _need_file(args.init_npy, "--init-npy").read_bytes()
+    inputs = load_fit_inputs(args.inputs, video=args.video, max_frames=args.max_frames)  # FitInputError: one line
+    previews = Path(args.previews) if args.previews else None
+    if previews is not None:
+        previews.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=None, desc="fit", unit="step", disable=True if args.no_progress else None, file=sys.stderr)
+
+    def on_progress(p) -> None:
+        bar.total = p.steps
+        bar.update(p.step - bar.n)
+        bar.set_postfix(loss=f"{p.loss:.4f}", psnr=f"{p.psnr:.2f}")
+        if previews is not None and p.preview_jpeg:
+            (previews / f"step{p.step:04d}_view{p.view}.jpg").write_bytes(p.preview_jpeg)
+
+    try:
+        with _client(args) as client:
+            avatar, result = client.fit_avatar(
+                inputs.images, inputs.cam2world, inputs.intrinsics, inputs.expression_codes, name=args.name,
+                steps=args.steps, expression_offsets=not args.no_expression, seed=args.seed,
+                preview_every=args.preview_every, resolution=args.resolution, on_progress=on_progress, **init)
+    finally:
+        bar.close()
+    terms = "; ".join(f"{k}: {v}" for k, v in sorted(result.loss_terms.items()))
+    print(f"fitted {inputs.n} observation(s) at {result.resolution}x{result.resolution}, {result.steps} steps in "
+          f"{result.fit_seconds:.1f} s ({result.rasterizer}; initial code: {result.init}); PSNR on the inputs "
+          f"{result.psnr_before:.2f} -> {result.psnr_after:.2f} dB; {terms}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({**_avatar_dict(avatar), "psnr_before": result.psnr_before,
+                          "psnr_after": result.psnr_after, "steps": result.steps, "init": result.init,
+                          "loss_terms": dict(result.loss_terms), "losses": list(result.losses)}))
+    else:
+        print(avatar.avatar_id)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------
 # demo
 # ---------------------------------------------------------------------------------------------------------
 
 def cmd_demo(args) -> int:
-    from flexrt.runtime.engines import load_engine
-
-    from .client import FlexAvatarClient, format_latency_table
-    from .limits import ServerConfig
-    from .server import start_server
-
     _setup_logging(args.log_level)
     t_start = time.perf_counter()
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(args.device)
-    default_size = 512 if device == "cuda" else 128  # small frames keep the CPU rasterizer interactive
-    args.width, args.height = args.width or default_size, args.height or default_size
+    for path, flag in ((args.engines, "--engines"), (args.checkpoint, "--checkpoint"), (args.dinov2, "--dinov2"),
+                       (args.template, "--template")):
+        _need_file(path, flag)
 
-    # 1. engines for the default model
-    shipped = False
-    if args.engines:
-        engine_dir = Path(args.engines)
-        print(f"[demo] using engines in {engine_dir}")
-    else:
-        from flexrt.export import export_engines
-
-        engine_dir = out / "engines"
-        config = args.config or ("flex1" if args.checkpoint else "tiny")
-        checkpoint = args.checkpoint
-        if checkpoint is None and config == "tiny" and args.template is None and not args.random_weights:
-            from flexrt.training.shipped import shipped_checkpoint
-
-            checkpoint = shipped_checkpoint()  # the project's own model, trained on its procedural head corpus
-            shipped = checkpoint is not None
-        what = ("the shipped model trained on the procedural head corpus (docs/TRAINING.md)" if shipped
-                else f"checkpoint {checkpoint}" if checkpoint else "random weights")
-        print(f"[demo] exporting the {config!r} model to {engine_dir} ({what})")
-        export_engines(config=config, checkpoint=checkpoint, dinov2=args.dinov2, template=args.template,
-                       out_dir=engine_dir,
-                       precisions=("fp32",), tensorrt=False, max_batch=args.max_batch, progress=not args.no_progress)
-    engine = load_engine(engine_dir, backend=args.backend, device=device)
-    print(f"[demo] engine: {engine.info.describe()}")
-
-    # 2. inputs: the example photo / driving sequence from the reference data, or synthetic ones
+    # 1. inputs first (a mistake there costs no export): the photo and driving sequence given, the reference
+    #    data's examples, or synthetic ones
     shared = find_shared_dir()
     cam2world = intrinsics = None
+    shipped_weights = None
+    if args.checkpoint is None and not args.engines and (args.config or "tiny") == "tiny" \
+            and args.template is None and not args.random_weights:
+        from flexrt.training.shipped import shipped_checkpoint
+
+        shipped_weights = shipped_checkpoint()  # the project's own model, trained on its procedural head corpus
     if args.image:
-        photo, photo_name = Path(args.image).read_bytes(), args.image
-    elif shipped:  # the shipped model has only seen procedural heads: a person it never saw, from that corpus
+        photo, photo_name = _read_photo(args.image), args.image
+    elif shipped_weights is not None:  # the shipped model has only seen procedural heads: a person it never saw
         from flexrt.training.shipped import demo_photo
 
         photo, cam2world, intrinsics, photo_name = demo_photo()
@@ -357,12 +667,49 @@ def cmd_demo(args) -> int:
     else:
         photo, photo_name = synthetic_photo(), "synthetic head drawing"
     if args.sequence:
-        sequence = load_sequence(args.sequence)
+        sequence = load_sequence(args.sequence, frames=args.frames, cameras=args.camera == "sequence")
     elif shared and (shared / "reference/assets/expressions" / f"{DEMO_SEQUENCE}.npz").is_file():
         sequence = load_sequence(shared / "reference/assets/expressions" / f"{DEMO_SEQUENCE}.npz")
     else:
-        sequence = synthetic_sequence(args.frames or 60, fps=args.fps or 30.0)
+        sequence = synthetic_sequence(args.frames or 60, fps=args.fps or 30.0, cameras=args.camera == "sequence")
     frames = min(args.frames or len(sequence.expressions), len(sequence.expressions))
+    if args.camera == "sequence" and sequence.intrinsics is None:
+        raise SystemExit(f"error: --camera sequence: {sequence.name} has no cameras with intrinsics; "
+                         "use --camera default")
+
+    from flexrt.runtime.engines import load_engine  # torch and the model: after the inputs are checked
+
+    from .client import FlexAvatarClient, format_latency_table
+    from .limits import ServerConfig
+    from .server import start_server
+
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(args.device)
+    default_size = 512 if device == "cuda" else 128  # small frames keep the CPU rasterizer interactive
+    args.width, args.height = args.width or default_size, args.height or default_size
+    if args.checkpoint is None and not args.engines and shipped_weights is None:
+        print("[demo] no --checkpoint: the model has seeded RANDOM weights, so the frames show the head template's "
+              "silhouette as a flat grey-green oval on white that barely changes, not a face (pass the released "
+              "weights with --checkpoint for a real avatar)")
+
+    # 2. engines for the default model
+    if args.engines:
+        engine_dir = Path(args.engines)
+        print(f"[demo] using engines in {engine_dir}")
+    else:
+        from flexrt.export import export_engines
+
+        engine_dir = out / "engines"
+        config = args.config or ("flex1" if args.checkpoint else "tiny")
+        checkpoint = args.checkpoint or shipped_weights
+        what = ("the shipped model trained on the procedural head corpus (docs/TRAINING.md)" if shipped_weights
+                else f"checkpoint {checkpoint}" if checkpoint else "random weights")
+        print(f"[demo] exporting the {config!r} model to {engine_dir} ({what})")
+        export_engines(config=config, checkpoint=checkpoint, dinov2=args.dinov2, template=args.template,
+                       out_dir=engine_dir,
+                       precisions=("fp32",), tensorrt=False, max_batch=args.max_batch, progress=not args.no_progress)
+    engine = load_engine(engine_dir, backend=args.backend, device=device)
+    print(f"[demo] engine: {engine.info.describe()}")
 
     # 3. server on a free localhost port, avatar, stream
     config = ServerConfig(host="127.0.0.1", port=0, store_dir=str(out / "avatars"), max_batch_size=args.max_batch,
@@ -401,10 +748,33 @@ def cmd_demo(args) -> int:
 # parsers
 # ---------------------------------------------------------------------------------------------------------
 
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the descriptions' line breaks and shows each option's default (where it has one)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.option_strings and action.default not in (None, False, "", argparse.SUPPRESS) \
+                and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def _parser(subparsers, name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+    return subparsers.add_parser(name, help=help_text, description=description, formatter_class=_Formatter)
+
+
 def add_parser(subparsers) -> None:
+    from .limits import ServerConfig
+
+    d = ServerConfig()  # the serve options' defaults are the library's
+
     # serve
-    p = subparsers.add_parser("serve", help="run the gRPC streaming server",
-                              description="Run the flexavatar.v1 gRPC server (Ctrl-C / SIGTERM: graceful shutdown).")
+    p = _parser(subparsers, "serve", "run the gRPC streaming server",
+                "Run the flexavatar.v1 gRPC server until Ctrl-C / SIGTERM.\n\n"
+                "Shutdown: health turns NOT_SERVING at once and every call is still served for --drain seconds (so "
+                "load balancers move clients away); then new calls are refused, live streams end after the frame "
+                "they are rendering (status UNAVAILABLE 'server is shutting down') and calls still running get "
+                "--grace seconds. A second Ctrl-C / SIGTERM stops at once.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--engines", help="engine directory from `flexavatar export-engines`")
     src.add_argument("--model", help="build a PyTorch engine from a preset ('tiny', 'flex1') or model_config.json")
@@ -412,56 +782,188 @@ def add_parser(subparsers) -> None:
     p.add_argument("--dinov2", help="with --model: DINOv2 weights; default: random weights")
     p.add_argument("--template", help="with --model: head template OBJ or template_samples.npz (FLEX-1: the official "
                                       "gghead_template.obj); default: the project's own head")
-    p.add_argument("--backend", default="auto", choices=BACKENDS)
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--backend", default="auto", choices=BACKENDS, help="engine backend; auto logs which it picked")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="auto = cuda when a GPU is visible, else cpu; cuda without a GPU is an error")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
                    help="engine precision (onnxruntime: fp32/fp16, torch: fp32/bf16); auto = bf16 for the torch "
                         "backend on a GPU (render PSNR vs fp32 in docs/BENCHMARKS.md), else fp32")
-    p.add_argument("--rasterizer", default="auto", choices=("auto", "cpu", "cupy"))
+    p.add_argument("--rasterizer", default="auto", choices=("auto", "cpu", "cupy"),
+                   help="auto = the CuPy kernel when the engine runs on CUDA, else the CPU reference")
+    p.add_argument("--jpeg", default="auto", choices=("auto", "cuda", "cpu"),
+                   help="where JPEG frames are encoded: cuda = on the GPU next to the rendered frame "
+                        "(kernels.jpeg), cpu = Pillow; auto = cuda when frames are rendered on the GPU")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="serve Prometheus metrics on http://HOST:PORT/metrics (0 = any free port; off by default)")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 for all)")
-    p.add_argument("--port", type=int, default=50051)
+    p.add_argument("--port", type=int, default=50051, help="port to listen on (0 = any free port, printed)")
+    p.add_argument("--web-port", type=int, default=None, metavar="PORT",
+                   help="also serve the browser client (a page + WebSocket bridge into the same sessions, limits "
+                        "and token; docs/WEB.md) on this port (0 = any free port, printed); off by default")
     p.add_argument("--store", default="avatars", help="avatar store directory (kept across restarts)")
-    p.add_argument("--max-size", type=int, default=1024, help="largest frame width/height")
-    p.add_argument("--max-streams", type=int, default=16)
-    p.add_argument("--max-stream-fps", type=float, default=0.0, help="0 = unlimited")
-    p.add_argument("--max-batch", type=int, default=8)
-    p.add_argument("--max-batch-wait-ms", type=float, default=2.0)
-    p.add_argument("--tls-cert", help="PEM certificate chain (with --tls-key: serve TLS)")
-    p.add_argument("--tls-key", help="PEM private key")
-    p.add_argument("--grace", type=float, default=5.0, help="seconds in-flight calls get at shutdown")
-    p.add_argument("--drain", type=float, default=0.0, help="seconds NOT_SERVING is reported before refusing calls")
-    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
-    _add_auth_args(p)
-    p.set_defaults(func=cmd_serve)
+    g = p.add_argument_group("streams")
+    g.add_argument("--max-size", type=int, default=d.max_width, help="largest frame width/height a stream may ask for")
+    g.add_argument("--max-streams", type=int, default=d.max_streams,
+                   help="concurrent Animate streams; a stream takes a slot only once its SessionConfig arrived and "
+                        "names a stored avatar; one more gets RESOURCE_EXHAUSTED")
+    g.add_argument("--max-pending-streams", type=int, default=d.max_pending_streams,
+                   help="streams that have not sent their SessionConfig yet (they hold no --max-streams slot); when "
+                        "one more arrives, the one waiting longest is closed with RESOURCE_EXHAUSTED, so "
+                        "connections that send nothing cannot keep real streams out")
+    g.add_argument("--config-timeout", type=float, default=d.config_timeout_s, metavar="S",
+                   help="seconds a new stream has to send its SessionConfig (then DEADLINE_EXCEEDED)")
+    g.add_argument("--idle-timeout", type=float, default=d.stream_idle_timeout_s, metavar="S",
+                   help="a stream that sends no message for this many seconds is closed with DEADLINE_EXCEEDED, "
+                        "freeing its slot")
+    g.add_argument("--max-stream-fps", type=float, default=d.max_stream_fps,
+                   help="rendered frames per second per stream (frames arriving faster: latest wins); 0 = unlimited")
+    g.add_argument("--max-stream-messages-per-s", type=float, default=d.max_stream_messages_per_s,
+                   help="request messages per second per stream (burst: one second's worth); a stream sending "
+                        "faster ends with RESOURCE_EXHAUSTED")
+    g.add_argument("--max-message-mib", type=float, default=d.max_message_bytes / MiB,
+                   help="largest request message in MiB (photo uploads are the largest); bigger ones get "
+                        "RESOURCE_EXHAUSTED before they are parsed")
+    g = p.add_argument_group("avatars")
+    g.add_argument("--max-avatars", type=int, default=d.max_avatars,
+                   help="avatars the store may hold; CreateAvatar beyond it gets RESOURCE_EXHAUSTED (0 = no limit)")
+    g.add_argument("--max-store-mib", type=float, default=d.max_store_bytes / MiB,
+                   help="MiB of stored avatar codes (a FLEX-1 avatar is 3 MiB, on disk and in memory; 0 = no limit)")
+    g.add_argument("--max-photo-megapixels", type=float, default=round(d.max_photo_pixels / 1e6, 1),
+                   help="largest photo CreateAvatar decodes (width x height, read from the image header before any "
+                        "decoding, so a small file declaring a huge image is refused in microseconds)")
+    g.add_argument("--photo-workers", type=int, default=d.photo_workers,
+                   help="threads decoding photos: their own pool, so uploads never hold up frame encoding")
+    g.add_argument("--max-concurrent-creates", type=int, default=d.max_concurrent_creates,
+                   help="CreateAvatar calls from photos in progress at once; more get RESOURCE_EXHAUSTED (retry)")
+    g = p.add_argument_group("avatar fitting (FitAvatar; needs the PyTorch backend, else UNIMPLEMENTED)")
+    g.add_argument("--max-fit-observations", type=int, default=d.max_fit_observations,
+                   help="observations (photos / video frames) one FitAvatar request may send")
+    g.add_argument("--max-fit-resolution", type=int, default=d.max_fit_resolution,
+                   help="largest side in pixels the observations are fitted at (as sent, or after the request's "
+                        "resolution); a fit step's cost grows with it (the official fit: 512)")
+    g.add_argument("--max-fit-steps", type=int, default=d.max_fit_steps,
+                   help="most optimisation steps a request may ask for (the official recipe: 200, the default of "
+                        "a request that says 0)")
+    g.add_argument("--fit-preview-every", type=int, default=d.fit_preview_every,
+                   help="a preview JPEG in the progress every this many steps, for requests that say 0")
+    g.add_argument("--max-concurrent-fits", type=int, default=d.max_concurrent_fits,
+                   help="fits running at once; more get RESOURCE_EXHAUSTED (each keeps the GPU busy for seconds, "
+                        "on a low-priority CUDA stream below the live frames)")
+    g.add_argument("--fit-dino-loss-weights", metavar="FILE",
+                   help="DINOv2-small weights for the fit's perceptual DINO loss (dinov2_vits14_pretrain.pth or "
+                        "facebook/dinov2-small model.safetensors); without them the term is off and every result "
+                        "says so")
+    g = p.add_argument_group("batching")
+    g.add_argument("--max-batch", type=int, default=d.max_batch_size, help="frames of different streams decoded in one engine call")
+    g.add_argument("--max-batch-wait-ms", type=float, default=d.max_batch_wait_ms,
+                   help="with the GPU idle, how long the oldest frame waits for company at most")
+    g.add_argument("--pipeline-slots", type=int, default=d.pipeline_slots,
+                   help="batches in flight at once (batch k+1 decodes while batch k renders and copies)")
+    g.add_argument("--encode-workers", type=int, default=d.encode_workers,
+                   help="threads encoding frames with Pillow (PNG; JPEG when frames are not encoded on the GPU)")
+    g = p.add_argument_group("security and shutdown")
+    g.add_argument("--tls-cert", help="PEM certificate chain (with --tls-key: serve TLS)")
+    g.add_argument("--tls-key", help="PEM private key")
+    _add_auth_args(g)
+    g.add_argument("--drain", type=float, default=d.shutdown_drain_s, metavar="S",
+                   help="at shutdown: seconds health reports NOT_SERVING while every call is still served")
+    g.add_argument("--grace", type=float, default=d.shutdown_grace_s, metavar="S",
+                   help="at shutdown, after the drain: seconds calls still running get before they are cancelled")
+    _add_common_args(p, "info")
+    p.set_defaults(func=_one_line_errors(cmd_serve))
 
     # stream
-    p = subparsers.add_parser("stream", help="stream a driving sequence to a server and save the frames",
-                              description="Stream an expression sequence (.npz) and write frames + latency stats.")
-    p.add_argument("--server", required=True, help="HOST:PORT")
-    p.add_argument("--avatar", required=True, help="avatar id")
-    p.add_argument("--sequence", required=True, help=".npz with expression_codes [T,135] (+ cameras)")
+    p = _parser(subparsers, "stream", "stream a driving sequence to a server and save the frames",
+                "Stream a driving sequence (.npz, or 'synthetic') to an avatar and write the frames (PNG folder or "
+                ".mp4) plus latency statistics. Sequence format: docs/SEQUENCES.md.")
+    _add_client_args(p)
+    p.add_argument("--avatar", required=True, help="avatar id (from `flexavatar avatars create` / `avatars list`)")
+    p.add_argument("--sequence", required=True,
+                   help=".npz with expression_codes [T,135] (+ cameras), or 'synthetic' for the built-in procedural "
+                        "sequence (121 frames unless --frames)")
     p.add_argument("--out", required=True, help="folder for PNG frames, or a .mp4 file (needs imageio-ffmpeg)")
     p.add_argument("--fps", type=float, default=30.0, help="send rate; 0 = as fast as the server answers")
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--height", type=int, default=256)
-    p.add_argument("--encoding", default="png", choices=("raw_rgb8", "jpeg", "png"))
+    p.add_argument("--encoding", default="png", choices=("raw_rgb8", "jpeg", "png"), help="frame encoding on the wire")
     p.add_argument("--camera", default="default", choices=("default", "sequence"),
                    help="default: the server's frontal camera; sequence: the sequence's per-frame cameras")
     p.add_argument("--frames", type=int, default=None, help="stream only the first N frames")
-    p.add_argument("--max-in-flight", type=int, default=2,
-                   help="frames sent but unanswered; 0 = unlimited (the server then drops stale frames)")
+    p.add_argument("--max-in-flight", type=int, default=1,
+                   help="frames sent but not yet answered. 1 = lossless: every frame is rendered and written. More "
+                        "pipelines frames (higher throughput) but the server may drop some (latest wins; reported); "
+                        "0 = unlimited")
     p.add_argument("--latency-json", help="also write the latency summary here")
-    p.add_argument("--tls-ca", help="PEM of the CA that signed the server certificate (enables TLS)")
-    p.add_argument("--tls-server-name", help="expected name in the server certificate")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
-    _add_auth_args(p)
-    p.set_defaults(func=cmd_stream)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_common_args(p, "warning")
+    p.set_defaults(func=_one_line_errors(cmd_stream))
+
+    # avatars
+    p = _parser(subparsers, "avatars", "create, list, show and delete avatars on a server",
+                "Manage the avatars of a running server.\n\n"
+                "  flexavatar avatars create --image photo.png [--camera-npz photo_input.npz] [--name NAME]\n"
+                "  flexavatar avatars create --npy code.npy     (an avatar code, [HT,1,D] or [HT,D])\n"
+                "  flexavatar avatars fit --inputs a_input.npz b_input.npz [--init ID] [--steps 200]\n"
+                "  flexavatar avatars list | get ID | delete ID\n\n"
+                "create prints the new avatar's id (for `flexavatar stream --avatar ID`).")
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    actions.required = True
+    a = actions.add_parser("create", help="create an avatar from a photo or import an avatar code; prints its id",
+                           formatter_class=_Formatter,
+                           description="Create an avatar from a square head photo (PNG/JPEG; the encoder resizes it "
+                                       "to 512x512) or import an avatar code (.npy). Prints the new id.")
+    src = a.add_mutually_exclusive_group(required=True)
+    src.add_argument("--image", help="square head crop, PNG or JPEG (alpha is composited on white)")
+    src.add_argument("--npy", help="avatar code .npy, float [HT,1,D] (official layout) or [HT,D]")
+    a.add_argument("--camera-npz", help="with --image: the photo's camera, an .npz with input_cam2world [4,4] "
+                                        "(OpenCV, head-centric) and input_intrinsics_normalized [3,3]; default: the "
+                                        "server's frontal camera")
+    a.add_argument("--name", default="", help="a label (at most 128 characters, no control characters)")
+    a.add_argument("--json", action="store_true", help="print the whole avatar record as JSON")
+    a = actions.add_parser(
+        "fit", help="fit an avatar to several photos or video frames on the server (FitAvatar); prints its id",
+        formatter_class=_Formatter,
+        description="Fit an avatar code to tracked observations on the server (FitAvatar: the official test-time "
+                    "fitting, docs/FITTING.md) and store it; prints the new id. Inputs as for `flexavatar fit`: "
+                    "one .npz per photo (<name>_input.npz beside <name>.png) or one N-frame .npz (images inside, "
+                    "or --video). Ctrl-C cancels the fit (nothing is stored).")
+    a.add_argument("--inputs", nargs="+", required=True, metavar="NPZ",
+                   help="tracked observations: cameras, expression codes and images (docs/FITTING.md, Inputs)")
+    a.add_argument("--video", help="an .mp4 whose frames go with the single per-frame --inputs .npz")
+    a.add_argument("--max-frames", type=int, default=None, help="send at most this many frames, evenly spaced")
+    init = a.add_mutually_exclusive_group()
+    init.add_argument("--init", metavar="ID", help="start from this stored avatar (default: the server's "
+                                                   "feed-forward code of the first observation)")
+    init.add_argument("--init-npy", metavar="NPY", help="start from this avatar code .npy ([HT,1,D] or [HT,D])")
+    a.add_argument("--steps", type=int, default=0, help="optimisation steps (0 = the official 200)")
+    a.add_argument("--resolution", type=int, default=0,
+                   help="side in pixels the server fits at (0 = as sent; at most the server's --max-fit-resolution)")
+    a.add_argument("--no-expression", action="store_true",
+                   help="keep the tracked expression codes (default: per-view offsets are fitted, as the paper)")
+    a.add_argument("--seed", type=int, default=0, help="seed of the per-step view choice")
+    a.add_argument("--preview-every", type=int, default=0, help="preview cadence in steps (0 = the server's)")
+    a.add_argument("--previews", metavar="DIR", help="write the preview JPEGs here (stepNNNN_viewV.jpg)")
+    a.add_argument("--name", default="", help="a label (at most 128 characters, no control characters)")
+    a.add_argument("--json", action="store_true", help="print the avatar record, PSNRs and losses as JSON")
+    a.add_argument("--no-progress", action="store_true", help="no progress bar")
+    for name, help_text in (("list", "list every avatar, oldest first"), ("get", "show one avatar"),
+                            ("delete", "delete one avatar")):
+        b = actions.add_parser(name, help=help_text, formatter_class=_Formatter, description=help_text + ".")
+        if name != "list":
+            b.add_argument("avatar_id", metavar="ID", help="avatar id (32 hex characters)")
+        if name != "delete":
+            b.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    for sub in actions.choices.values():
+        _add_client_args(sub)
+        _add_common_args(sub, "warning")
+    p.set_defaults(func=_one_line_errors(cmd_avatars))
 
     # demo
-    p = subparsers.add_parser("demo", help="export, serve, create an avatar and stream, all on localhost",
-                              description="End-to-end demo: export engines, start a server, create an avatar from "
-                                          "an example photo, stream a driving sequence, save frames and latency.")
+    p = _parser(subparsers, "demo", "export, serve, create an avatar and stream, all on localhost",
+                "End-to-end demo: export engines, start a server, create an avatar from an example photo, stream a "
+                "driving sequence, save frames and latency.\n\nWithout --checkpoint the tiny preset has seeded "
+                "RANDOM weights: the frames show the head template's silhouette as a flat grey-green oval on white "
+                "that barely moves, not a face. The photo must be a square head crop (PNG/JPEG).")
     p.add_argument("--out", default="demo_out", help="output folder (engines/, avatars/, frames/, latency.json)")
     p.add_argument("--checkpoint", help="FLEX-1 weights; without it the tiny preset with the shipped weights "
                                         "(trained on the procedural head corpus, docs/TRAINING.md) is used")
@@ -474,16 +976,22 @@ def add_parser(subparsers) -> None:
     p.add_argument("--engines", help="use this engine directory instead of exporting")
     p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--rasterizer", default="auto", choices=("auto", "cpu", "cupy"))
+    p.add_argument("--rasterizer", default="auto", choices=("auto", "cpu", "cupy"),
+                   help="auto = the CuPy/CUDA kernels with a CUDA engine, the PyTorch reference on the CPU")
+    p.add_argument("--jpeg", default="auto", choices=("auto", "cuda", "cpu"),
+                   help="where JPEG frames are encoded: cuda = on the GPU next to the rendered frame "
+                        "(kernels.jpeg), cpu = Pillow; auto = cuda when frames are rendered on the GPU")
     p.add_argument("--width", type=int, default=None, help="frame width (default: 128 on CPU, 512 on CUDA)")
     p.add_argument("--height", type=int, default=None, help="frame height (default: 128 on CPU, 512 on CUDA)")
     p.add_argument("--frames", type=int, default=None, help="frames to stream (default: the whole sequence)")
     p.add_argument("--fps", type=float, default=30.0, help="send rate; 0 = as fast as the server answers")
-    p.add_argument("--max-in-flight", type=int, default=2)
+    p.add_argument("--max-in-flight", type=int, default=1,
+                   help="frames sent but not yet answered; 1 = lossless (see `flexavatar stream --help`)")
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--camera", default="default", choices=("default", "sequence"))
-    p.add_argument("--image", help="photo to build the avatar from (default: the reference example, or a drawing)")
-    p.add_argument("--sequence", help="driving sequence .npz (default: the reference EMO-1, or a synthetic one)")
+    p.add_argument("--image", help="square head photo, PNG or JPEG (default: the reference example, or a drawing)")
+    p.add_argument("--sequence", help="driving sequence .npz or 'synthetic' (default: the reference EMO-1, or the "
+                                      "synthetic one); format: docs/SEQUENCES.md")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
-    p.set_defaults(func=cmd_demo)
+    _add_common_args(p, "warning")
+    p.set_defaults(func=_one_line_errors(cmd_demo))

@@ -5,6 +5,8 @@
         for result in client.animate(avatar.avatar_id, expression_codes, width=256, height=256, fps=30):
             result.image          # uint8 [H,W,3]
             result.latency_us     # send -> receive, this client's clock
+        avatar, result = client.fit_avatar(images, cam2world, intrinsics, expression_codes,   # [N,...] views
+                                           on_progress=lambda p: print(p.step, p.loss, p.psnr))
 
 Errors are ``grpc.RpcError`` with the server's status code and message (``err.code()``, ``err.details()``).
 """
@@ -62,6 +64,44 @@ def camera_proto(cam2world, intrinsics) -> pb.Camera:
     c2w = np.asarray(cam2world, dtype=np.float32).reshape(-1)
     K = np.asarray(intrinsics, dtype=np.float32).reshape(-1)
     return pb.Camera(cam2world=c2w.tolist(), intrinsics=K.tolist())
+
+
+class FitCancelled(Exception):
+    """FlexAvatarClient.fit_avatar was cancelled by its on_progress callback (the server stored nothing)."""
+
+
+def _photo_bytes(image: bytes | str | Path | np.ndarray) -> bytes:
+    """PNG/JPEG bytes, a file path, or uint8 [H,W,3] (sent as PNG) -> bytes."""
+    if isinstance(image, np.ndarray):
+        return codec.encode_frame(np.ascontiguousarray(image, dtype=np.uint8), "png")
+    if isinstance(image, (str, Path)):
+        return Path(image).read_bytes()
+    return bytes(image)
+
+
+def _photo_bytes_list(images) -> list[bytes]:
+    """A list of photos (as _photo_bytes), or an array uint8 [N,H,W,3] / float [N,3,H,W] in [0,1] -> N PNG/JPEG."""
+    if isinstance(images, (list, tuple)):
+        return [_photo_bytes(x) for x in images]
+    a = np.asarray(images.detach().cpu() if hasattr(images, "detach") else images)  # numpy or torch
+    if a.ndim != 4:
+        raise ValueError(f"images must be [N,H,W,3] uint8 or [N,3,H,W] float, got shape {list(a.shape)}")
+    if a.dtype != np.uint8:
+        if a.shape[1] != 3:
+            raise ValueError(f"float images must be [N,3,H,W] in [0,1], got shape {list(a.shape)}")
+        a = (np.clip(a.transpose(0, 2, 3, 1), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return [_photo_bytes(x) for x in a]
+
+
+def _npy_bytes(code: bytes | str | Path | np.ndarray) -> bytes:
+    """An avatar code: .npy bytes, a .npy path, or an array -> .npy bytes (float32)."""
+    if isinstance(code, (bytes, bytearray)):
+        return bytes(code)
+    if isinstance(code, (str, Path)):
+        return Path(code).read_bytes()
+    buf = io.BytesIO()  # numpy or torch (CPU)
+    np.save(buf, np.ascontiguousarray(np.asarray(code), dtype=np.float32), allow_pickle=False)
+    return buf.getvalue()
 
 
 def _now_us() -> int:
@@ -165,36 +205,89 @@ class FlexAvatarClient:
             raise ValueError("pass exactly one of image= or npy=")
         request = pb.CreateAvatarRequest(name=name)
         if image is not None:
-            if isinstance(image, np.ndarray):
-                image = codec.encode_frame(np.ascontiguousarray(image, dtype=np.uint8), "png")
-            elif isinstance(image, (str, Path)):
-                image = Path(image).read_bytes()
-            request.image = image
+            request.image = _photo_bytes(image)
             if (cam2world is None) != (intrinsics is None):
                 raise ValueError("pass both cam2world and intrinsics, or neither")
             if cam2world is not None:
                 request.camera.CopyFrom(camera_proto(cam2world, intrinsics))
         else:
-            if isinstance(npy, np.ndarray):
-                buf = io.BytesIO()
-                np.save(buf, np.ascontiguousarray(npy, dtype=np.float32), allow_pickle=False)
-                npy = buf.getvalue()
-            elif isinstance(npy, (str, Path)):
-                npy = Path(npy).read_bytes()
-            request.avatar_code_npy = npy
+            request.avatar_code_npy = _npy_bytes(npy)
         return self.stub.CreateAvatar(request, timeout=self.timeout, metadata=self._metadata)
 
     def get_avatar(self, avatar_id: str) -> pb.Avatar:
         return self.stub.GetAvatar(pb.GetAvatarRequest(avatar_id=avatar_id), timeout=self.timeout,
                                    metadata=self._metadata)
 
-    def list_avatars(self) -> list[pb.Avatar]:
-        return list(self.stub.ListAvatars(pb.ListAvatarsRequest(), timeout=self.timeout,
-                                          metadata=self._metadata).avatars)
+    def list_avatars(self, page_size: int = 0) -> list[pb.Avatar]:
+        """Every avatar, oldest first: follows ListAvatars' pages (``page_size`` each; 0 = the server's default)."""
+        avatars: list[pb.Avatar] = []
+        token = ""
+        while True:
+            page = self.stub.ListAvatars(pb.ListAvatarsRequest(page_size=page_size, page_token=token),
+                                         timeout=self.timeout, metadata=self._metadata)
+            avatars.extend(page.avatars)
+            token = page.next_page_token
+            if not token:
+                return avatars
 
     def delete_avatar(self, avatar_id: str) -> None:
         self.stub.DeleteAvatar(pb.DeleteAvatarRequest(avatar_id=avatar_id), timeout=self.timeout,
                                metadata=self._metadata)
+
+    # ---- fitting ----
+    def fit_avatar(self, images, cam2world=None, intrinsics=None, expression_codes=None, *, name: str = "",
+                   init_avatar_id: str | None = None, init_code: bytes | str | Path | np.ndarray | None = None,
+                   steps: int = 0, expression_offsets: bool = True, seed: int = 0, preview_every: int = 0,
+                   resolution: int = 0, on_progress=None,
+                   timeout: float | None = None) -> tuple[pb.Avatar, pb.FitAvatarResult]:
+        """Fit an avatar code to N observations on the server (FitAvatar) -> (the stored Avatar, the result).
+
+        images: N square head crops on white: a list of PNG/JPEG bytes, file paths or uint8 [H,W,3] arrays, or
+            one array uint8 [N,H,W,3] / float [N,3,H,W] in [0,1] (as ``flexrt.fitting.fit_avatar``; sent as PNG).
+        cam2world [N,4,4] OpenCV head-centric and intrinsics [N,3,3] normalised (None: the server's default
+            camera for every view); expression_codes [N,135]: the tracked expression code of every image.
+        init_avatar_id / init_code (.npy bytes, path, or array [HT,D] / [HT,1,D]): where the fit starts; neither:
+            the server's feed-forward code of the first image.
+        steps (0 = 200), expression_offsets (False: keep the tracked expression codes as they are), seed,
+        preview_every (0 = the server's default), resolution (0 = as sent): as in FitAvatarRequest.
+        on_progress(progress: pb.FitAvatarProgress) after every step (``progress.preview_jpeg`` holds a JPEG every
+            preview_every steps); returning False cancels the fit (the server stores nothing) and raises
+            FitCancelled. Errors are grpc.RpcError with the server's status and message."""
+        if expression_codes is None:
+            raise ValueError("expression_codes [N,135] are required (the tracked expression of every image)")
+        if (cam2world is None) != (intrinsics is None):
+            raise ValueError("pass both cam2world and intrinsics, or neither")
+        if init_avatar_id is not None and init_code is not None:
+            raise ValueError("pass at most one of init_avatar_id= and init_code=")
+        photos = _photo_bytes_list(images)
+        expr = np.asarray(expression_codes, dtype=np.float32)
+        n = len(photos)
+        if expr.ndim != 2 or expr.shape[0] != n:
+            raise ValueError(f"expression_codes must be [N,135] with N = {n} images, got shape {list(expr.shape)}")
+        request = pb.FitAvatarRequest(name=name, steps=steps, no_expression_offsets=not expression_offsets,
+                                      seed=seed, preview_every=preview_every, resolution=resolution)
+        c2w = None if cam2world is None else np.asarray(cam2world, dtype=np.float32).reshape(n, 4, 4)
+        K = None if intrinsics is None else np.asarray(intrinsics, dtype=np.float32).reshape(n, 3, 3)
+        for i, photo in enumerate(photos):
+            obs = request.observations.add(image=photo, expression=expr[i].tolist())
+            if c2w is not None:
+                obs.camera.CopyFrom(camera_proto(c2w[i], K[i]))
+        if init_avatar_id is not None:
+            request.init_avatar_id = init_avatar_id
+        elif init_code is not None:
+            request.init_avatar_code_npy = _npy_bytes(init_code)
+        call = self.stub.FitAvatar(request, timeout=timeout, metadata=self._metadata)
+        try:
+            for response in call:
+                if response.WhichOneof("event") == "result":
+                    return response.result.avatar, response.result
+                if on_progress is not None and on_progress(response.progress) is False:
+                    call.cancel()
+                    raise FitCancelled(f"fit cancelled after step {response.progress.step} of "
+                                       f"{response.progress.steps}; nothing was stored")
+        finally:
+            call.cancel()  # no-op when the call has ended; frees it when the caller stops early
+        raise RuntimeError("FitAvatar ended without a result")  # the server always sends one or fails the call
 
     # ---- streaming ----
     def animate(self, avatar_id: str, frames: Iterable[FrameInput | np.ndarray], width: int, height: int,

@@ -16,6 +16,9 @@ ENCODINGS = {"raw_rgb8": pb.RAW_RGB8, "raw": pb.RAW_RGB8, "jpeg": pb.JPEG, "jpg"
 DEFAULT_JPEG_QUALITY = 90
 # zlib level 1: PNG stays lossless; higher levels cost several ms a frame for a few percent of bytes.
 PNG_COMPRESS_LEVEL = 1
+# Largest photo decoded by default: 4096x4096 (16.8 MP, 50 MB as RGB). A photo is resized to the encoder's 512x512,
+# so more pixels add nothing but decode time and memory; the server's max_photo_pixels overrides it.
+DEFAULT_MAX_PHOTO_PIXELS = 4096 * 4096
 
 
 def encoding_value(encoding) -> int:
@@ -68,13 +71,28 @@ def decode_frame(data: bytes, encoding, width: int, height: int) -> np.ndarray:
     return rgb
 
 
-def decode_image(data: bytes) -> np.ndarray:
+def check_image_header(image: Image.Image, max_pixels: int, square: bool) -> None:
+    """Checks on an opened, not yet decoded image (Image.open reads only the header): format PNG/JPEG, at most
+    ``max_pixels`` pixels, square when ``square``. Raises ValueError naming what arrived and what is allowed."""
+    if image.format not in ("PNG", "JPEG"):
+        raise ValueError(f"image format {image.format} is not supported; send PNG or JPEG")
+    w, h = image.size
+    if w * h > max_pixels:
+        raise ValueError(f"image is {w}x{h} = {w * h / 1e6:.1f} megapixels, over the limit of {max_pixels} pixels "
+                         f"({max_pixels / 1e6:.1f} megapixels); send a smaller head crop (it is resized to the "
+                         "encoder's input size anyway)")
+    if square and w != h:
+        raise ValueError(f"image must be a square head crop, got {w}x{h}")
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PHOTO_PIXELS, square: bool = False) -> np.ndarray:
     """PNG/JPEG bytes of a photo -> uint8 RGB [H,W,3]; alpha is composited on white (as the official pipeline
-    composites matted photos). Raises ValueError with the reason when the bytes are not a PNG/JPEG image."""
+    composites matted photos). The header is checked before anything is decoded (check_image_header), so a small
+    file that declares a huge image costs microseconds, not seconds and gigabytes. Raises ValueError with the
+    reason when the bytes are not an acceptable PNG/JPEG image."""
     try:
         with Image.open(io.BytesIO(data)) as image:
-            if image.format not in ("PNG", "JPEG"):
-                raise ValueError(f"image format {image.format} is not supported; send PNG or JPEG")
+            check_image_header(image, max_pixels, square)
             image.load()
             if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
                 rgba = image.convert("RGBA")
@@ -83,6 +101,8 @@ def decode_image(data: bytes) -> np.ndarray:
             return np.asarray(image.convert("RGB"))
     except ValueError:
         raise
+    except Image.DecompressionBombError as exc:  # Image.open refuses twice Pillow's own limit before we can look
+        raise ValueError(f"image is over the limit of {max_pixels} pixels ({exc})") from None
     except Exception as exc:  # Pillow raises UnidentifiedImageError, OSError, SyntaxError ... on bad bytes
         raise ValueError(f"image bytes could not be decoded as PNG/JPEG ({type(exc).__name__}: {exc})") from None
 

@@ -7,14 +7,23 @@
     serve(engine, ServerConfig(port=50051))                      # blocking; SIGINT/SIGTERM shut down gracefully
 
 Besides flexavatar.v1.FlexAvatar the server runs the standard grpc.health.v1 health service ("" and
-"flexavatar.v1.FlexAvatar") and server reflection. Shutdown: health NOT_SERVING, optional drain delay, then
-in-flight calls get a grace period before they are cancelled.
+"flexavatar.v1.FlexAvatar") and server reflection. Every call passes the RequestGuard interceptor (limits.py):
+bearer-token auth before the body is parsed, undecodable requests -> INVALID_ARGUMENT.
+
+Shutdown (SIGINT/SIGTERM, or ServerHandle.stop): health NOT_SERVING at once; during the drain every call is still
+served (new streams too) so load balancers move clients away; then new calls are refused, live streams end after
+the frame they are rendering with UNAVAILABLE "server is shutting down", and calls still running get the grace
+period before they are cancelled. A second signal skips what is left of the drain and the grace.
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import itertools
+import functools
 import logging
+import secrets
 import signal
 import threading
 import time
@@ -33,9 +42,19 @@ from flexrt.proto import flexavatar_pb2 as pb
 from flexrt.proto import flexavatar_pb2_grpc as pb_grpc
 
 from . import codec
-from .batcher import Batcher, resolve_rasterizer
+from .batcher import Batcher, low_priority_stream
 from .engines.base import Engine
-from .limits import BearerTokenInterceptor, ServerConfig, TokenBucket, server_credentials, server_options
+from .fit_rpc import FitAvatarCalls
+from .frames import FrameRenderer, resolve_rasterizer
+from .limits import (
+    RequestGuard,
+    ServerConfig,
+    TokenBucket,
+    UndecodableRequestError,
+    log_safe,
+    server_credentials,
+    server_options,
+)
 from .session import (
     Session,
     StreamError,
@@ -45,7 +64,18 @@ from .session import (
     parse_frame,
     parse_session_config,
 )
-from .store import AvatarNotFound, AvatarRecord, AvatarStore, is_valid_avatar_id, parse_avatar_code_npy
+from .store import (
+    MAX_PAGE_SIZE,
+    AvatarNotFound,
+    AvatarQuota,
+    AvatarRecord,
+    AvatarStore,
+    QuotaExceeded,
+    check_avatar_name,
+    is_valid_avatar_id,
+    list_page,
+    parse_avatar_code_npy,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -72,20 +102,31 @@ def _avatar_proto(record: AvatarRecord) -> pb.Avatar:
 
 
 class FlexAvatarService(pb_grpc.FlexAvatarServicer):
-    """The servicer. Runs on one event loop; the engine runs on the batcher's engine thread."""
+    """The servicer. Runs on one event loop; GPU work is submitted and collected on the batcher's threads."""
 
-    def __init__(self, engine: Engine, config: ServerConfig, store: AvatarStore, rasterizer: str):
+    def __init__(self, engine: Engine, config: ServerConfig, store: AvatarStore, rasterizer: str, metrics=None):
         self.engine = engine
         self.config = config
         self.store = store
         self.rasterizer = rasterizer
         self.model = model_identity(engine)
-        self.batcher = Batcher(engine, rasterizer, config.max_batch_size, config.max_batch_wait_ms / 1000.0,
-                               active_streams=lambda: len(self.sessions))
-        # Pillow encodes/decodes here (it releases the GIL), off the event loop and off the engine thread.
+        self.metrics = metrics
+        # Pillow encodes (PNG, JPEG on CPU hosts) and decodes photos here, off the event loop and the GPU threads.
         self.codec_executor = ThreadPoolExecutor(config.encode_workers, thread_name_prefix="flexrt-codec")
+        self.renderer = FrameRenderer(engine, rasterizer, jpeg=config.jpeg, slots=config.pipeline_slots,
+                                      max_batch=config.max_batch_size, cpu_executor=self.codec_executor)
+        self.batcher = Batcher(self.renderer, config.max_batch_size, config.max_batch_wait_ms / 1000.0,
+                               lead_s=config.batch_lead_ms / 1000.0, active_streams=lambda: len(self.sessions),
+                               metrics=metrics)
+        self._create_stream = low_priority_stream(engine.device)  # avatar creation below the live frames
+        # Photos of CreateAvatar decode on their own small pool, so uploads never delay frame encoding.
+        self.photo_executor = ThreadPoolExecutor(config.photo_workers, thread_name_prefix="flexrt-photo")
+        self.creates_in_progress = 0  # CreateAvatar calls from a photo, at most config.max_concurrent_creates
+        self.fitting = FitAvatarCalls(self, _avatar_proto)  # FitAvatar: fits on the engine's PyTorch model
         self.sessions: dict[int, Session] = {}
-        self.open_streams = 0
+        # Animate streams still waiting for their SessionConfig (no slot taken yet), oldest first; each future is
+        # set when the stream is evicted to make room for a newer one
+        self.pending: collections.OrderedDict[int, asyncio.Future] = collections.OrderedDict()
         self.shutting_down = False
         self.streams_total = 0
         self.frames_received = 0
@@ -96,8 +137,16 @@ class FlexAvatarService(pb_grpc.FlexAvatarServicer):
         self.batcher.start()
 
     async def stop(self) -> None:
+        await self.fitting.stop()
         await self.batcher.stop()
-        await asyncio.get_running_loop().run_in_executor(None, self.codec_executor.shutdown, True)
+        for executor in (self.codec_executor, self.photo_executor):
+            await asyncio.get_running_loop().run_in_executor(None, executor.shutdown, True)
+
+    def end_streams(self, message: str) -> int:
+        """Shutdown: every live stream ends with UNAVAILABLE ``message`` after the frame it is rendering."""
+        for session in self.sessions.values():
+            session.fail(StreamError(grpc.StatusCode.UNAVAILABLE, message))
+        return len(self.sessions)
 
     # ---- stats ----
     def stats(self) -> dict:
@@ -111,6 +160,9 @@ class FlexAvatarService(pb_grpc.FlexAvatarServicer):
             "batches": self.batcher.batches,
             "batch_sizes": dict(self.batcher.batch_sizes),
             "batcher_waiting": self.batcher.waiting,
+            "batches_in_flight": self.batcher.in_flight,
+            "jpeg_cpu_fallbacks": self.renderer.jpeg_overflows,
+            "fits": self.fitting.stats(),
             "sessions": sessions,
         }
 
@@ -121,27 +173,49 @@ class FlexAvatarService(pb_grpc.FlexAvatarServicer):
     async def _run_unary(self, context, fn, *args):
         try:
             return await fn(*args)
-        except StreamError as err:
-            await context.abort(err.code, err.message)
-        except AvatarNotFound as err:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(err))
-        except Exception as exc:  # engine or disk failure: logged here, reported as INTERNAL
-            logger.exception("%s failed", fn.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+        except Exception as exc:
+            await self.abort_with(context, fn.__name__, exc)
+
+    async def abort_with(self, context, what: str, exc: Exception) -> None:
+        """Ends the call with the status of ``exc`` (raised inside an ``except`` block; never returns)."""
+        if isinstance(exc, StreamError):
+            await context.abort(exc.code, exc.message)
+        if isinstance(exc, AvatarNotFound):
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        if isinstance(exc, QuotaExceeded):
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        # engine or disk failure: details (paths, exception text) stay in the server log
+        error_id = secrets.token_hex(4)
+        logger.error("%s failed (error id %s)", what, error_id, exc_info=exc)
+        await context.abort(grpc.StatusCode.INTERNAL,
+                            f"internal server error (error id {error_id}; the server log has the details)")
 
     # ---- avatars ----
     async def CreateAvatar(self, request: pb.CreateAvatarRequest, context) -> pb.Avatar:
-        return await self._run_unary(context, self._create_avatar, request)
+        return await self._run_unary(context, self._create_avatar, request, context)
 
-    async def _create_avatar(self, request: pb.CreateAvatarRequest) -> pb.Avatar:
-        loop = asyncio.get_running_loop()
+    async def _create_avatar(self, request: pb.CreateAvatarRequest, context) -> pb.Avatar:
         source = request.WhichOneof("source")
-        if len(request.name) > 128:
-            raise invalid(f"name has {len(request.name)} characters, at most 128 are allowed")
+        try:
+            check_avatar_name(request.name)
+        except ValueError as exc:
+            raise invalid(str(exc)) from None
         expected = (self.engine.num_head_tokens, self.engine.hidden_dim)
         if source is None:
             raise invalid("CreateAvatarRequest needs 'image' (PNG/JPEG bytes) or 'avatar_code_npy' (.npy bytes)")
-        if source == "avatar_code_npy":
+        self.store.quota.check(*self.store.usage(), expected[0] * expected[1] * 4)  # a full store: before any work
+        if source == "image":
+            if self.creates_in_progress >= self.config.max_concurrent_creates:
+                raise StreamError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                  f"the server is already creating {self.creates_in_progress} avatars from photos "
+                                  f"(max_concurrent_creates); retry in a few seconds")
+            self.creates_in_progress += 1
+            try:
+                code = await self._encode_request_photo(request)
+            finally:
+                self.creates_in_progress -= 1
+            model = self.model
+        else:
             try:
                 code = parse_avatar_code_npy(request.avatar_code_npy)  # [HT,D] float32
             except ValueError as exc:
@@ -150,33 +224,51 @@ class FlexAvatarService(pb_grpc.FlexAvatarServicer):
                 raise invalid(f"avatar code is [HT,D] = {list(code.shape)}, this server's model expects "
                               f"{list(expected)}")
             model = "imported"
-        else:
-            if request.HasField("camera"):
-                c2w, K = parse_camera(request.camera, "CreateAvatarRequest.camera")
-            else:
-                c2w, K = default_camera_arrays()
-            size = self.engine.image_size
-            try:
-                rgb = await loop.run_in_executor(self.codec_executor, _decode_photo, request.image, size)
-            except ValueError as exc:
-                raise invalid(str(exc)) from None
-            code = await self.batcher.run_on_engine(self._encode_photo, rgb, c2w, K)  # [HT,D] host
-            model = self.model
-        record = await loop.run_in_executor(
-            None, lambda: self.store.add(code, source=source if source == "image" else "npy", model=model,
-                                         name=request.name))
-        logger.info("created avatar %s from %s (%s)", record.avatar_id, source, record.name or "unnamed")
+        record = await self._commit_avatar(context, code, source="image" if source == "image" else "npy",
+                                           model=model, name=request.name)
+        logger.info("created avatar %s from %s (%s)", record.avatar_id, source, log_safe(record.name or "unnamed"))
         return _avatar_proto(record)
+
+    async def _encode_request_photo(self, request: pb.CreateAvatarRequest) -> np.ndarray:
+        """Photo bytes -> avatar code float32 [HT,D]: header checks, decode (photo pool), encoder (engine thread)."""
+        if request.HasField("camera"):
+            c2w, K = parse_camera(request.camera, "CreateAvatarRequest.camera")
+        else:
+            c2w, K = default_camera_arrays()
+        try:
+            rgb = await asyncio.get_running_loop().run_in_executor(
+                self.photo_executor, _decode_photo, request.image, self.engine.image_size, self.config.max_photo_pixels)
+        except ValueError as exc:
+            raise invalid(str(exc)) from None
+        return await self.batcher.run_creation(self._encode_photo, rgb, c2w, K)  # [HT,D] host
+
+    async def _commit_avatar(self, context, code: np.ndarray, **fields) -> AvatarRecord:
+        """Store the avatar unless the client has gone. A client that cancels while the store writes gets its
+        avatar removed again: a cancelled CreateAvatar (or FitAvatar) never leaves an avatar behind."""
+        if context.cancelled() or context.done():
+            raise asyncio.CancelledError()
+        add = asyncio.get_running_loop().run_in_executor(None, functools.partial(self.store.add, code, **fields))
+        try:
+            return await asyncio.shield(add)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):  # the add itself may have failed: nothing to undo then
+                record = await add
+                await asyncio.get_running_loop().run_in_executor(None, self.store.delete, record.avatar_id)
+                logger.info("the call was cancelled by the client while avatar %s was stored: removed it",
+                            record.avatar_id)
+            raise
 
     @torch.inference_mode()
     def _encode_photo(self, rgb: np.ndarray, c2w: np.ndarray, K: np.ndarray) -> np.ndarray:
-        """Engine thread: uint8 [512,512,3] photo + camera -> avatar code float32 [HT,D] on the host."""
+        """Creation thread: uint8 [512,512,3] photo + camera -> avatar code float32 [HT,D] on the host. On a GPU
+        it runs on a low-priority CUDA stream, so the live streams' frames are scheduled first."""
         device = self.engine.device
-        images = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].to(device).float().div_(255.0)  # [1,3,512,512]
-        cam2world = torch.from_numpy(c2w)[None].to(device)  # [1,4,4]
-        intrinsics = torch.from_numpy(K)[None].to(device)  # [1,3,3]
-        code = self.engine.encode(images, cam2world, intrinsics)  # [1,HT,D]
-        return code[0].float().cpu().numpy()
+        with torch.cuda.stream(self._create_stream) if self._create_stream is not None else contextlib.nullcontext():
+            images = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].to(device).float().div_(255.0)  # [1,3,512,512]
+            cam2world = torch.from_numpy(c2w)[None].to(device)  # [1,4,4]
+            intrinsics = torch.from_numpy(K)[None].to(device)  # [1,3,3]
+            code = self.engine.encode(images, cam2world, intrinsics)  # [1,HT,D]
+            return code[0].float().cpu().numpy()
 
     async def GetAvatar(self, request: pb.GetAvatarRequest, context) -> pb.Avatar:
         async def get():
@@ -186,7 +278,15 @@ class FlexAvatarService(pb_grpc.FlexAvatarServicer):
         return await self._run_unary(context, get)
 
     async def ListAvatars(self, request: pb.ListAvatarsRequest, context) -> pb.ListAvatarsResponse:
-        return pb.ListAvatarsResponse(avatars=[_avatar_proto(r) for r in self.store.list()])
+        async def page():
+            try:
+                records, next_token = list_page(self.store, request.page_size, request.page_token)
+            except ValueError as exc:
+                raise invalid(str(exc)) from None
+            return pb.ListAvatarsResponse(avatars=[_avatar_proto(r) for r in records], next_page_token=next_token,
+                                          total_size=len(self.store))
+
+        return await self._run_unary(context, page)
 
     async def DeleteAvatar(self, request: pb.DeleteAvatarRequest, context) -> pb.DeleteAvatarResponse:
         async def delete():
@@ -206,7 +306,8 @@ class FlexAvatarService(pb_grpc.FlexAvatarServicer):
             engine_device=info.device,
             engine_precision=info.precision,
             engine_description=info.describe(),
-            engine_detail={str(k): str(v) for k, v in (info.detail or {}).items()},
+            engine_detail={**{str(k): str(v) for k, v in (info.detail or {}).items()},
+                           "frame_renderer": self.renderer.describe()},  # rasterizer, JPEG encoder, slots, graphs
             rasterizer_backend=self.rasterizer,
             model=self.model,
             num_head_tokens=self.engine.num_head_tokens,
@@ -218,25 +319,34 @@ class FlexAvatarService(pb_grpc.FlexAvatarServicer):
                 max_stream_fps=cfg.max_stream_fps, max_stream_messages_per_s=cfg.max_stream_messages_per_s,
                 max_batch_size=cfg.max_batch_size, max_batch_wait_us=int(cfg.max_batch_wait_ms * 1000),
                 auth_required=cfg.auth_token is not None, tls=cfg.tls,
+                max_pending_streams=cfg.max_pending_streams, config_timeout_s=cfg.config_timeout_s,
+                stream_idle_timeout_s=cfg.stream_idle_timeout_s, max_avatars=cfg.max_avatars,
+                max_store_bytes=cfg.max_store_bytes, max_photo_pixels=cfg.max_photo_pixels,
+                max_concurrent_creates=cfg.max_concurrent_creates, max_list_page_size=MAX_PAGE_SIZE,
+                shutdown_drain_s=cfg.shutdown_drain_s, shutdown_grace_s=cfg.shutdown_grace_s,
+                fitting_available=self.fitting.available, max_fit_observations=cfg.max_fit_observations,
+                max_fit_resolution=cfg.max_fit_resolution, max_fit_steps=cfg.max_fit_steps,
+                fit_preview_every=cfg.fit_preview_every, max_concurrent_fits=cfg.max_concurrent_fits,
             ),
             stats=pb.ServerStats(
                 active_streams=stats["active_streams"], streams_total=stats["streams_total"],
                 frames_received=stats["frames_received"], frames_rendered=stats["frames_rendered"],
                 frames_dropped=stats["frames_dropped"], batches=stats["batches"], batch_sizes=stats["batch_sizes"],
+                avatars=len(self.store), pending_streams=len(self.pending),
+                fits_running=self.fitting.running,
             ),
         )
 
     async def GetServerInfo(self, request: pb.GetServerInfoRequest, context) -> pb.ServerInfo:
         return self.server_info()
 
+    # ---- FitAvatar (runtime/fit_rpc.py) ----
+    async def FitAvatar(self, request: pb.FitAvatarRequest, context):
+        async for response in self.fitting.stream(request, context):
+            yield response
+
     # ---- Animate ----
     async def Animate(self, request_iterator, context) -> None:
-        if self.shutting_down:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
-        if self.open_streams >= self.config.max_streams:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"server is at its limit of {self.config.max_streams} concurrent Animate streams")
-        self.open_streams += 1  # counts streams still sending their config too
         session = None
         reader = None
         try:
@@ -250,7 +360,6 @@ class FlexAvatarService(pb_grpc.FlexAvatarServicer):
         except StreamError as err:
             await context.abort(err.code, err.message)
         finally:
-            self.open_streams -= 1
             if reader is not None:
                 reader.cancel()
             if session is not None and self.sessions.pop(session.session_id, None) is not None:
@@ -259,13 +368,45 @@ class FlexAvatarService(pb_grpc.FlexAvatarServicer):
                             session.counters.received, session.counters.rendered, session.counters.dropped)
 
     async def _open_session(self, request_iterator) -> Session:
+        """The first message -> a Session holding one of the max_streams slots.
+
+        Until its SessionConfig arrives a stream holds no slot: it waits (at most config_timeout_s) among at most
+        max_pending_streams such streams, and when one more arrives the one that has waited longest is closed
+        with RESOURCE_EXHAUSTED. So connections that never send a config can neither take the slots of real
+        streams nor keep new streams out; slots go to streams whose config names a stored avatar (the count is
+        checked after the last await, so it is exact)."""
+        limits = self.config
+        if self.shutting_down:
+            raise StreamError(grpc.StatusCode.UNAVAILABLE, "server is shutting down; connect to another server")
+        loop = asyncio.get_running_loop()
+        key, evicted = next(_pending_ids), loop.create_future()
+        self.pending[key] = evicted
+        if len(self.pending) > limits.max_pending_streams:
+            self.pending.popitem(last=False)[1].set_result(None)  # the longest-waiting stream makes room
+        first_message = asyncio.ensure_future(anext(request_iterator))
         try:
-            first = await asyncio.wait_for(anext(request_iterator), self.config.config_timeout_s)
+            await asyncio.wait((first_message, evicted), timeout=limits.config_timeout_s,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self.pending.pop(key, None)
+            if not first_message.done():
+                first_message.cancel()
+        if not first_message.done() or first_message.cancelled():
+            if evicted.done():
+                raise StreamError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                  f"closed before it sent its SessionConfig: {limits.max_pending_streams} newer streams "
+                                  "arrived (max_pending_streams); send the config as the first message of a stream")
+            raise StreamError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                              f"no SessionConfig within {limits.config_timeout_s:g} s (config_timeout_s); send it "
+                              "as the first message right after opening the stream")
+        try:
+            first = first_message.result()
         except StopAsyncIteration:
             raise invalid("the stream ended before its SessionConfig") from None
-        except asyncio.TimeoutError:
-            raise StreamError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                              f"no SessionConfig within {self.config.config_timeout_s:g} s") from None
+        except UndecodableRequestError as err:
+            raise invalid(str(err)) from None
+        if self.shutting_down:
+            raise StreamError(grpc.StatusCode.UNAVAILABLE, "server is shutting down; connect to another server")
         cfg, settings = parse_session_config(first, self.config)
         self._check_avatar_id(cfg.avatar_id)
         try:
@@ -278,13 +419,29 @@ class FlexAvatarService(pb_grpc.FlexAvatarServicer):
                               f"avatar {record.avatar_id} has a [{record.num_head_tokens},{record.hidden_dim}] code, "
                               f"this server's model expects {list(expected)}")
         code = await asyncio.get_running_loop().run_in_executor(None, self.store.load_code, cfg.avatar_id)
+        if len(self.sessions) >= limits.max_streams:  # no await from here until Animate registers the session
+            raise StreamError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"server is at its limit of {limits.max_streams} concurrent Animate streams")
         avatar_code = torch.tensor(code, device=self.engine.device)  # [HT,D], uploaded once per stream
         return Session(avatar_id=cfg.avatar_id, avatar_code=avatar_code, **settings)
 
     async def _read_frames(self, request_iterator, session: Session) -> None:
         bucket = TokenBucket(self.config.max_stream_messages_per_s)
+        loop = asyncio.get_running_loop()
+        idle_s = self.config.stream_idle_timeout_s
+        last_message = loop.time()
+
+        async def idle_watchdog():  # one wake-up per idle_s, nothing per message
+            while (remaining := last_message + idle_s - loop.time()) > 0:
+                await asyncio.sleep(remaining)
+            session.fail(StreamError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                     f"no message on this stream for {idle_s:g} s (stream_idle_timeout_s); the "
+                                     "stream was closed to free its slot"))
+
+        watchdog = loop.create_task(idle_watchdog())
         try:
             async for request in request_iterator:
+                last_message = loop.time()
                 if not bucket.take():
                     session.fail(StreamError(
                         grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -292,63 +449,109 @@ class FlexAvatarService(pb_grpc.FlexAvatarServicer):
                     return
                 session.offer(parse_frame(request, session))
                 self.frames_received += 1
+                if self.metrics is not None:
+                    self.metrics.received.inc()
             session.close_input()
         except StreamError as err:
             session.fail(err)
+        except UndecodableRequestError as err:
+            session.fail(invalid(str(err)))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the transport failed or the client went away: end the stream quietly
-            logger.debug("stream %d: reading stopped: %s", session.session_id, exc)
+            logger.debug("stream %d: reading stopped: %s", session.session_id, log_safe(exc))
             session.close_input()
+        finally:
+            watchdog.cancel()
 
     async def _render_loop(self, session: Session, context) -> None:
+        """Submit the session's newest frame whenever fewer than ``max_in_flight_per_stream`` of its frames are
+        being rendered; a writer task sends the results back in order. A client that stops reading stalls its
+        writer (HTTP/2 flow control), so no new frame of it is submitted and its newest one waits (latest wins)."""
         loop = asyncio.get_running_loop()
         min_interval = 1.0 / self.config.max_stream_fps if self.config.max_stream_fps > 0 else 0.0
         next_start = 0.0
+        slots = asyncio.Semaphore(self.config.max_in_flight_per_stream)
+        results: asyncio.Queue = asyncio.Queue()
+        writer = loop.create_task(self._write_results(session, context, results, slots))
+        try:
+            while True:
+                await slots.acquire()
+                if writer.done():  # the writer failed (its error is raised below)
+                    break
+                try:
+                    frame = await session.next_frame()
+                except StreamError:  # shutdown, a bad message, a failed batch: send what is in flight, then end
+                    results.put_nowait(None)
+                    with contextlib.suppress(Exception):
+                        await writer
+                    raise
+                if frame is None:
+                    break  # the client half-closed; every frame it sent is answered or dropped
+                if min_interval:
+                    wait = next_start - loop.time()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                        frame = session.take_newer(frame)
+                    next_start = max(next_start, loop.time()) + min_interval  # earliest start of the next frame
+                results.put_nowait((frame, self.batcher.submit(session, frame)))
+            results.put_nowait(None)
+            await writer
+        finally:
+            if not writer.done():
+                writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await writer
+            while not results.empty():  # frames of a stream that ended: their futures are cancelled
+                item = results.get_nowait()
+                if item is not None:
+                    item[1].cancel()
+
+    async def _write_results(self, session: Session, context, results: asyncio.Queue, slots: asyncio.Semaphore):
         while True:
-            frame = await session.next_frame()
-            if frame is None:
-                return  # the client half-closed and every frame it sent is answered or dropped
-            if min_interval:
-                wait = next_start - loop.time()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                    frame = session.take_newer(frame)
-                next_start = max(next_start, loop.time()) + min_interval  # earliest start of the next frame
+            item = await results.get()
+            if item is None:
+                return
+            frame, future = item
             try:
-                rendered = await self.batcher.submit(session, frame)
+                rendered = await future
             except RuntimeError as exc:
-                raise StreamError(grpc.StatusCode.INTERNAL, str(exc)) from None
-            t0 = time.perf_counter_ns()
-            image = await loop.run_in_executor(
-                self.codec_executor, codec.encode_frame, rendered.rgb, session.encoding, session.quality)
-            encode_us = (time.perf_counter_ns() - t0) // 1000
+                err = StreamError(grpc.StatusCode.INTERNAL, str(exc))
+                session.fail(err)  # wakes the submitting loop too
+                raise err from None
             session.counters.rendered += 1
+            server_us = (time.perf_counter_ns() - frame.received_ns) // 1000
+            if self.metrics is not None:
+                self.metrics.frame(rendered, server_us)
             response = pb.AnimateResponse(
                 sequence=frame.sequence,
                 client_timestamp_us=frame.client_timestamp_us,
-                image=image,
+                image=rendered.frame.data,
                 width=session.width,
                 height=session.height,
                 encoding=session.encoding,
                 timings=pb.StageTimings(
                     queue_us=_u32(rendered.queue_us), decode_us=_u32(rendered.decode_us),
-                    render_us=_u32(rendered.render_us), encode_us=_u32(encode_us),
-                    server_us=_u32((time.perf_counter_ns() - frame.received_ns) // 1000),
-                    batch_size=rendered.batch_size,
+                    render_us=_u32(rendered.render_us), encode_us=_u32(rendered.encode_us),
+                    server_us=_u32(server_us), batch_size=rendered.batch_size,
                 ),
                 counters=pb.StreamCounters(received=session.counters.received, rendered=session.counters.rendered,
                                            dropped=session.counters.dropped),
             )
             await context.write(response)  # waits while the client does not read (HTTP/2 flow control)
+            slots.release()
+
+
+_pending_ids = itertools.count()
 
 
 def _u32(value: int) -> int:
     return int(min(max(value, 0), 0xFFFFFFFF))
 
 
-def _decode_photo(data: bytes, size: int) -> np.ndarray:
-    return codec.resize_square(codec.decode_image(data), size)  # uint8 [size,size,3]
+def _decode_photo(data: bytes, size: int, max_pixels: int) -> np.ndarray:
+    """Photo bytes -> uint8 [size,size,3]; the size and squareness are checked from the header before decoding."""
+    return codec.resize_square(codec.decode_image(data, max_pixels, square=True), size)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -362,18 +565,32 @@ class _RunningServer:
         self.config = config.validate()
         self.engine = engine
         self.store = store if store is not None else AvatarStore(config.store_dir)
-        self.rasterizer = resolve_rasterizer(config.rasterizer, engine)
+        self.store.quota = AvatarQuota(config.max_avatars, config.max_store_bytes)  # the config rules any store
+        self.rasterizer = resolve_rasterizer(config.rasterizer, engine.device)
         self.service: FlexAvatarService | None = None
         self.server: grpc.aio.Server | None = None
         self.health: health_aio.HealthServicer | None = None
         self.port: int | None = None
+        self.metrics_port: int | None = None
+        self.web = None  # the browser bridge (runtime/web.py) when config.web_port is set
+        self.serving = False  # health SERVING (set after the warm-up, cleared when shutdown begins)
         self._stopped = False
+        self._forced: asyncio.Event | None = None  # set by a second signal: skip the rest of drain and grace
 
     async def start(self) -> None:
         cfg = self.config
-        self.service = FlexAvatarService(self.engine, cfg, self.store, self.rasterizer)
-        interceptors = [BearerTokenInterceptor(cfg.auth_token)] if cfg.auth_token else []
-        self.server = grpc.aio.server(options=server_options(cfg), interceptors=interceptors)
+        self.metrics = None
+        if cfg.metrics_port is not None:
+            from .metrics import ServerMetrics
+
+            self.metrics = ServerMetrics(
+                active_streams=lambda: len(self.service.sessions),
+                dropped_frames=lambda: self.service.frames_dropped_closed + sum(
+                    s.counters.dropped for s in list(self.service.sessions.values())),
+                jpeg_fallbacks=lambda: self.service.renderer.jpeg_overflows, device=self.engine.device)
+        self.service = FlexAvatarService(self.engine, cfg, self.store, self.rasterizer, metrics=self.metrics)
+        self._forced = asyncio.Event()
+        self.server = grpc.aio.server(options=server_options(cfg), interceptors=[RequestGuard(cfg.auth_token)])
         pb_grpc.add_FlexAvatarServicer_to_server(self.service, self.server)
         self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -394,34 +611,70 @@ class _RunningServer:
             raise RuntimeError(f"cannot listen on {address}")
         self.port = port
         self.service.start()
-        # compile / capture every batch size the batcher can form before the first stream arrives (on the
-        # engine thread, which owns the engine); health stays NOT_SERVING until then
+        # compile / capture every batch size the batcher can form before the first stream arrives (on the GPU
+        # thread, which owns the engine's graphs); health stays NOT_SERVING until then
         t0 = time.perf_counter()
-        await self.service.batcher.run_on_engine(self.service.engine.warmup, cfg.max_batch_size)
-        logger.info("engine warm-up for batches up to %d took %.1f s", cfg.max_batch_size, time.perf_counter() - t0)
+        await self.service.batcher.run_on_gpu_thread(self.service.engine.warmup, cfg.max_batch_size)
+        sizes = [(w, h, q) for (w, h) in cfg.warmup_sizes for q in (codec.DEFAULT_JPEG_QUALITY, None)]
+        await self.service.batcher.run_on_gpu_thread(self.service.renderer.warmup, sizes, cfg.max_batch_size)
+        logger.info("warm-up for batches up to %d took %.1f s (%s)", cfg.max_batch_size, time.perf_counter() - t0,
+                    self.service.renderer.describe())
+        if cfg.web_port is not None:
+            from .web import WebBridge  # the websockets package only when the page is served
+
+            self.web = WebBridge(self.service, cfg, serving=lambda: self.serving)
+            port_web = await self.web.start(cfg.host, cfg.web_port)
+            logger.info("web page on %s://%s:%d/", "https" if cfg.tls else "http", cfg.host, port_web)
         await self.server.start()
+        if self.metrics is not None:
+            self.metrics_port = self.metrics.serve(cfg.metrics_port, cfg.host)
+            logger.info("Prometheus metrics on http://%s:%d/metrics", cfg.host, self.metrics_port)
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.serving = True  # the web page's /healthz mirrors the health service
         logger.info("flexavatar server on %s:%d (%s); engine: %s; rasterizer: %s; model: %s; store: %s "
                     "(%d avatars); auth: %s", cfg.host, port, "TLS" if cfg.tls else "insecure",
                     self.engine.info.describe(), self.rasterizer, self.service.model,
                     cfg.store_dir or "memory", len(self.store), "bearer token" if cfg.auth_token else "off")
 
     async def stop(self, grace: float | None = None) -> None:
-        """Health NOT_SERVING -> drain delay -> refuse new calls, grace for in-flight ones -> engine stops."""
+        """Health NOT_SERVING -> drain (everything still served) -> refuse new calls, live streams end after
+        their current frame, grace for calls still running -> engine stops."""
         if self._stopped:
             return
         self._stopped = True
+        self.serving = False
+        loop = asyncio.get_running_loop()
         grace = self.config.shutdown_grace_s if grace is None else grace
-        self.service.shutting_down = True
-        await self.health.enter_graceful_shutdown()
-        logger.info("shutting down: health NOT_SERVING, drain %.1f s, grace %.1f s, %d active streams",
-                    self.config.shutdown_drain_s, grace, len(self.service.sessions))
-        if self.config.shutdown_drain_s > 0:
-            await asyncio.sleep(self.config.shutdown_drain_s)
-        await self.server.stop(grace)
-        await self.service.stop()
+        service = self.service
+        await self.health.enter_graceful_shutdown()  # load balancers send new clients elsewhere
+        logger.info("shutting down: health NOT_SERVING; drain %.1f s (still serving), then %d active streams end "
+                    "and calls get %.1f s", self.config.shutdown_drain_s, len(service.sessions), grace)
+        await self._unless_forced(self.config.shutdown_drain_s)
+        service.shutting_down = True  # new Animate streams -> UNAVAILABLE
+        ended = service.end_streams("server is shutting down; reconnect (to another server) to continue")
+        deadline = loop.time() + grace
+        while service.sessions and loop.time() < deadline and not self._forced.is_set():
+            await asyncio.sleep(0.02)
+        if ended:
+            logger.info("%d streams ended, %d still open", ended, len(service.sessions))
+        if self.web is not None:
+            await self.web.stop()
+        await self.server.stop(0 if self._forced.is_set() else max(0.0, deadline - loop.time()))
+        await service.stop()
+        if self.metrics is not None:
+            self.metrics.stop()
         logger.info("server stopped")
+
+    def force_stop(self) -> None:
+        """Skip what is left of the drain and the grace (a second SIGINT/SIGTERM)."""
+        if self._forced is not None:
+            self._forced.set()
+
+    async def _unless_forced(self, seconds: float) -> None:
+        if seconds > 0:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._forced.wait(), seconds)
 
 
 class ServerHandle:
@@ -449,6 +702,15 @@ class ServerHandle:
     @property
     def rasterizer(self) -> str:
         return self._running.rasterizer
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self._running.metrics_port
+
+    @property
+    def web_port(self) -> int | None:
+        """Port of the web page and its WebSocket (config.web_port; None when off)."""
+        return self._running.web.port if self._running.web is not None else None
 
     def _call(self, coro_fn, timeout: float = 30.0):
         return asyncio.run_coroutine_threadsafe(coro_fn(), self._loop).result(timeout)
@@ -534,9 +796,18 @@ def serve(engine: Engine, config: ServerConfig | None = None, store: AvatarStore
             ready(running.port)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def on_signal(sig: signal.Signals) -> None:
+            if stop.is_set():
+                logger.warning("second %s: stopping now", sig.name)
+                running.force_stop()
+            else:
+                logger.info("%s: shutting down (send it again to stop at once)", sig.name)
+                stop.set()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
+                loop.add_signal_handler(sig, on_signal, sig)
         await stop.wait()
         await running.stop()
 

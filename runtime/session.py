@@ -1,6 +1,7 @@
 """Per-stream Animate sessions: configuration, host-side validation and the latest-wins frame slot.
 
-A session holds at most ONE frame waiting to be rendered (``pending``) and at most one in the batcher. A frame
+A session holds at most ONE frame waiting to be rendered (``pending``) and at most ``max_in_flight_per_stream`` in
+the scheduler (runtime/batcher.py). A frame
 that arrives while another is still waiting replaces it; the replaced one is counted as dropped. So a client that
 sends faster than frames are produced, or stops reading, never makes the server queue more than that.
 
@@ -111,7 +112,7 @@ class Session:
     default_K: np.ndarray  # [3,3] pixel intrinsics
     session_id: int = field(default_factory=lambda: next(_session_ids))
     counters: SessionCounters = field(default_factory=SessionCounters)
-    in_flight: int = 0  # frames of this session inside the batcher (0 or 1)
+    in_flight: int = 0  # frames of this session inside the batcher (at most max_in_flight_per_stream)
 
     def __post_init__(self):
         self._pending: FrameRequest | None = None

@@ -87,8 +87,10 @@ def test_gpu_torch_cuda_graphs_equal_eager_with_bucket_padding():
     b = b.map(lambda t: t.clone())  # outputs are views of the graph's static buffers until the next decode
     pad = lambda t: torch.cat([t, torch.zeros_like(t[:1])])  # noqa: E731  the bucket's (zero) padding row
     a = eager.decode(pad(code), pad(expr))
-    for k in a.keys():
-        torch.testing.assert_close(b[k], a[k][:3], rtol=0, atol=0)
+    for k in a.keys():  # the same graph up to cuBLAS's choice of algorithm under capture (measured <= 1.1e-5 abs
+        # on positions of ~0.1; relative to the largest value <= 1e-4)
+        rel = float((b[k] - a[k][:3]).abs().max() / a[k][:3].abs().max())
+        assert rel <= 2e-4, (k, rel)
     b2 = graphed.decode(code * 0.5, expr)  # replay with new inputs
     assert not torch.equal(b2.positions, b.positions)
     graphed.warmup(8)
@@ -130,13 +132,20 @@ def test_gpu_onnxruntime_cuda_iobinding_matches_cpu(engines_dir):
         assert rel <= 1e-4, (k, rel)  # CUDA fp32 kernels, TF32 disabled
 
 
-def test_torch_bf16_engine_equals_official_autocast_and_leaves_model_alone():
+def test_torch_engine_decoder_is_the_model_and_leaves_it_alone():
+    """fp32: the deployed decoder (fused projections, constant bias-sink token) computes decode_frames exactly;
+    bf16: no further from fp32 than the official autocast setting (its Gaussian heads stay fp32, where autocast
+    would run them in bf16); the caller's model keeps its fp32 weights either way."""
     p = build_pipeline("tiny")
-    engine = TorchEngine(p, precision="bf16")
     code, expr = torch.randn(2, 64, 64), torch.randn(2, 135)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        ref = p.model.decode_frames(code, expr)  # the official bf16 setting: autocast over fp32 weights
-    got = engine.decode(code, expr)
-    for k in got.keys():
-        torch.testing.assert_close(got[k], ref[k].float(), rtol=0, atol=0)
+    with torch.no_grad():
+        ref = p.model.decode_frames(code, expr)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            official_bf16 = p.model.decode_frames(code, expr)
+    fp32 = TorchEngine(p, precision="fp32").decode(code, expr)
+    bf16 = TorchEngine(p, precision="bf16").decode(code, expr)
+    for k in ref.keys():
+        torch.testing.assert_close(fp32[k], ref[k], rtol=1e-6, atol=1e-7)
+        rel = lambda x: float((x[k].float() - ref[k]).abs().max() / ref[k].abs().max())  # noqa: E731
+        assert 0 < rel(bf16) <= rel(official_bf16), (k, rel(bf16), rel(official_bf16))
     assert p.model._head_transformer._expression_mlp[0].weight.dtype == torch.float32

@@ -27,8 +27,10 @@ def test_stubs_import_and_declare_the_service():
     service = pb.DESCRIPTOR.services_by_name["FlexAvatar"]
     assert service.full_name == "flexavatar.v1.FlexAvatar"
     assert {m.name for m in service.methods} == {
-        "CreateAvatar", "GetAvatar", "ListAvatars", "DeleteAvatar", "GetServerInfo", "Animate"}
+        "CreateAvatar", "GetAvatar", "ListAvatars", "DeleteAvatar", "GetServerInfo", "Animate", "FitAvatar"}
     animate = service.methods_by_name["Animate"]
     assert animate.client_streaming and animate.server_streaming
+    fit = service.methods_by_name["FitAvatar"]
+    assert fit.server_streaming and not fit.client_streaming
     assert hasattr(pb_grpc, "FlexAvatarStub") and hasattr(pb_grpc, "add_FlexAvatarServicer_to_server")
     assert (pb.RAW_RGB8, pb.JPEG, pb.PNG) == (1, 2, 3)

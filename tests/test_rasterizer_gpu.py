@@ -131,6 +131,15 @@ def test_bitmap_chunks_give_identical_images(cuda_backend):
     assert torch.equal(one[0], ref[0]) and torch.equal(one[1], ref[1])
 
 
+def _captured(cuda_backend, flat, view, K, W, bg):
+    """A frame captured in a CUDA graph with its own work buffers (the caller owns graph, buffers, outputs)."""
+    from flexrt.kernels import Workspace, capture_graph
+
+    ws = Workspace()
+    graph, out = capture_graph(lambda: cuda_backend.rasterize_cupy(*flat, view, K, W, W, bg, workspace=ws))
+    return graph, out, ws
+
+
 @pytest.mark.parametrize("graphs", [False, True])
 def test_no_host_synchronisation_in_a_frame(cuda_backend, graphs):
     """A frame is only enqueued: with the stream held busy by a long kernel, the call returns before it ends
@@ -139,12 +148,17 @@ def test_no_host_synchronisation_in_a_frame(cuda_backend, graphs):
 
     s, view, K = _scene(58361, 11, 512, 1)
     flat = [s[k][None].contiguous() for k in FIELDS]
-    for _ in range(3):  # compile, work buffers, and (graphs) the capture on the second call
-        cuda_backend.rasterize_cupy(*flat, view[None], K[None], 512, 512, None, graphs=graphs)
+    if graphs:
+        graph, out, _ws = _captured(cuda_backend, flat, view[None], K[None], 512, None)
+        frame = lambda: (graph.replay(), out)[1]  # noqa: E731
+    else:
+        frame = lambda: cuda_backend.rasterize_cupy(*flat, view[None], K[None], 512, 512, None)  # noqa: E731
+    for _ in range(2):
+        frame()
     torch.cuda.synchronize()
     torch.cuda._sleep(2_000_000_000)  # ~1 s of GPU time on the current stream
     t0 = time.perf_counter()
-    rgb, alpha = cuda_backend.rasterize_cupy(*flat, view[None], K[None], 512, 512, None, graphs=graphs)
+    rgb, alpha = frame()
     host_s = time.perf_counter() - t0
     busy = not torch.cuda.current_stream().query()
     torch.cuda.synchronize()
@@ -154,32 +168,28 @@ def test_no_host_synchronisation_in_a_frame(cuda_backend, graphs):
 
 
 def test_graph_replays_equal_eager_and_follow_input_contents(cuda_backend):
-    """Captured frames give the eager result bit for bit, read the inputs' current contents, return fresh
-    tensors, and write into caller-given outputs."""
+    """A frame captured with kernels.capture_graph (caller-owned workspace) replays the eager result bit for bit
+    and follows in-place changes of its inputs; two captured frames do not share buffers."""
     s, view, K = _scene(14241, 12, 384, 2)
     flat = [s[k][None].clone().contiguous() for k in FIELDS]
     bg = torch.rand(1, 2, 3, device="cuda")
-    eager = cuda_backend.rasterize_cupy(*flat, view[None], K[None], 384, 384, bg, graphs=False)
-    calls = [cuda_backend.rasterize_cupy(*flat, view[None], K[None], 384, 384, bg, graphs=True) for _ in range(4)]
-    for rgb, alpha in calls:
-        assert torch.equal(rgb, eager[0]) and torch.equal(alpha, eager[1])
-    assert calls[2][0].data_ptr() != calls[3][0].data_ptr()  # replays hand out fresh tensors
-    cache, _ = cuda_backend._graph_cache()
-    assert any(k[2:7] == (1, 14241, 2, 384, 384) for k in cache)  # it was captured
-    # new contents at the same addresses: the replay follows them
-    flat[0].add_(torch.tensor([0.02, 0.0, 0.0], device="cuda"))
-    flat[4].copy_(flat[4].flip(-1))
-    moved = cuda_backend.rasterize_cupy(*flat, view[None], K[None], 384, 384, bg, graphs=True)
-    moved_eager = cuda_backend.rasterize_cupy(*flat, view[None], K[None], 384, 384, bg, graphs=False)
-    assert torch.equal(moved[0], moved_eager[0]) and not torch.equal(moved[0], eager[0])
-    # caller-given outputs, poisoned before each call
-    out = (torch.empty_like(eager[0]), torch.empty_like(eager[1]))
+    eager = cuda_backend.rasterize_cupy(*flat, view[None], K[None], 384, 384, bg)
+    graph, out, ws = _captured(cuda_backend, flat, view[None], K[None], 384, bg)
+    other_graph, other_out, other_ws = _captured(cuda_backend, flat, view[None], K[None], 384, bg)
+    assert not {b.data_ptr() for b, _, _ in ws.bufs.values()} & {b.data_ptr() for b, _, _ in other_ws.bufs.values()}
     for _ in range(3):
         out[0].fill_(float("nan"))
         out[1].fill_(float("nan"))
-        r = cuda_backend.rasterize_cupy(*flat, view[None], K[None], 384, 384, bg, graphs=True, out=out)
-        assert r[0].data_ptr() == out[0].data_ptr()
-        assert torch.equal(out[0], moved_eager[0]) and torch.equal(out[1], moved_eager[1])
+        graph.replay()
+        assert torch.equal(out[0], eager[0]) and torch.equal(out[1], eager[1])
+    # new contents at the same addresses: the replay follows them
+    flat[0].add_(torch.tensor([0.02, 0.0, 0.0], device="cuda"))
+    flat[4].copy_(flat[4].flip(-1))
+    graph.replay()
+    moved_eager = cuda_backend.rasterize_cupy(*flat, view[None], K[None], 384, 384, bg)
+    assert torch.equal(out[0], moved_eager[0]) and not torch.equal(out[0], eager[0])
+    other_graph.replay()
+    assert torch.equal(other_out[0], moved_eager[0])
 
 
 def test_culling_and_degenerate_inputs(cuda_backend):

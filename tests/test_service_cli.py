@@ -51,15 +51,6 @@ def test_stream_command_writes_frames_and_latency(tmp_path, capsys):
     assert json.loads((tmp_path / "lat.json").read_text())["frames"] == n
     printed = capsys.readouterr().out
     assert "p50 ms" in printed and f"wrote {n} frames" in printed
-    if not _has_ffmpeg():  # .mp4 without an encoder: a clear error before streaming, no silent PNG fallback
-        with pytest.raises(SystemExit, match="needs imageio and imageio-ffmpeg"):
-            runtime_cli.FrameWriter(tmp_path / "x.mp4", 30)
-
-
-def _has_ffmpeg() -> bool:
-    try:
-        import imageio.v3  # noqa: F401
-        import imageio_ffmpeg  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    if runtime_cli._ffmpeg_exe() is None:  # .mp4 without an encoder: a clear error before streaming, no PNG fallback
+        with pytest.raises(SystemExit, match="needs ffmpeg"):
+            runtime_cli.FrameWriter(tmp_path / "x.mp4", 30, 24, 24)

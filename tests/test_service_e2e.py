@@ -108,11 +108,12 @@ def test_two_concurrent_streams_are_batched_and_independent(engine, sizes):
             t.join(timeout=90)
         assert not errors, errors
         stats = server.stats()
-    assert stats["batch_sizes"].get(2, 0) >= n // 2, stats["batch_sizes"]
+    shared = sum(size * count for size, count in stats["batch_sizes"].items() if size >= 2)
+    assert shared >= n, stats["batch_sizes"]  # at least half of the 2n frames went in batches with company
     c2w, K = camera()
     for k in (0, 1):
         assert [r.sequence for r in results[k]] == list(range(n))
-        assert sum(r.batch_size == 2 for r in results[k]) >= n // 2
+        assert sum(r.batch_size >= 2 for r in results[k]) >= n // 2
         for r in results[k]:
             assert r.image.shape == (sizes[k][1], sizes[k][0], 3)
             ref = reference_render(engine, codes[k], exprs[k][r.sequence], c2w, K, *sizes[k])

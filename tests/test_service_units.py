@@ -12,7 +12,7 @@ import torch
 from flexrt.model.camera import default_camera, pixel_intrinsics, viewmat_from_cam2world
 from flexrt.proto import flexavatar_pb2 as pb
 from flexrt.runtime import codec
-from flexrt.runtime.batcher import rgb_to_uint8
+from flexrt.runtime.frames import rgb_to_uint8
 from flexrt.runtime.cli import load_sequence, neutral_expression, synthetic_photo, synthetic_sequence
 from flexrt.runtime.limits import ServerConfig, TokenBucket
 from flexrt.runtime.session import FrameRequest, Session, StreamError, parse_frame, parse_session_config
@@ -79,10 +79,10 @@ def test_avatar_code_npy_layouts_and_errors():
         parse_avatar_code_npy(_npy(np.full((2, 3), np.nan, np.float32)))
     with pytest.raises(ValueError, match="float array"):
         parse_avatar_code_npy(_npy(np.zeros((2, 3), np.int32)))
-    with pytest.raises(ValueError, match="not a readable .npy"):
+    with pytest.raises(ValueError, match="not a valid .npy array"):
         parse_avatar_code_npy(b"garbage")
-    with pytest.raises(ValueError, match="not a readable .npy"):
-        parse_avatar_code_npy(_npy(np.array([{"a": 1}], dtype=object)))  # no pickles
+    with pytest.raises(ValueError, match="float array, got dtype object"):  # no pickles
+        parse_avatar_code_npy(_npy(np.array([{"a": 1}], dtype=object)))
 
 
 def test_store_persists_and_rejects_bad_ids(tmp_path):

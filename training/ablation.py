@@ -15,8 +15,10 @@ that was trained. The paper's direction: without sinks about as incomplete as mo
     python -m flexrt.training.ablation --corpus-cache corpus_cache --out runs/ablation --steps 3000 \\
         --batch-size 8 --device cuda
 
-Writes ``<out>/<run>/`` (the training runs), ``<out>/ablation.json``, ``<out>/ablation.md`` (the table) and
-``<out>/ablation.png`` (held-out renders: target, then each run; front, left, back).
+Writes ``<out>/<run>/`` (the training run and its ``result.json``), ``<out>/ablation.json``, ``<out>/ablation.md``
+(the table) and ``<out>/ablation.png`` (held-out renders: target, then each run; front, left, back). The runs are
+independent: on a GPU with room to spare, start one process per run (``--runs only_2d`` ...) with the same
+arguments and a ``--time-budget``, then ``--collect`` builds the table and the picture from the finished runs.
 """
 from __future__ import annotations
 
@@ -96,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--render-backend", default="auto", choices=("auto", "torch", "gsplat"))
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--ckpt-every", type=int, default=1000)
+    p.add_argument("--time-budget", type=float, default=0.0,
+                   help="seconds of training per run (the total steps are cut after 20 steps to fit; 0 = no limit)")
+    p.add_argument("--collect", action="store_true",
+                   help="train nothing: build the table and picture from the runs finished in --out")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -107,31 +113,53 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results, trainers, held = {}, {}, None
+    if args.collect:
+        return collect(out, args.eval_count, device)
+    held = None
     for name in names:
         cfg = TrainConfig(out=str(out / name), corpus_cache=args.corpus_cache, steps=args.steps,
                           batch_size=args.batch_size, views_per_sample=args.views_per_sample, lr=args.lr,
                           lr_warmup=args.lr_warmup, lr_schedule=args.lr_schedule, lr_min=args.lr_min,
                           seed=args.seed, device=device,
                           render_backend=args.render_backend, threads=args.threads, ckpt_every=args.ckpt_every,
-                          **RUNS[name])
+                          time_budget_s=args.time_budget, **RUNS[name])
         tr = Trainer(cfg)
         t0 = time.perf_counter()
         tr.run(progress=not args.no_progress)
         train_s = time.perf_counter() - t0
         held = held or heldout_samples(tr, args.eval_count)
         ev = evaluate(tr.model, tr.dino, held, tr.size, tr.device, cfg.render_backend)
-        results[name] = {"eval": ev, "steps": tr.step, "train_s": train_s, "config": RUNS[name]}
-        trainers[name] = tr
+        result = {"eval": ev, "steps": tr.step, "train_s": train_s, "config": RUNS[name], "args": vars(args)}
+        (out / name / "result.json").write_text(json.dumps(result, indent=2))
         print(f"[ablation] {name}: front {ev['front']['psnr']:.2f} dB / {ev['front']['ssim']:.4f}, side+back "
-              f"{ev['side_back']['psnr']:.2f} dB / {ev['side_back']['ssim']:.4f} ({train_s:.0f} s)")
-        (out / "ablation.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
+              f"{ev['side_back']['psnr']:.2f} dB / {ev['side_back']['ssim']:.4f} ({tr.step} steps, {train_s:.0f} s)")
+    return collect(out, args.eval_count, device)
+
+
+def collect(out: Path, eval_count: int, device) -> int:
+    """Table (``ablation.md``, ``ablation.json``) and picture (``ablation.png``) of the runs finished in ``out``
+    (each ``<out>/<run>/result.json``), in the order of RUNS."""
+    from .cli import heldout_samples
+    from .trainer import Trainer, resume_config
+
+    results, trainers = {}, {}
+    for name in RUNS:
+        path = out / name / "result.json"
+        if path.is_file():
+            results[name] = json.loads(path.read_text())
+            trainers[name] = Trainer(resume_config(out / name, device=device, steps=0), resume=True)
+    if not results:
+        print(f"error: no finished runs in {out} (expected {out}/<run>/result.json)")
+        return 2
+    (out / "ablation.json").write_text(json.dumps({"results": results}, indent=2))
     table = format_table(results)
     (out / "ablation.md").write_text(table + "\n")
     print(table)
     from PIL import Image
 
-    Image.fromarray(render_strip(trainers, held[:3], trainers[names[0]].size, device)).save(out / "ablation.png")
+    first = next(iter(trainers.values()))
+    held = heldout_samples(first, min(eval_count, 3))
+    Image.fromarray(render_strip(trainers, held, first.size, device)).save(out / "ablation.png")
     return 0
 
 

@@ -67,6 +67,9 @@ def add_parser(subparsers) -> None:
     r.add_argument("--tensorboard", action="store_true", help="also log scalars to <out>/tensorboard (needs the "
                                                                "tensorboard package)")
     r.add_argument("--ckpt-every", type=int, default=200)
+    r.add_argument("--time-budget", type=float, default=0.0,
+                   help="seconds of training: after 20 steps the total is cut to what fits (the lr schedule ends "
+                        "on time); 0 = no limit")
     r.add_argument("--eval", action="store_true", help="evaluate on held-out identities at the end")
     r.add_argument("--eval-count", type=int, default=16, help="held-out samples to evaluate")
     r.add_argument("--no-progress", action="store_true")
@@ -97,7 +100,7 @@ def _config_from_args(args):
         device=resolve_device(args.device), render_backend=args.render_backend,
         dino_loss_weights=args.dino_loss_weights, sam_module=args.sam_module,
         perceptual_start=args.perceptual_start, log_every=args.log_every, ckpt_every=args.ckpt_every,
-        tensorboard=args.tensorboard,
+        tensorboard=args.tensorboard, time_budget_s=args.time_budget,
         threads=args.threads)
 
 

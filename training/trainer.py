@@ -7,7 +7,7 @@ Per step (batch of B persons, each with one input view and ``views_per_sample`` 
 2. avatar creation: the input view upsampled to 512x512, its frozen DINOv2 features, ``model.encode``;
 3. animation: ``model.animate(code, target codes [B,V,135], dataset_ids [B])``: each sample's bias sink
    (0 = 2D, 1 = 3D; with ``sinks=False`` every sample gets 1, the "2D + 3D without sinks" ablation);
-4. rendering: differentiable rasterization on a white background (``training.render``);
+4. rendering: differentiable rasterization on a white background (``kernels.rasterize_differentiable``);
 5. loss: 0.8 L1 + 0.2 (1 - SSIM), plus the DINO / SAM perceptual terms from ``perceptual_start`` when their
    weights are given; Adam (lr 1e-4 by default), gradient norm clipped at ``clip_grad``.
 
@@ -46,9 +46,10 @@ from flexrt.model.flexavatar import DATASET_ID_3D
 from flexrt.model.pipeline import build_dino, default_dino_size
 
 from .losses import PerceptualLoss, photometric_loss
-from .render import render_differentiable
+from flexrt.kernels import rasterize_differentiable
 
 logger = logging.getLogger("flexrt.training")
+BUDGET_PROBE_STEPS = 20  # steps timed before a time budget fixes the run's total (steps 5 .. 20 of this run)
 LOG_FIELDS = ("step", "wall_s", "loss", "l1", "ssim", "dino", "sam", "lr", "n2d", "n3d", "grad_norm", "sec_per_step")
 
 
@@ -83,6 +84,7 @@ class TrainConfig:
     ckpt_every: int = 200
     keep_checkpoints: int = 3
     threads: int = 1
+    time_budget_s: float = 0.0  # > 0: after BUDGET_PROBE_STEPS steps, cut `steps` so training ends in this time
 
     def __post_init__(self):
         if self.lr_schedule not in ("constant", "cosine"):
@@ -183,7 +185,7 @@ def render_batch(g, target_cam2world: torch.Tensor, target_intrinsics: torch.Ten
     view = viewmat_from_cam2world(flat(target_cam2world))[:, None]  # [BV,1,4,4]
     K = pixel_intrinsics(flat(target_intrinsics), size, size)[:, None]  # [BV,1,3,3]
     white = torch.ones(3, device=view.device)
-    rgb, _ = render_differentiable(flat(g.positions), flat(g.rotations), flat(g.scales), flat(g.opacities)[..., 0],
+    rgb, _ = rasterize_differentiable(flat(g.positions), flat(g.rotations), flat(g.scales), flat(g.opacities)[..., 0],
                                    sh_dc_to_rgb(flat(g.colors)), view, K, size, size, background=white,
                                    backend=backend)
     return rgb[:, 0].permute(0, 3, 1, 2).reshape(b, v, 3, size, size)
@@ -329,9 +331,25 @@ class Trainer:
                 writer.writeheader()
             bar = tqdm(total=total, initial=self.step, desc="train", unit="step", disable=not progress)
             t_last, s_last = time.perf_counter(), self.step
+            s_start, t_probe = self.step, None
             while self.step < total:
                 row = self.train_step(batch_for_step(self.source, cfg, self.step))
                 bar.update(1)
+                if cfg.time_budget_s > 0 and self.step - s_start == 5:
+                    t_probe = time.perf_counter()
+                elif cfg.time_budget_s > 0 and self.step - s_start == BUDGET_PROBE_STEPS:
+                    # the time budget fixes the total once, early, so the lr schedule still ends at the last step
+                    sec = (time.perf_counter() - t_probe) / (BUDGET_PROBE_STEPS - 5)
+                    left = cfg.time_budget_s - (time.perf_counter() - t0)
+                    fit = self.step + max(0, int(left / sec))
+                    if fit < total:
+                        logger.info("time budget %.0f s at %.3f s/step: %d steps instead of %d",
+                                    cfg.time_budget_s, sec, fit, total)
+                        total = fit
+                        self.cfg = cfg = replace(cfg, steps=total)
+                        (self.out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+                        bar.total = total
+                        bar.refresh()
                 bar.set_postfix(loss=f"{row['loss']:.4f}", ssim=f"{row['ssim']:.3f}")
                 if self.step % cfg.log_every == 0 or self.step == total:
                     now = time.perf_counter()

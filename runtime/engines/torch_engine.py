@@ -1,23 +1,20 @@
-"""PyTorch engine: the model itself, eager or replayed from CUDA graphs.
+"""PyTorch engine: the model itself (avatar creation) and its deployed per-frame decoder, eager or replayed.
 
-precision: "fp32" (the official inference setting) or "bf16" (autocast, the official training setting: the
-StyleGAN upsampler stays fp32 unless ``upsampler="bf16"``, a runtime option measured against fp32 in
-docs/BENCHMARKS.md). ``compile=True`` runs the decoder through ``torch.compile`` (inductor fuses the many small
-elementwise kernels) before CUDA-graph capture.
+precision: "fp32" (the official inference setting) or "bf16" (autocast, the official training setting). The
+per-frame decoder is ``model.deploy_decoder(...)`` (model/deploy.py: fused q|k|v projections, weights stored in the
+compute dtype, optional FP8 GEMMs ``fp8=True`` and bf16 upsampler ``upsampler="bf16"``, each measured against fp32 in
+docs/BENCHMARKS.md). ``compile=True`` runs it through ``torch.compile`` (inductor fuses the many small elementwise
+kernels; the batch axis is compiled once as a dynamic size) before CUDA-graph capture.
 
-CUDA graphs are captured per batch *bucket* (1, 2, 4, 8, 16, 32, then exact sizes); a batch is padded up to its
+CUDA graphs (``graphs="cuda"``) are captured per batch *bucket* (``BATCH_BUCKETS``); a batch is padded up to its
 bucket (rows are independent, the padding rows' outputs are dropped), so a new batch size never triggers a capture
-or recompilation mid-stream once :meth:`warmup` has run. For bf16 the engine keeps its own copy of the per-frame modules with the Linear
-and Embedding weights stored in bf16: autocast would round them to bf16 at every call anyway, so the numbers are the
-same, minus one cast kernel per weight per frame (norm gains stay fp32, as in the official autocast run). graphs: "none" (eager) or "cuda" (one CUDA graph per batch size, captured on first
-use; outputs are views of static buffers, valid until the next ``decode`` call on this engine).
+or recompilation mid-stream once :meth:`warmup` has run. Outputs are views of the graph's static buffers, valid
+until the next ``decode`` call on this engine (the frame renderer copies them into its own buffers at once).
 """
 from __future__ import annotations
 
-import copy
-
 import torch
-from torch import nn
+import torch._dynamo
 
 from flexrt.model.flexavatar import FlexAvatarModel
 from flexrt.model.gaussians import GAUSSIAN_ATTRIBUTES, Gaussians
@@ -25,60 +22,67 @@ from flexrt.model.pipeline import Pipeline
 
 from .base import Engine, EngineInfo
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+PRECISIONS = ("fp32", "bf16")
 GRAPH_MODES = ("none", "cuda")
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32)
+BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 20, 24, 32, 40, 48, 56, 64)
+MAX_BATCH = BATCH_BUCKETS[-1]
 
 
 def batch_bucket(b: int) -> int:
+    """The captured batch size a batch of ``b`` frames is padded to (``b`` itself above the largest bucket)."""
     return next((k for k in BATCH_BUCKETS if k >= b), b)
 
 
 class TorchEngine(Engine):
     def __init__(self, pipeline: Pipeline | FlexAvatarModel, device: str | torch.device = "cpu",
                  precision: str = "fp32", graphs: str = "none", identity: dict | None = None,
-                 upsampler: str = "fp32", compile: bool = False):
+                 upsampler: str = "auto", compile: bool = False, fp8: bool = False):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
         if graphs not in GRAPH_MODES:
             raise ValueError(f"graphs must be one of {GRAPH_MODES}, got {graphs!r}")
-        if upsampler not in ("fp32", "bf16"):
-            raise ValueError(f"upsampler must be 'fp32' or 'bf16', got {upsampler!r}")
         device = torch.device(device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("TorchEngine: device 'cuda' requested but torch sees no CUDA device")
         if graphs == "cuda" and device.type != "cuda":
             raise ValueError("graphs='cuda' needs a CUDA device")
+        if fp8 and not (device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)):
+            raise RuntimeError("fp8=True needs a CUDA GPU with FP8 tensor cores (compute capability >= 8.9, e.g. "
+                               "Ada or Hopper); use fp8=False")
         if isinstance(pipeline, Pipeline):
             self.model, self.encoder = pipeline.model, pipeline.encoder
             identity = identity or pipeline.identity
         else:
             self.model, self.encoder = pipeline, None
             identity = identity or getattr(pipeline, "identity", {})
-        self.model._gaussian_decoder._stylegan_upsampler.fold()  # static modulated weights (ws is always zero)
-        if PRECISIONS[precision] is not None or upsampler == "bf16":
-            self.model = copy.deepcopy(self.model)  # the engine's own copy: the caller's model keeps fp32 weights
-        if PRECISIONS[precision] is not None:
-            _store_linears_in(self.model, PRECISIONS[precision])
-        if upsampler == "bf16":
-            self.model._gaussian_decoder._stylegan_upsampler.to(torch.bfloat16).to(memory_format=torch.channels_last)
-            self.model.upsampler_dtype = torch.bfloat16
+        if upsampler == "auto":  # bf16 with bf16: 0.74 -> 0.59 ms a frame at batch 32, render PSNR 84.5 dB vs fp32
+            upsampler = "bf16" if precision == "bf16" else "fp32"
+        # the per-frame decoder: its own copy of the weights (fused, cast); the model stays fp32 for avatar creation
+        self.decoder = self.model.deploy_decoder(precision=precision, fp8=fp8, upsampler=upsampler).to(device)
         self.model.to(device).eval()
         if self.encoder is not None:
             self.encoder.to(device).eval()
-        self.dtype = PRECISIONS[precision]
+        self.dtype = torch.bfloat16 if precision == "bf16" else None
         self.graphs = graphs
         self.num_head_tokens = self.model.num_head_tokens
         self.hidden_dim = self.model.hidden_dim
         self.num_gaussians = self.model.num_gaussians
         self.image_size = self.model.cfg.image_resolution
         dev = str(device) if device.type == "cpu" else f"cuda:{device.index or 0}"
-        self._decode_fn = torch.compile(self._decode_eager, dynamic=False) if compile else self._decode_eager
-        self.info = EngineInfo(backend="torch", device=dev, precision=precision,
-                               detail={"graphs": graphs, "upsampler": upsampler, "compile": compile,
+        self.compiled = bool(compile)
+        if compile:
+            _raise_recompile_limit()
+            self._decode_fn = torch.compile(self._decode_eager, dynamic=None)
+        else:
+            self._decode_fn = self._decode_eager
+        self.info = EngineInfo(backend="torch", device=dev, precision=precision + ("+fp8" if fp8 else ""),
+                               detail={"graphs": graphs, "upsampler": upsampler, "compile": compile, "fp8": fp8,
                                        "torch": torch.__version__, **{k: v for k, v in identity.items()
-                                                                                         if k in ("weights", "preset")}})
+                                                                      if k in ("weights", "preset")}})
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, tuple, tuple]] = {}
+        # one memory pool for every bucket's graph: they are replayed one at a time on one stream and their outputs
+        # are copied out before the next replay, so their temporaries may share memory
+        self._pool = torch.cuda.graph_pool_handle() if graphs == "cuda" else None
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)
@@ -97,8 +101,7 @@ class TorchEngine(Engine):
 
     @torch.no_grad()
     def _decode_eager(self, avatar_code, expression_codes) -> tuple[torch.Tensor, ...]:
-        with self._autocast():
-            g = self.model.decode_frames(avatar_code, expression_codes)
+        g = self.decoder(avatar_code, expression_codes)
         return tuple(g[k] for k in GAUSSIAN_ATTRIBUTES)
 
     @torch.no_grad()
@@ -125,7 +128,7 @@ class TorchEngine(Engine):
                     self.decode(torch.zeros(k, self.num_head_tokens, self.hidden_dim, device=self.device),
                                 torch.zeros(k, 135, device=self.device))
             return
-        for k in sorted({batch_bucket(b) for b in range(1, max_batch + 1)}):
+        for k in sorted({batch_bucket(b) for b in range(1, max_batch + 1)}, reverse=True):  # largest pool first
             if k not in self._graphs:
                 self._capture(k)
 
@@ -135,6 +138,9 @@ class TorchEngine(Engine):
         # static input buffers; the graph reads them and writes its outputs to static buffers on every replay
         s_code = torch.zeros(b, self.num_head_tokens, self.hidden_dim, device=self.device)
         s_expr = torch.zeros(b, 135, device=self.device)
+        if self.compiled and b > 1:  # one compiled version serves every bucket above 1 (batch 1 is its own)
+            torch._dynamo.mark_dynamic(s_code, 0, min=2, max=MAX_BATCH)
+            torch._dynamo.mark_dynamic(s_expr, 0, min=2, max=MAX_BATCH)
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
@@ -142,15 +148,14 @@ class TorchEngine(Engine):
                 self._decode_fn(s_code, s_expr)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, pool=self._pool):
             outs = self._decode_fn(s_code, s_expr)
         self._graphs[b] = (graph, (s_code, s_expr), outs)
 
 
-def _store_linears_in(model, dtype: torch.dtype) -> None:
-    """Store the per-frame Linear / Embedding weights of ``model`` in ``dtype`` (in place)."""
-    htm = model._head_transformer
-    for part in (htm._expression_mlp, htm._expression_transformer, htm._dataset_embedding):
-        for m in part.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                m.to(dtype)
+def _raise_recompile_limit() -> None:
+    """One compiled decoder is specialised per batch bucket: allow that many versions (dynamo's default is 8)."""
+    cfg = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(cfg, name):
+            setattr(cfg, name, max(getattr(cfg, name), 2 * len(BATCH_BUCKETS)))

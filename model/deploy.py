@@ -1,0 +1,220 @@
+"""The per-frame decoder specialised for serving: the same function as ``FlexAvatarModel.decode_frames``, rearranged.
+
+    decoder = model.deploy_decoder(precision="bf16", fp8=False, upsampler="fp32")   # a new module; model unchanged
+    g = decoder(avatar_code, expression_codes)   # [B,HT,D], [B,135] -> Gaussians [B,G,*] (3D bias sink)
+
+What differs from ``decode_frames`` (spec §5; each choice measured in docs/BENCHMARKS.md):
+
+1. Fused projections: the sample stream's q|k|v and the context stream's q|k|v of every joint-attention block are
+   one GEMM each (the checkpoint's weights concatenated), so 6 GEMMs become 2 and the outputs need no concatenation
+   before attention.
+2. The 3D bias-sink token (``_dataset_embedding[1]``) is a constant, not an embedding lookup.
+3. The five Gaussian heads are one [14,48] linear map applied to the UV feature map before the bilinear sampling
+   (linear maps commute with it), so 14 channels are sampled per Gaussian instead of 48.
+4. Precision. ``"fp32"``: the official inference setting. ``"bf16"``: bf16 autocast (the official training
+   setting) with the per-frame Linear weights stored in bf16; LayerNorm / RMSNorm and the residual stream stay fp32
+   as autocast decides. ``fp8=True`` (bf16 only, Hopper or Ada GPUs): the sample-stream GEMMs (q|k|v, out, feed
+   forward) take float8 e4m3 weights (one scale per output channel) and activations quantised per row at run time,
+   multiplied by ``torch._scaled_mm`` with bf16 output (FP8 inference as in Micikevicius et al. 2022, "FP8 Formats
+   for Deep Learning"). ``upsampler="bf16"`` runs the StyleGAN upsampler in bf16 channels-last instead of fp32.
+
+The StyleGAN modulation is folded into static weights (ws is always zero, spec §5.5). Everything here is a plain
+nn.Module of torch ops: ``torch.compile`` and CUDA graphs apply as to the model itself.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .flexavatar import DATASET_ID_3D, MAX_SCALE, MAX_XYZ_OFFSET_STEP, FlexAvatarModel
+from .gaussians import Gaussians
+from .layers import JointAttention, JointTransformerBlock
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+FP8_MAX = 448.0  # largest finite float8 e4m3fn value
+
+
+def fused_linear(linears: list[nn.Linear]) -> nn.Linear:
+    """Linears sharing one input -> one Linear whose output is their outputs concatenated (weights copied)."""
+    w = torch.cat([m.weight.detach() for m in linears], dim=0)
+    b = torch.cat([m.bias.detach() for m in linears], dim=0)
+    out = nn.Linear(w.shape[1], w.shape[0], device=w.device, dtype=w.dtype)
+    out.weight.data.copy_(w)
+    out.bias.data.copy_(b)
+    return out
+
+
+class Fp8Linear(nn.Module):
+    """y = x W^T + b with W in float8 e4m3 (scale per output channel) and x quantised per row at run time.
+
+    weight_fp8 [out,in] e4m3fn, weight_scale [1,out] fp32, bias [out] bf16. ``forward`` needs a GPU with FP8 tensor
+    cores (``torch._scaled_mm``); ``forward_reference`` computes the same quantised product in fp32 with plain ops
+    on any device (what the tests compare against)."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        w = linear.weight.detach().float()
+        scale = w.abs().amax(dim=1).clamp_min(1e-12) / FP8_MAX  # [out]
+        self.register_buffer("weight_fp8", (w / scale[:, None]).to(torch.float8_e4m3fn))
+        self.register_buffer("weight_scale", scale[None, :].contiguous())
+        self.register_buffer("bias", linear.bias.detach().to(torch.bfloat16))
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    @staticmethod
+    def quantize_rows(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x2 [M,K] -> (float8 e4m3 [M,K], scale [M,1] fp32) with x2 ~= q * scale."""
+        scale = x2.abs().amax(dim=1, keepdim=True).float().clamp_min(1e-12) / FP8_MAX
+        return (x2.float() / scale).to(torch.float8_e4m3fn), scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [..., in] -> [..., out] bf16
+        x2 = x.reshape(-1, self.in_features)
+        q, scale = self.quantize_rows(x2)
+        y = torch._scaled_mm(q, self.weight_fp8.t(), scale_a=scale, scale_b=self.weight_scale,
+                             out_dtype=torch.bfloat16, use_fast_accum=True)
+        return (y + self.bias).reshape(*x.shape[:-1], self.out_features)
+
+    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, self.in_features)
+        q, scale = self.quantize_rows(x2)
+        w = self.weight_fp8.float() * self.weight_scale.t()  # [out,in]
+        y = (q.float() * scale) @ w.t() + self.bias.float()
+        return y.to(torch.bfloat16).reshape(*x.shape[:-1], self.out_features)
+
+
+class DeployedJointBlock(nn.Module):
+    """One SD3 joint block (spec §5.3) with fused q|k|v projections; submodules taken over from the model's block."""
+
+    def __init__(self, block: JointTransformerBlock):
+        super().__init__()
+        attn: JointAttention = block.attn
+        self.dim, self.n_heads, self.context_pre_only = block.dim, attn.n_heads, block.context_pre_only
+        self.norm1, self.norm1_context = block.norm1, block.norm1_context
+        self.norm_q, self.norm_k = attn.norm_q, attn.norm_k
+        self.norm_added_q, self.norm_added_k = attn.norm_added_q, attn.norm_added_k
+        self.to_qkv = fused_linear([attn.to_q, attn.to_k, attn.to_v])
+        self.add_qkv = fused_linear([attn.add_q_proj, attn.add_k_proj, attn.add_v_proj])
+        self.to_out = attn.to_out[0]
+        self.to_add_out = None if block.context_pre_only else attn.to_add_out
+        self.ff_in, self.ff_out = block.ff.net[0].proj, block.ff.net[2]
+        if not block.context_pre_only:
+            self.ff_context_in, self.ff_context_out = block.ff_context.net[0].proj, block.ff_context.net[2]
+
+    def _qkv(self, linear, x, norm_q, norm_k):  # x [B,N,D] -> q, k, v [B,H,N,hd]
+        b, n, d = x.shape
+        q, k, v = linear(x).view(b, n, 3, self.n_heads, d // self.n_heads).unbind(2)  # [B,N,H,hd] each
+        return norm_q(q).transpose(1, 2), norm_k(k).transpose(1, 2), v.transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor):  # x [B,N,D] sample stream, c [B,M,D] context stream
+        d, n = self.dim, x.shape[1]
+        q, k, v = self._qkv(self.to_qkv, self.norm1(x), self.norm_q, self.norm_k)
+        qc, kc, vc = self._qkv(self.add_qkv, self.norm1_context(c), self.norm_added_q, self.norm_added_k)
+        y = F.scaled_dot_product_attention(torch.cat([q, qc], 2), torch.cat([k, kc], 2), torch.cat([v, vc], 2))
+        b, h, s, hd = y.shape
+        y = y.transpose(1, 2).reshape(b, s, h * hd)  # [B,N+M,D], sample tokens first
+        x = x + self.to_out(y[:, :n])
+        x = x + self.ff_out(F.gelu(self.ff_in(F.layer_norm(x, (d,), eps=1e-6)), approximate="tanh"))
+        if self.context_pre_only:
+            return x, None
+        c = c + self.to_add_out(y[:, n:])
+        c = c + self.ff_context_out(F.gelu(self.ff_context_in(F.layer_norm(c, (d,), eps=1e-6)), approximate="tanh"))
+        return x, c
+
+    def sample_linears(self) -> dict[str, nn.Linear]:
+        """The GEMMs over the 1024 sample tokens (where nearly all the FLOPs are)."""
+        return {"to_qkv": self.to_qkv, "to_out": self.to_out, "ff_in": self.ff_in, "ff_out": self.ff_out}
+
+
+class DeployedFrameDecoder(nn.Module):
+    """avatar_code [B,HT,D], expression_codes [B,135] -> Gaussians [B,G,*] (fp32), 3D bias sink."""
+
+    def __init__(self, model: FlexAvatarModel, precision: str = "fp32", fp8: bool = False, upsampler: str = "fp32"):
+        super().__init__()
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+        if upsampler not in ("fp32", "bf16"):
+            raise ValueError(f"upsampler must be 'fp32' or 'bf16', got {upsampler!r}")
+        if fp8 and precision != "bf16":
+            raise ValueError("fp8=True needs precision='bf16' (FP8 GEMMs produce bf16)")
+        model = copy.deepcopy(model)  # the deployed copy owns its (fused, cast) weights; the caller's stays fp32
+        self.cfg = cfg = model.cfg
+        self.precision, self.fp8, self.upsampler_precision = precision, fp8, upsampler
+        self.dtype = PRECISIONS[precision]
+        htm, gd = model._head_transformer, model._gaussian_decoder
+        self.expression_mlp = htm._expression_mlp
+        with torch.no_grad():
+            sink = htm._dataset_embedding.weight[DATASET_ID_3D].detach().clone()  # [D]
+        self.register_buffer("sink_token", sink.view(1, 1, -1), persistent=False)
+        self.use_sink = cfg.use_dataset_ids
+        et = htm._expression_transformer
+        self.linear_cond_proj = et.linear_cond_proj
+        self.blocks = nn.ModuleList([DeployedJointBlock(b) for b in et.layers])
+        self.norm = et.norm
+        gd._stylegan_upsampler.fold()
+        self.upsampler = gd._stylegan_upsampler
+        self.upsampler_dtype = torch.bfloat16 if upsampler == "bf16" else torch.float32
+        # the five Gaussian heads (spec 5.7) as one [14,48] map, applied BEFORE sampling: bilinear sampling is linear
+        # with zero padding, so sample(img) W^T + b == sample(img W^T) + b, and the sampler then moves 14 channels
+        # per Gaussian instead of 48 (and no [B,G,48] feature tensor is written)
+        heads = gd._mlp_decoder.out_layers
+        self.head_names = ("shs", "scaling", "xyz", "opacity", "rotation")
+        self.head_widths = tuple(heads[k].out_features for k in self.head_names)
+        self.register_buffer("head_weight", torch.cat([heads[k].weight.detach() for k in self.head_names]).clone(),
+                             persistent=False)  # [14,Cg]
+        self.register_buffer("head_bias", torch.cat([heads[k].bias.detach() for k in self.head_names]).clone(),
+                             persistent=False)  # [14]
+        self.register_buffer("template_positions", gd._initial_gaussian_positions, persistent=False)  # [1,G,3]
+        self.register_buffer("uv_samples", gd._uv_samples, persistent=False)  # [1,G,1,2]
+        if self.dtype is not None:  # per-frame Linear weights stored in the compute dtype (autocast would cast them)
+            for m in [self.expression_mlp, self.linear_cond_proj, self.blocks]:
+                for sub in m.modules():
+                    if isinstance(sub, nn.Linear):
+                        sub.to(self.dtype)
+            self.sink_token = self.sink_token.to(self.dtype)
+        if fp8:
+            for block in self.blocks:
+                for name, linear in block.sample_linears().items():
+                    setattr(block, name, Fp8Linear(linear))
+        if upsampler == "bf16":
+            self.upsampler.to(torch.bfloat16).to(memory_format=torch.channels_last)
+        self.eval().requires_grad_(False)
+
+    @property
+    def num_gaussians(self) -> int:
+        return self.uv_samples.shape[1]
+
+    def forward(self, avatar_code: torch.Tensor, expression_codes: torch.Tensor) -> Gaussians:
+        cfg = self.cfg
+        with torch.autocast(avatar_code.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+            # 1. expression tokens (+ the constant 3D bias-sink token first) -> context [B,1+n_tok,D]
+            b, ht, d = avatar_code.shape
+            tokens = self.expression_mlp(expression_codes.to(avatar_code.dtype)).reshape(b, cfg.n_expression_tokens, d)
+            context = torch.cat([self.sink_token.expand(b, -1, -1).to(tokens.dtype), tokens], 1) if self.use_sink else tokens
+            # 2. expression transformer over the avatar code (sample stream) -> [B,HT,D]
+            x, c = avatar_code, self.linear_cond_proj(context)
+            for block in self.blocks:
+                x, c = block(x, c)
+            x = self.norm(x)
+        # 3. UV feature map [B,D,r,r] -> StyleGAN upsampler -> [B,Cg,4r,4r] (fp32 as in the official code, or bf16)
+        r = cfg.res_head_tokens
+        uv = x.transpose(1, 2).reshape(b, d, r, r).to(self.upsampler_dtype)
+        if self.upsampler_dtype != torch.float32:
+            uv = uv.contiguous(memory_format=torch.channels_last)
+        img = self.upsampler(uv).float()
+        # 4. the heads on the UV map (fp32 matmul), sampled at the Gaussians' template UVs -> [B,G,14]
+        head_map = torch.matmul(img.permute(0, 2, 3, 1), self.head_weight.t()).permute(0, 3, 1, 2)  # [B,14,4r,4r]
+        z = F.grid_sample(head_map, self.uv_samples.expand(b, -1, -1, -1), mode="bilinear", padding_mode="zeros",
+                          align_corners=False)[..., 0].transpose(1, 2) + self.head_bias  # [B,G,14]
+        shs, scaling, xyz, opacity, rotation = z.split(self.head_widths, dim=-1)
+        return Gaussians(
+            positions=self.template_positions + (torch.sigmoid(xyz) - 0.5) * MAX_XYZ_OFFSET_STEP,
+            scales=torch.exp(scaling).clamp(0.0, MAX_SCALE),
+            rotations=F.normalize(rotation, dim=-1),
+            colors=shs,
+            opacities=torch.sigmoid(opacity),
+        )
+
+
+__all__ = ["DeployedFrameDecoder", "DeployedJointBlock", "Fp8Linear", "fused_linear", "FP8_MAX"]

@@ -1,0 +1,85 @@
+"""Prometheus metrics of the server (``flexavatar serve --metrics-port 9400`` -> http://host:9400/metrics).
+
+    flexrt_frames_received_total          frames parsed from clients
+    flexrt_frames_rendered_total          frames sent back
+    flexrt_frames_dropped_total           frames replaced by a newer one of the same stream (latest wins)
+    flexrt_jpeg_cpu_fallback_total        GPU-JPEG frames too large for the encoder's capacity, encoded on the CPU
+    flexrt_frame_latency_seconds{stage}   per frame: queue (received -> batch submitted), decode and render (GPU
+                                          time of its batch), server (received -> response handed to gRPC)
+    flexrt_batch_size                     frames per batch
+    flexrt_active_streams                 open Animate streams
+    flexrt_gpu_memory_bytes{kind}         torch's allocated / reserved CUDA memory (sampled at scrape time)
+
+Each server has its own registry, so several servers in one process (tests) do not collide.
+"""
+from __future__ import annotations
+
+import torch
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.012, 0.016, 0.024, 0.033, 0.05, 0.1, 0.25, 1.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128)
+
+
+class ServerMetrics:
+    def __init__(self, active_streams, dropped_frames, jpeg_fallbacks, device: torch.device):
+        """``active_streams``, ``dropped_frames``, ``jpeg_fallbacks``: () -> current value (read at scrape time)."""
+        try:
+            import prometheus_client as prom
+        except ImportError:
+            raise RuntimeError("--metrics-port needs the prometheus-client package (pip install prometheus-client)") \
+                from None
+        self.prom = prom
+        self.registry = reg = prom.CollectorRegistry(auto_describe=True)
+        self.received = prom.Counter("flexrt_frames_received", "frames parsed from clients", registry=reg)
+        self.rendered = prom.Counter("flexrt_frames_rendered", "frames sent back to clients", registry=reg)
+        self.latency = prom.Histogram("flexrt_frame_latency_seconds", "per-frame latency by stage", ["stage"],
+                                      buckets=LATENCY_BUCKETS, registry=reg)
+        self.batch_size = prom.Histogram("flexrt_batch_size", "frames per batch", buckets=BATCH_BUCKETS, registry=reg)
+        prom.Gauge("flexrt_active_streams", "open Animate streams", registry=reg).set_function(active_streams)
+        reg.register(_Counters(prom, {
+            "flexrt_frames_dropped": ("frames replaced by a newer one of the same stream (latest wins)", dropped_frames),
+            "flexrt_jpeg_cpu_fallback": ("GPU-JPEG frames too large for the capacity, encoded on the CPU",
+                                         jpeg_fallbacks)}))
+        if device.type == "cuda":
+            mem = prom.Gauge("flexrt_gpu_memory_bytes", "CUDA memory held by torch", ["kind"], registry=reg)
+            mem.labels("allocated").set_function(lambda: torch.cuda.memory_allocated(device))
+            mem.labels("reserved").set_function(lambda: torch.cuda.memory_reserved(device))
+        self._server = None
+
+    def serve(self, port: int, host: str = "0.0.0.0") -> int:
+        """Start the /metrics HTTP endpoint on a daemon thread -> the bound port."""
+        server, _thread = self.prom.start_http_server(port, addr=host, registry=self.registry)
+        self._server = server
+        return server.server_port
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    # ---- called by the service (event-loop thread) ----
+    def frame(self, rendered, server_us: int) -> None:
+        self.rendered.inc()
+        self.latency.labels("queue").observe(rendered.queue_us / 1e6)
+        self.latency.labels("decode").observe(rendered.decode_us / 1e6)
+        self.latency.labels("render").observe(rendered.render_us / 1e6)
+        self.latency.labels("server").observe(server_us / 1e6)
+
+    def batch(self, result) -> None:
+        self.batch_size.observe(result.batch_size)
+
+
+class _Counters:
+    """Counters whose values live elsewhere (the sessions, the renderer), read when Prometheus scrapes."""
+
+    def __init__(self, prom, counters: dict):
+        self.prom, self.counters = prom, counters
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily
+
+        for name, (doc, value) in self.counters.items():
+            yield CounterMetricFamily(name, doc, value=float(value()))
+
+    def describe(self):
+        return []

@@ -3,8 +3,13 @@
 # links to the repo's folders, as benchmarks/run_device.sh does); 3. reference data carried in .devdata/shared.
 REPO=$(pwd)
 if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  # installed once per warm machine: reinstalling would touch gsplat's sources and make its JIT build start over
+  WHEELS=$(cd .whl && ls *.whl | sort | tr '\n' ' ')
+  if [ "$(cat /tmp/site/.flexrt-wheels 2>/dev/null)" != "$WHEELS" ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+      && echo "$WHEELS" > /tmp/site/.flexrt-wheels
+  fi
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
   for d in /tmp/site/nvidia/*/lib; do [ -d "$d" ] && export LD_LIBRARY_PATH=$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}; done
 fi
 mkdir -p /tmp/flexrt-site/flexrt && rm -f /tmp/flexrt-site/flexrt/*

@@ -6,6 +6,7 @@
     flexavatar avatars ...          flexrt.runtime.cli
     flexavatar demo ...             flexrt.runtime.cli
     flexavatar bench ...            flexrt.benchmarks.cli
+    flexavatar train ...            flexrt.training.cli
     flexavatar fit ...              flexrt.fitting.cli
 
 Only the module of the chosen subcommand is imported (the others may pull in heavy or GPU-only packages).
@@ -24,6 +25,7 @@ SUBCOMMANDS = {
     "avatars": ("flexrt.runtime.cli", "create, list, show and delete avatars on a server"),
     "demo": ("flexrt.runtime.cli", "the main job: export, serve, create an avatar, stream, summarise latency"),
     "bench": ("flexrt.benchmarks.cli", "latency benchmarks (per stage and end to end)"),
+    "train": ("flexrt.training.cli", "train the model with bias sinks on the procedural head corpus"),
     "fit": ("flexrt.fitting.cli", "fit an avatar code to tracked photos / video frames (decoder frozen)"),
 }
 

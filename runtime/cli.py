@@ -647,8 +647,18 @@ def cmd_demo(args) -> int:
     #    data's examples, or synthetic ones
     shared = find_shared_dir()
     cam2world = intrinsics = None
+    shipped_weights = None
+    if args.checkpoint is None and not args.engines and (args.config or "tiny") == "tiny" \
+            and args.template is None and not args.random_weights:
+        from flexrt.training.shipped import shipped_checkpoint
+
+        shipped_weights = shipped_checkpoint()  # the project's own model, trained on its procedural head corpus
     if args.image:
         photo, photo_name = _read_photo(args.image), args.image
+    elif shipped_weights is not None:  # the shipped model has only seen procedural heads: a person it never saw
+        from flexrt.training.shipped import demo_photo
+
+        photo, cam2world, intrinsics, photo_name = demo_photo()
     elif shared and (shared / "reference/assets/images" / f"{DEMO_PHOTO}.png").is_file():
         images = shared / "reference/assets/images"
         photo, photo_name = (images / f"{DEMO_PHOTO}.png").read_bytes(), str(images / f"{DEMO_PHOTO}.png")
@@ -677,7 +687,7 @@ def cmd_demo(args) -> int:
     device = resolve_device(args.device)
     default_size = 512 if device == "cuda" else 128  # small frames keep the CPU rasterizer interactive
     args.width, args.height = args.width or default_size, args.height or default_size
-    if args.checkpoint is None and not args.engines:
+    if args.checkpoint is None and not args.engines and shipped_weights is None:
         print("[demo] no --checkpoint: the model has seeded RANDOM weights, so the frames show the head template's "
               "silhouette as a flat grey-green oval on white that barely changes, not a face (pass the released "
               "weights with --checkpoint for a real avatar)")
@@ -691,9 +701,11 @@ def cmd_demo(args) -> int:
 
         engine_dir = out / "engines"
         config = args.config or ("flex1" if args.checkpoint else "tiny")
-        print(f"[demo] exporting the {config!r} model to {engine_dir} "
-              f"({'checkpoint ' + str(args.checkpoint) if args.checkpoint else 'random weights'})")
-        export_engines(config=config, checkpoint=args.checkpoint, dinov2=args.dinov2, template=args.template,
+        checkpoint = args.checkpoint or shipped_weights
+        what = ("the shipped model trained on the procedural head corpus (docs/TRAINING.md)" if shipped_weights
+                else f"checkpoint {checkpoint}" if checkpoint else "random weights")
+        print(f"[demo] exporting the {config!r} model to {engine_dir} ({what})")
+        export_engines(config=config, checkpoint=checkpoint, dinov2=args.dinov2, template=args.template,
                        out_dir=engine_dir,
                        precisions=("fp32",), tensorrt=False, max_batch=args.max_batch, progress=not args.no_progress)
     engine = load_engine(engine_dir, backend=args.backend, device=device)
@@ -953,7 +965,10 @@ def add_parser(subparsers) -> None:
                 "RANDOM weights: the frames show the head template's silhouette as a flat grey-green oval on white "
                 "that barely moves, not a face. The photo must be a square head crop (PNG/JPEG).")
     p.add_argument("--out", default="demo_out", help="output folder (engines/, avatars/, frames/, latency.json)")
-    p.add_argument("--checkpoint", help="FLEX-1 weights; without it the tiny preset with random weights is used")
+    p.add_argument("--checkpoint", help="FLEX-1 weights; without it the tiny preset with the shipped weights "
+                                        "(trained on the procedural head corpus, docs/TRAINING.md) is used")
+    p.add_argument("--random-weights", action="store_true",
+                   help="without --checkpoint: seeded random tiny weights instead of the shipped model")
     p.add_argument("--dinov2", help="DINOv2 weights for the encoder")
     p.add_argument("--template", help="head template OBJ or template_samples.npz (FLEX-1: the official "
                                       "gghead_template.obj); default: the project's own head")

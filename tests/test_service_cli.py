@@ -18,7 +18,7 @@ def test_demo_with_synthetic_inputs(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(runtime_cli, "find_shared_dir", lambda: None)  # no reference data: drawn photo, sinusoids
     out = tmp_path / "demo"
     rc = main(["demo", "--out", str(out), "--frames", "6", "--width", "32", "--height", "24", "--fps", "0",
-               "--no-progress"])
+               "--random-weights", "--no-progress"])
     assert rc == 0
     frames = sorted((out / "frames").glob("*.png"))
     assert len(frames) == 6 and Image.open(frames[0]).size == (32, 24)

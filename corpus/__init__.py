@@ -1,0 +1,1 @@
+"""flexrt.corpus: a procedural head corpus for training FlexAvatar with bias sinks (see docs/TRAINING.md)."""

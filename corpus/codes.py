@@ -1,0 +1,171 @@
+"""The 135-d expression code of spec §10 as the corpus rig reads it, and a procedural sampler of such codes.
+
+Layout (Pixel3DMM FLAME tracking, in this order; 6D rotations are raw, not normalised):
+
+    exp      [0:100]    FLAME expression coefficients
+    eyes     [100:112]  two 6D rotations (the first is the left eye, at +x)
+    eyelids  [112:114]  two values, larger = more closed (the shipped sequences span about 0.0 .. 0.85)
+    neck     [114:120]  6D rotation
+    jaw      [120:126]  6D rotation (about +x: positive opens the mouth)
+    R        [126:132]  global head rotation, 6D
+    t        [132:135]  global head translation (metres)
+
+6D rotations follow Zhou et al., "On the Continuity of Rotation Representations in Neural Networks" (CVPR 2019),
+in the row convention that PyTorch3D uses (and that ``flexrt.runtime.cli.synthetic_sequence`` writes): the code is
+the first two *rows* of the matrix; decoding is Gram-Schmidt on those rows, so raw unnormalised tracker values
+(the shipped jaw codes have a first row of length ~1.4-3.1) decode to proper rotations. Points rotate as
+``p' = M p`` (column vectors).
+
+The sampler draws codes whose decoded controls cover the ranges of the three shipped FLAME sequences
+(``../shared/reference/assets/expressions``; numbers in ``CODE_STATS``), and, like the tracker, writes the 6D
+rows with random positive scales and a random eye roll (invisible for a round iris), so a model trained on it sees
+raw-looking values. It needs nothing from ``../shared``.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+CODE_DIM = 135
+EXP = slice(0, 100)
+EYE_LEFT = slice(100, 106)
+EYE_RIGHT = slice(106, 112)
+EYELIDS = slice(112, 114)
+NECK = slice(114, 120)
+JAW = slice(120, 126)
+ROT = slice(126, 132)
+TRANS = slice(132, 135)
+ROTATION_SLOTS = {"eye_left": EYE_LEFT, "eye_right": EYE_RIGHT, "neck": NECK, "jaw": JAW, "rot": ROT}
+
+# What the three shipped sequences span (EMO-1, SEN-10, EXP-1; measured with rig_controls below): jaw opening
+# -0.5 .. 29 deg, head yaw up to ~45 deg, eyelids 0.01 .. 0.84, |exp| <= 3.1, std of exp[20:100] ~0.15-0.3.
+CODE_STATS = {"jaw_deg": (-0.5, 29.3), "head_yaw_deg": 45.0, "eyelids": (0.01, 0.84), "exp_abs_max": 3.1}
+
+
+def neutral_code(n: int | None = None) -> torch.Tensor:
+    """The neutral code: zeros with [1,0,0,0,1,0] in the five 6D slots -> [135] (or [n,135])."""
+    code = torch.zeros(CODE_DIM)
+    for s in ROTATION_SLOTS.values():
+        code[s] = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+    return code if n is None else code.expand(n, CODE_DIM).clone()
+
+
+def rotation_6d_to_matrix(d6: torch.Tensor) -> torch.Tensor:
+    """Raw 6D [..., 6] -> rotation [..., 3, 3]: Gram-Schmidt on the two rows (Zhou et al. 2019, row convention)."""
+    a1, a2 = d6[..., 0:3], d6[..., 3:6]
+    b1 = torch.nn.functional.normalize(a1, dim=-1)
+    b2 = torch.nn.functional.normalize(a2 - (b1 * a2).sum(-1, keepdim=True) * b1, dim=-1)
+    b3 = torch.linalg.cross(b1, b2, dim=-1)
+    return torch.stack([b1, b2, b3], dim=-2)
+
+
+def matrix_to_rotation_6d(m: torch.Tensor) -> torch.Tensor:
+    """Rotation [..., 3, 3] -> 6D [..., 6] (its first two rows)."""
+    return m[..., :2, :].reshape(m.shape[:-2] + (6,))
+
+
+def euler_matrix(yaw: torch.Tensor, pitch: torch.Tensor, roll: torch.Tensor) -> torch.Tensor:
+    """Ry(yaw) @ Rx(pitch) @ Rz(roll) [..., 3, 3], radians. yaw > 0 turns +z toward +x; pitch > 0 turns +z toward
+    -y (a nod down; for the jaw: the chin goes down, the mouth opens); roll about +z."""
+    yaw, pitch, roll = torch.broadcast_tensors(torch.as_tensor(yaw), torch.as_tensor(pitch), torch.as_tensor(roll))
+    cy, sy = torch.cos(yaw), torch.sin(yaw)
+    cp, sp = torch.cos(pitch), torch.sin(pitch)
+    cr, sr = torch.cos(roll), torch.sin(roll)
+    one, zero = torch.ones_like(yaw), torch.zeros_like(yaw)
+    ry = torch.stack([cy, zero, sy, zero, one, zero, -sy, zero, cy], -1).reshape(yaw.shape + (3, 3))
+    rx = torch.stack([one, zero, zero, zero, cp, -sp, zero, sp, cp], -1).reshape(yaw.shape + (3, 3))
+    rz = torch.stack([cr, -sr, zero, sr, cr, zero, zero, zero, one], -1).reshape(yaw.shape + (3, 3))
+    return ry @ rx @ rz
+
+
+def matrix_to_yaw_pitch(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where a rotation sends +z, as (yaw, pitch) radians with the signs of ``euler_matrix``."""
+    f = m[..., :, 2]  # [..., 3] image of +z
+    return torch.atan2(f[..., 0], f[..., 2]), torch.asin(torch.clamp(-f[..., 1], -1.0, 1.0))
+
+
+def rig_controls(codes: torch.Tensor) -> dict[str, torch.Tensor]:
+    """codes [..., 135] -> the controls the corpus rig uses (leading dims kept):
+
+    jaw, eye_left, eye_right, neck, rot: [..., 3, 3] rotations; trans [..., 3]; closure [..., 2] in [0, 1]
+    (eyelids: 0.25 -> open, 0.85 -> closed); smile (exp[0]), brow (exp[1]), cheek (exp[3]) in (-1, 1) via tanh.
+    """
+    if codes.shape[-1] != CODE_DIM:
+        raise ValueError(f"expression codes must be [..., {CODE_DIM}], got {tuple(codes.shape)}")
+    c = codes.float()
+    out = {name: rotation_6d_to_matrix(c[..., s]) for name, s in ROTATION_SLOTS.items()}
+    out["trans"] = c[..., TRANS]
+    out["closure"] = torch.clamp((c[..., EYELIDS] - 0.25) / 0.6, 0.0, 1.0)
+    out["smile"] = torch.tanh(c[..., 0] / 2.5)
+    out["brow"] = torch.tanh(c[..., 1] / 1.2)
+    out["cheek"] = torch.tanh(c[..., 3] / 1.2)
+    return out
+
+
+def _raw_6d(rng: np.random.Generator, m: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Rotation [n,3,3] -> tracker-like raw 6D [n,6]: rows scaled by random factors in [lo, hi], plus a little
+    non-orthogonality (Gram-Schmidt removes it)."""
+    n = m.shape[0]
+    rows = m[:, :2, :] * rng.uniform(lo, hi, size=(n, 2, 1))
+    rows[:, 1, :] += 0.05 * rng.standard_normal((n, 3)) * np.abs(rows[:, 1, :]).max(-1, keepdims=True)
+    return rows.reshape(n, 6)
+
+
+def _euler_np(yaw, pitch, roll) -> np.ndarray:
+    return euler_matrix(torch.from_numpy(np.asarray(yaw, dtype=np.float64)),
+                        torch.from_numpy(np.asarray(pitch, dtype=np.float64)),
+                        torch.from_numpy(np.asarray(roll, dtype=np.float64))).numpy()
+
+
+def sample_codes(rng: np.random.Generator, n: int, pose_scale: float = 1.0) -> np.ndarray:
+    """n procedural expression codes [n, 135] float32 (see the module docstring). ``pose_scale`` scales the spread
+    of the head pose (R: yaw std 18 degrees clipped at 2.5 std, pitch 10, roll 6; neck 6/6/4; t 12-15 mm); 1 covers
+    the shipped sequences, smaller values give an easier corpus."""
+    d = math.radians
+    codes = np.zeros((n, CODE_DIM), dtype=np.float64)
+    k = np.arange(100)
+    codes[:, EXP] = rng.standard_normal((n, 100)) * (0.9 * (k + 1.0) ** -0.35)[None]
+    laugh = rng.random(n) < 0.25  # smiles / laughs: exp[0] far out, as in EMO-1
+    codes[laugh, 0] = rng.uniform(1.5, 3.2, size=int(laugh.sum()))
+    codes[:, 1] = rng.normal(0.0, 0.7, size=n)  # brows
+    codes[:, 3] = rng.normal(0.0, 0.7, size=n)  # cheeks
+
+    gaze_yaw = np.clip(rng.normal(0, d(15), n), -d(45), d(45))
+    gaze_pitch = np.clip(rng.normal(0, d(12), n), -d(40), d(40))
+    for s, sign in ((EYE_LEFT, -1.0), (EYE_RIGHT, 1.0)):
+        vergence = sign * np.abs(rng.normal(0, d(2), n))
+        m = _euler_np(gaze_yaw + vergence, gaze_pitch, rng.uniform(-d(35), d(35), n))
+        codes[:, s] = _raw_6d(rng, m, 0.2, 0.9)
+
+    base = rng.uniform(0.05, 0.7, n)
+    blink = rng.random(n) < 0.15
+    base[blink] = rng.uniform(0.75, 1.0, int(blink.sum()))
+    codes[:, EYELIDS] = np.clip(base[:, None] + rng.normal(0, 0.03, (n, 2)), 0.0, 1.0)
+
+    ps = float(pose_scale)
+    codes[:, NECK] = _raw_6d(rng, _euler_np(rng.normal(0, ps * d(6), n), rng.normal(0, ps * d(6), n),
+                                            rng.normal(0, ps * d(4), n)), 0.95, 1.25)
+    wide = rng.random(n) < 0.4
+    jaw = np.where(wide, rng.uniform(d(8), d(32), n), rng.uniform(0.0, d(8), n))
+    codes[:, JAW] = _raw_6d(rng, _euler_np(rng.normal(0, d(2), n), jaw, rng.normal(0, d(1), n)), 0.9, 2.2)
+    yaw = np.clip(rng.normal(0, ps * d(18), n), -2.5 * ps * d(18), 2.5 * ps * d(18))
+    pitch = np.clip(rng.normal(0, ps * d(10), n), -ps * d(25), ps * d(25))
+    codes[:, ROT] = _raw_6d(rng, _euler_np(yaw, pitch, rng.normal(0, ps * d(6), n)), 0.8, 1.5)
+    codes[:, TRANS] = rng.normal(0.0, 1.0, (n, 3)) * np.array([0.012, 0.012, 0.015]) * ps
+    return codes.astype(np.float32)
+
+
+def with_rotation(codes: torch.Tensor, slot: str, matrix: torch.Tensor) -> torch.Tensor:
+    """Copy of codes [..., 135] with one 6D slot replaced by ``matrix`` [..., 3, 3] (unit rows)."""
+    out = codes.clone()
+    out[..., ROTATION_SLOTS[slot]] = matrix_to_rotation_6d(matrix).to(out.dtype)
+    return out
+
+
+__all__ = [
+    "CODE_DIM", "EXP", "EYE_LEFT", "EYE_RIGHT", "EYELIDS", "NECK", "JAW", "ROT", "TRANS", "ROTATION_SLOTS",
+    "CODE_STATS", "neutral_code", "rotation_6d_to_matrix", "matrix_to_rotation_6d", "euler_matrix",
+    "matrix_to_yaw_pitch", "rig_controls", "sample_codes", "with_rotation",
+]

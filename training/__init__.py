@@ -1,0 +1,1 @@
+"""flexrt.training: train FlexAvatar with bias sinks on the procedural head corpus (docs/TRAINING.md)."""

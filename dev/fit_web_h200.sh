@@ -2,8 +2,9 @@
 # Device call (one H200, right after dev/train_h200.sh on the same warm machine, which started gsplat's JIT build):
 # the GPU tests of corpus / training / fitting / engines, fitting at FLEX-1 size with gsplat (200 steps, 4 views,
 # 512²), 16 live streams beside back-to-back fits, and the browser bridge's cost against gRPC.
-#   source dev/device_env.sh && bash dev/fit_web_h200.sh      (carry .whl and .devdata)
+#   bash dev/fit_web_h200.sh      (carry .whl and .devdata)
 set -uo pipefail
+source dev/device_env.sh
 cd /tmp
 T0=$(date +%s); el() { echo "[fit_web $(( $(date +%s) - T0 ))s] $*"; }
 el "gsplat: waiting for the background build"

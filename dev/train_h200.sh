@@ -2,8 +2,9 @@
 # Device call (one H200, <= 10 min): the procedural corpus rendered on the GPU, the bias-sink ablation (4 runs) and
 # the demo model trained side by side on the one GPU, each with the same time budget; gsplat's JIT build started in
 # the background (setsid: it outlives this command while the machine stays warm) for the next call.
-#   source dev/device_env.sh && bash dev/train_h200.sh        (results: $OUT/train_results.tar.gz + weights)
+#   bash dev/train_h200.sh        (results: $OUT/train_results.tar.gz + weights)
 set -uo pipefail
+source dev/device_env.sh
 W=/tmp/flexrt-train
 OUT=${OUT:-$W/out}
 mkdir -p "$W" "$OUT"

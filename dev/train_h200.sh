@@ -5,6 +5,7 @@
 #   bash dev/train_h200.sh        (results: $OUT/train_results.tar.gz + weights)
 set -uo pipefail
 source dev/device_env.sh
+cd /tmp  # not the repo root: its flexrt/ folder would shadow the namespace of links
 W=/tmp/flexrt-train
 OUT=${OUT:-$W/out}
 mkdir -p "$W" "$OUT"

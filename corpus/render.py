@@ -20,7 +20,7 @@ def render(g: Gaussians, cam2world: torch.Tensor, intrinsics: torch.Tensor, size
     culling. ``device``: where to rasterize ("cpu": the reference; "cuda": the CuPy kernels; the two agree to
     rounding, tests/test_corpus.py checks > 40 dB)."""
     device = torch.device(device)
-    backend = "cpu" if device.type == "cpu" else "auto"
+    backend = "cpu" if device.type == "cpu" else "cupy"
     if device.type != "cpu":
         g = g.map(lambda x: x.to(device))
         cam2world, intrinsics = cam2world.to(device), intrinsics.to(device)

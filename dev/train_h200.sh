@@ -14,7 +14,8 @@ say() { echo "[$(date +%T) +${SECONDS}s] $*" | tee -a "$LOG"; }
 END=${TRAIN_END_S:-555}  # seconds into this command by which everything must be done
 
 # 0. gsplat (for fitting, next call): JIT build in the background on 6 cores
-if [ ! -f /tmp/gsplat_ready ] && [ -d /tmp/site/gsplat ]; then
+if [ ! -f /tmp/gsplat_ready ] && [ ! -f /tmp/gsplat_started ] && [ -d /tmp/site/gsplat ]; then
+  touch /tmp/gsplat_started
   say "gsplat: background JIT build started (log /tmp/gsplat_build.log)"
   MAX_JOBS=6 TORCH_CUDA_ARCH_LIST=9.0 setsid nohup bash -c \
     'python3 -m flexrt.benchmarks.bench_e2e build-gsplat > /tmp/gsplat_build.log 2>&1 && touch /tmp/gsplat_ready' \

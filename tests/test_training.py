@@ -89,7 +89,7 @@ def test_batches_mix_splits_and_are_a_function_of_the_step(tmp_path, cache_dir):
     for s in range(3):
         b = batch_for_step(tr.source, tr.cfg, s)
         assert b.dataset_ids.tolist() == [DATASET_ID_3D if x == "3d" else DATASET_ID_2D for x in b.splits]
-    assert b.images.shape == (8, 3, 512, 512) and b.target_images.shape == (8, 1, 3, 32, 32)
+    assert b.images.shape == (8, 3, 48, 48) and b.target_images.shape == (8, 1, 3, 32, 32)
 
 
 def test_learning_rate_schedule():

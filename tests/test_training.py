@@ -141,7 +141,7 @@ def test_checkpoint_loads_in_load_official_export_and_serve(tmp_path, cache_dir)
     assert torch.allclose(engine.decode(code, expr).positions.cpu(), ref.positions, atol=1e-5)
 
 
-def test_perceptual_terms_off_without_weights_and_start_late():
+def test_perceptual_terms_off_without_weights_and_start_late(tmp_path):
     off = PerceptualLoss()
     assert not off.enabled and "DINO OFF" in off.describe() and "SAM OFF" in off.describe()
     x = torch.rand(1, 3, 32, 32)
@@ -156,6 +156,18 @@ def test_perceptual_terms_off_without_weights_and_start_late():
     val, logs = on(x, x * 0.5, step=5)
     assert float(val) > 0 and logs["dino"] > 0
     assert float(on(x, x, step=5)[0]) == 0.0
+    # SAM: the fitting's SamFeatureLoss over a TorchScript module (a stand-in: no SAM2.1 export exists here)
+    from fitting_helpers import write_feature_module
+
+    net = write_feature_module(tmp_path / "sam_standin.pt")
+    sam = PerceptualLoss(sam_module=tmp_path / "sam_standin.pt", w_sam=0.5)
+    assert "SAM ON (w=0.5)" in sam.describe() and "DINO OFF" in sam.describe()
+    val, logs = sam(x, x * 0.5, step=0)
+    with torch.no_grad():
+        expect = (net(x) - net(x * 0.5)).abs().mean()
+    assert logs["sam"] == pytest.approx(float(expect), rel=1e-5) and float(val) == pytest.approx(0.5 * logs["sam"])
+    with pytest.raises(FileNotFoundError, match="SAM feature module not found"):
+        PerceptualLoss(sam_module=tmp_path / "missing.pt")
 
 
 def test_cli_train_resume_eval_and_errors(tmp_path, cache_dir, capsys):

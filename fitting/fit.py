@@ -271,16 +271,17 @@ class FitProblem:
             raise FitInputError("precision 'bf16' needs the model on CUDA; use precision 'fp32' on the CPU")
         self.viewmats = viewmat_from_cam2world(obs.cam2world)  # [N, 4, 4]
         self.Ks = pixel_intrinsics(obs.intrinsics, self.width, self.height)  # [N, 3, 3]
-        self.dino_loss = dino_loss
-        self.target_dino = None
-        if dino_loss is not None and config.lambda_dino > 0:
-            with torch.no_grad():  # the targets are fixed: their DINO features once, not every step
-                self.target_dino = torch.cat([dino_loss.features(obs.images[i: i + 1]) for i in range(obs.n)])
-        self.sam_loss = sam_loss
-        self.target_sam = None
-        if sam_loss is not None and config.lambda_sam > 0:
-            with torch.no_grad():  # likewise the targets' SAM features
-                self.target_sam = torch.cat([sam_loss.features(obs.images[i: i + 1]) for i in range(obs.n)])
+        self.dino_loss, self.sam_loss = dino_loss, sam_loss
+        # the targets are fixed: their DINO / SAM features once, not every step
+        self.target_dino = self._target_features(dino_loss, config.lambda_dino)
+        self.target_sam = self._target_features(sam_loss, config.lambda_sam)
+
+    @torch.no_grad()
+    def _target_features(self, loss, weight: float) -> torch.Tensor | None:
+        """The feature loss's features of every target image [N, ...], or None when the term is off."""
+        if loss is None or weight <= 0:
+            return None
+        return torch.cat([loss.features(self.obs.images[i: i + 1]) for i in range(self.obs.n)])
 
     def decode(self, code: torch.Tensor, expression_codes: torch.Tensor) -> Gaussians:
         """code [1, HT, D], expression_codes [V, 135] -> Gaussians [V, G, *] (3D bias sink)."""
@@ -303,26 +304,14 @@ class FitProblem:
         return loss
 
 
-def _dino_term(config: FitConfig, device) -> tuple[DinoFeatureLoss | None, str]:
-    if config.dino_weights is None:
-        return None, "off: no DINOv2-small weights given (FitConfig.dino_weights / --dino-loss-weights)"
-    if config.lambda_dino == 0:
-        return None, "off: lambda_dino = 0"
-    loss = config.dino_weights
-    if not isinstance(loss, DinoFeatureLoss):
-        loss = load_dino_feature_loss(loss)
-    return loss.to(device), f"on (weight {config.lambda_dino:g}, DINOv2-small {loss.source})"
-
-
-def _sam_term(config: FitConfig, device) -> tuple[SamFeatureLoss | None, str]:
-    if config.sam_module is None:
-        return None, "off (no --sam-module / FitConfig.sam_module; SAM2.1 is not bundled)"
-    if config.lambda_sam == 0:
-        return None, "off: lambda_sam = 0"
-    loss = config.sam_module
-    if not isinstance(loss, SamFeatureLoss):
-        loss = load_sam_feature_loss(loss)
-    return loss.to(device), f"on (weight {config.lambda_sam:g}, TorchScript module {loss.source})"
+def _perceptual_term(given, weight: float, lambda_name: str, cls, load, off: str, label: str, device):
+    """A perceptual loss term from its FitConfig fields -> (loss module on ``device`` or None, term description)."""
+    if given is None:
+        return None, off
+    if weight == 0:
+        return None, f"off: {lambda_name} = 0"
+    loss = given if isinstance(given, cls) else load(given)
+    return loss.to(device), f"on (weight {weight:g}, {label} {loss.source})"
 
 
 @torch.no_grad()
@@ -381,8 +370,12 @@ def run_fit(model, images, cam2world, intrinsics, expression_codes, init_code=No
         raise FitInputError("init_code=None needs `dino` (the encoder's DINOv2 feature extractor, "
                             "flexrt.model.pipeline.build_dino) for the feed-forward initial code; or pass init_code")
     code0 = _check_init_code(model, init_code).to(device, torch.float32)[None] if init_code is not None else None
-    dino_loss, dino_term = _dino_term(config, device)
-    sam_loss, sam_term = _sam_term(config, device)
+    dino_loss, dino_term = _perceptual_term(
+        config.dino_weights, config.lambda_dino, "lambda_dino", DinoFeatureLoss, load_dino_feature_loss,
+        "off: no DINOv2-small weights given (FitConfig.dino_weights / --dino-loss-weights)", "DINOv2-small", device)
+    sam_loss, sam_term = _perceptual_term(
+        config.sam_module, config.lambda_sam, "lambda_sam", SamFeatureLoss, load_sam_feature_loss,
+        "off (no --sam-module / FitConfig.sam_module; SAM2.1 is not bundled)", "TorchScript module", device)
     terms = {"l1": f"on (weight {config.lambda_l1:g})", "ssim": f"on (weight {config.lambda_ssim:g}, as 1 - SSIM)",
              "dino": dino_term, "sam": sam_term}
 

@@ -190,7 +190,24 @@ def _dino_resize_crop(images: torch.Tensor, resize: int, crop: int) -> torch.Ten
     return x[..., top: top + crop, left: left + crop]
 
 
-class DinoFeatureLoss(nn.Module):
+class FeatureL1Loss(nn.Module):
+    """L1 (mean) between ``features(render)`` and the target's features (no gradient through the target)."""
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, render: torch.Tensor, target: torch.Tensor | None = None,
+                target_features: torch.Tensor | None = None) -> torch.Tensor:
+        """render [B, 3, H, W]; target [B, 3, H, W] or its precomputed ``features`` -> scalar."""
+        if target_features is None:
+            if target is None:
+                raise ValueError(f"{type(self).__name__} needs target images or target_features")
+            with torch.no_grad():
+                target_features = self.features(target)
+        return (self.features(render) - target_features.detach()).abs().mean()
+
+
+class DinoFeatureLoss(FeatureL1Loss):
     """L1 between DINOv2 hidden states of renders and targets (spec §9). Frozen; gradients flow to the render."""
 
     def __init__(self, vit: DinoVisionTransformer, layers: tuple[int, ...] = DINO_LOSS_LAYERS,
@@ -221,16 +238,6 @@ class DinoFeatureLoss(nn.Module):
                 states.append(tokens)
         return torch.cat(states, dim=1)
 
-    def forward(self, render: torch.Tensor, target: torch.Tensor | None = None,
-                target_features: torch.Tensor | None = None) -> torch.Tensor:
-        """render [B, 3, H, W]; target [B, 3, H, W] or its precomputed ``features`` -> scalar."""
-        if target_features is None:
-            if target is None:
-                raise ValueError("DinoFeatureLoss needs target images or target_features")
-            with torch.no_grad():
-                target_features = self.features(target)
-        return (self.features(render) - target_features.detach()).abs().mean()
-
 
 def load_dino_feature_loss(weights: str | os.PathLike | Mapping[str, torch.Tensor],
                            config: DinoV2Config = DINOV2_SMALL) -> DinoFeatureLoss:
@@ -257,7 +264,7 @@ SAM_MODULE_EXPECTED = ("a TorchScript file (torch.jit.save) mapping images [B,3,
                        "image_embed features")
 
 
-class SamFeatureLoss(nn.Module):
+class SamFeatureLoss(FeatureL1Loss):
     """L1 (mean) between the features of a frozen TorchScript module for render and target (spec §9's SAM term
     when the module is SAM2.1-hiera-small's image encoder -> ``image_embed``). Gradients flow to the render."""
 
@@ -279,16 +286,6 @@ class SamFeatureLoss(nn.Module):
                              f"image(s), got {got}")
         return out
 
-    def forward(self, render: torch.Tensor, target: torch.Tensor | None = None,
-                target_features: torch.Tensor | None = None) -> torch.Tensor:
-        """render [B, 3, H, W]; target [B, 3, H, W] or its precomputed ``features`` -> scalar."""
-        if target_features is None:
-            if target is None:
-                raise ValueError("SamFeatureLoss needs target images or target_features")
-            with torch.no_grad():
-                target_features = self.features(target)
-        return (self.features(render) - target_features.detach()).abs().mean()
-
 
 def load_sam_feature_loss(path: str | os.PathLike) -> SamFeatureLoss:
     """A TorchScript feature module file -> SamFeatureLoss (on the CPU; ``.to(device)`` it). One-line errors for
@@ -306,7 +303,7 @@ def load_sam_feature_loss(path: str | os.PathLike) -> SamFeatureLoss:
 
 
 __all__ = [
-    "l1_loss", "ssim", "ssim_map", "gaussian_window", "psnr", "photometric_loss", "DinoFeatureLoss",
+    "l1_loss", "ssim", "ssim_map", "gaussian_window", "psnr", "photometric_loss", "FeatureL1Loss", "DinoFeatureLoss",
     "load_dino_feature_loss", "convert_hf_dinov2_state_dict", "SamFeatureLoss", "load_sam_feature_loss",
     "SSIM_C1", "SSIM_C2", "DINOV2_SMALL", "DINO_LOSS_LAYERS",
 ]

@@ -44,7 +44,8 @@ from flexrt.kernels.differentiable import DIFFERENTIABLE_BACKENDS
 from flexrt.model.camera import pixel_intrinsics, viewmat_from_cam2world
 from flexrt.model.gaussians import Gaussians
 
-from .losses import DinoFeatureLoss, SamFeatureLoss, load_dino_feature_loss, load_sam_feature_loss, photometric_loss, psnr
+from .losses import (DinoFeatureLoss, SamFeatureLoss, load_dino_feature_loss, load_sam_feature_loss, photometric_loss,
+                     psnr)
 
 logger = logging.getLogger("flexrt.fitting")
 

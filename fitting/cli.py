@@ -133,12 +133,13 @@ def cmd_fit(args) -> int:
         if args.steps < 1:
             raise FitInputError(f"--steps must be >= 1, got {args.steps}")
         config = FitConfig(steps=args.steps, lr=args.lr, lr_min=args.lr_min, optimize_expression=not args.no_expression,
-                           seed=args.seed, dino_weights=args.dino_loss_weights, sam_weights=args.sam_weights,
+                           seed=args.seed, dino_weights=args.dino_loss_weights, sam_module=args.sam_module,
                            rasterizer=args.rasterizer, precision=args.precision, preview_every=max(1, args.steps))
         terms = {"L1": "on (0.8)", "SSIM": "on (0.2)",
                  "DINO": "on (1.0)" if args.dino_loss_weights else "off (no --dino-loss-weights; random weights would "
                                                                    "be noise)",
-                 "SAM": "off (not implemented)"}
+                 "SAM": f"on (1.0, TorchScript module {args.sam_module})" if args.sam_module else
+                        "off (no --sam-module)"}
         print("[fit] loss terms: " + "; ".join(f"{k} {v}" for k, v in terms.items()))
         from flexrt.kernels import resolve_differentiable_backend
 
@@ -175,8 +176,9 @@ def cmd_fit(args) -> int:
         "psnr_after_per_view_db": result.psnr_after_per_view.tolist(), "views": inputs.names,
         "rasterizer": result.rasterizer, "terms": result.terms, "init": result.init, "device": device,
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(config).items()
-                   if k not in ("dino_weights", "sam_weights")},
+                   if k not in ("dino_weights", "sam_module")},
         "dino_weights": str(args.dino_loss_weights) if args.dino_loss_weights else None,
+        "sam_module": str(args.sam_module) if args.sam_module else None,
         "losses": result.losses.tolist(),
     }
     (report / "fit.json").write_text(json.dumps(summary, indent=2))
@@ -193,7 +195,7 @@ def add_parser(subparsers) -> None:
         "fit", help="fit an avatar code to tracked photos / video frames (decoder frozen)",
         description="Optimise an avatar code against several photos or the frames of a monocular video with the "
                     "decoder frozen (FlexAvatar test-time fitting: 200 steps of Adam, 0.8 L1 + 0.2 (1-SSIM) "
-                    "[+ DINO]). Inputs are TRACKED observations: images on white with head-centric cameras and "
+                    "[+ SAM + DINO]). Inputs are TRACKED observations: images on white with head-centric cameras and "
                     "expression codes from a FLAME tracker (Pixel3DMM); see docs/FITTING.md for the file format.")
     p.add_argument("--inputs", nargs="+", required=True,
                    help="one .npz per photo (<name>_input.npz beside <name>.png) or one N-frame .npz")
@@ -215,7 +217,10 @@ def add_parser(subparsers) -> None:
                                     "(dinov2_vitb14_reg4_pretrain.pth for FLEX-1)")
     p.add_argument("--dino-loss-weights", help="DINOv2-small weights for the DINO loss (dinov2_vits14_pretrain.pth "
                                                "or facebook/dinov2-small model.safetensors); without: the term is off")
-    p.add_argument("--sam-weights", help="SAM2.1-hiera-small weights: the SAM loss is NOT implemented (an error)")
+    p.add_argument("--sam-module", metavar="PATH",
+                   help="TorchScript module (images [B,3,H,W] in [0,1] -> features) for the SAM loss: export "
+                        "SAM2.1-hiera-small's image encoder (image_embed) yourself, this project has no SAM2 "
+                        "(docs/FITTING.md); without: the term is off")
     p.add_argument("--rasterizer", default="auto", choices=DIFFERENTIABLE_BACKENDS,
                    help="differentiable rasterizer: gsplat (CUDA), torch (any device); auto picks and says which")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))

@@ -16,8 +16,9 @@ Recipe (FlexAvatar, Kirschstein et al., CVPR 2026, §"test-time fitting"; defaul
 4. Each step: one input view picked at random (seeded ``numpy`` generator); decode the Gaussians for the tracked
    expression code + offset with the 3D bias sink (``model.decode_frames``); render them from the input camera at
    the input resolution on white with the differentiable rasterizer (``flexrt.kernels.rasterize_differentiable``:
-   gsplat on CUDA, the PyTorch reference elsewhere); loss = 0.8 L1 + 0.2 (1 - SSIM) + 1.0 DINO (+ 1.0 SAM, not
-   implemented) on the unclamped render.
+   gsplat on CUDA, the PyTorch reference elsewhere); loss = 0.8 L1 + 0.2 (1 - SSIM) + 1.0 SAM + 1.0 DINO on the
+   unclamped render (SAM: a user-exported TorchScript feature module; each perceptual term is off without its
+   weights).
 5. Only the avatar code is the result (the offsets are returned for inspection).
 
 PSNR before/after is measured on the inputs (renders clamped to [0, 1]): before = the initial code with the
@@ -43,7 +44,8 @@ from flexrt.kernels.differentiable import DIFFERENTIABLE_BACKENDS
 from flexrt.model.camera import pixel_intrinsics, viewmat_from_cam2world
 from flexrt.model.gaussians import Gaussians
 
-from .losses import DinoFeatureLoss, l1_loss, load_dino_feature_loss, psnr, require_no_sam, ssim
+from .losses import (DinoFeatureLoss, SamFeatureLoss, load_dino_feature_loss, load_sam_feature_loss, photometric_loss,
+                     psnr)
 
 logger = logging.getLogger("flexrt.fitting")
 
@@ -68,11 +70,13 @@ class FitConfig:
     lambda_l1: float = 0.8
     lambda_ssim: float = 0.2
     lambda_dino: float = 1.0  # used only when dino_weights is given
-    lambda_sam: float = 1.0  # SAM loss: not implemented (sam_weights must stay None)
+    lambda_sam: float = 1.0  # used only when sam_module is given
     # DINOv2-small weights for the DINO loss: dinov2_vits14_pretrain.pth, facebook/dinov2-small model.safetensors,
     # a state dict, or a loaded DinoFeatureLoss. None: the term is off (random weights would be noise).
     dino_weights: str | Path | Mapping[str, torch.Tensor] | DinoFeatureLoss | None = None
-    sam_weights: str | Path | None = None  # giving SAM weights is an error (the SAM loss is not implemented)
+    # SAM feature module for the SAM loss: a TorchScript file (images [B,3,H,W] in [0,1] -> features; the user's
+    # export of SAM2.1-hiera-small's image encoder -> image_embed) or a loaded SamFeatureLoss. None: the term is off.
+    sam_module: str | Path | SamFeatureLoss | None = None
     rasterizer: str = "auto"  # "auto" | "torch" | "gsplat" (flexrt.kernels.rasterize_differentiable)
     precision: str = "fp32"  # "fp32" (official) | "bf16" (decoder under CUDA bf16 autocast; upsampler stays fp32)
     preview_every: int = 10  # progress gets a preview render every this many steps (and at the last step)
@@ -258,7 +262,8 @@ class FitProblem:
     """The pieces of one fitting step over validated observations (also used by benchmarks/bench_fitting.py to
     time them separately): ``decode`` -> ``render`` -> ``loss``."""
 
-    def __init__(self, model, obs: Observations, config: FitConfig, dino_loss: DinoFeatureLoss | None):
+    def __init__(self, model, obs: Observations, config: FitConfig, dino_loss: DinoFeatureLoss | None,
+                 sam_loss: SamFeatureLoss | None = None):
         self.model, self.obs, self.config = model, obs, config
         self.device = obs.images.device
         self.height, self.width = obs.size
@@ -267,11 +272,17 @@ class FitProblem:
             raise FitInputError("precision 'bf16' needs the model on CUDA; use precision 'fp32' on the CPU")
         self.viewmats = viewmat_from_cam2world(obs.cam2world)  # [N, 4, 4]
         self.Ks = pixel_intrinsics(obs.intrinsics, self.width, self.height)  # [N, 3, 3]
-        self.dino_loss = dino_loss
-        self.target_dino = None
-        if dino_loss is not None and config.lambda_dino > 0:
-            with torch.no_grad():  # the targets are fixed: their DINO features once, not every step
-                self.target_dino = torch.cat([dino_loss.features(obs.images[i: i + 1]) for i in range(obs.n)])
+        self.dino_loss, self.sam_loss = dino_loss, sam_loss
+        # the targets are fixed: their DINO / SAM features once, not every step
+        self.target_dino = self._target_features(dino_loss, config.lambda_dino)
+        self.target_sam = self._target_features(sam_loss, config.lambda_sam)
+
+    @torch.no_grad()
+    def _target_features(self, loss, weight: float) -> torch.Tensor | None:
+        """The feature loss's features of every target image [N, ...], or None when the term is off."""
+        if loss is None or weight <= 0:
+            return None
+        return torch.cat([loss.features(self.obs.images[i: i + 1]) for i in range(self.obs.n)])
 
     def decode(self, code: torch.Tensor, expression_codes: torch.Tensor) -> Gaussians:
         """code [1, HT, D], expression_codes [V, 135] -> Gaussians [V, G, *] (3D bias sink)."""
@@ -286,21 +297,22 @@ class FitProblem:
     def loss(self, rgb: torch.Tensor, views: list[int]) -> torch.Tensor:
         """rgb [V, 3, H, W] against the targets of ``views`` -> scalar loss."""
         cfg, target = self.config, self.obs.images[views]
-        loss = cfg.lambda_l1 * l1_loss(rgb, target) + cfg.lambda_ssim * (1.0 - ssim(rgb, target))
+        loss = photometric_loss(rgb, target, cfg.lambda_l1, cfg.lambda_ssim)[0]
+        if self.target_sam is not None:
+            loss = loss + cfg.lambda_sam * self.sam_loss(rgb, target_features=self.target_sam[views])
         if self.target_dino is not None:
             loss = loss + cfg.lambda_dino * self.dino_loss(rgb, target_features=self.target_dino[views])
         return loss
 
 
-def _dino_term(config: FitConfig, device) -> tuple[DinoFeatureLoss | None, str]:
-    if config.dino_weights is None:
-        return None, "off: no DINOv2-small weights given (FitConfig.dino_weights / --dino-loss-weights)"
-    if config.lambda_dino == 0:
-        return None, "off: lambda_dino = 0"
-    loss = config.dino_weights
-    if not isinstance(loss, DinoFeatureLoss):
-        loss = load_dino_feature_loss(loss)
-    return loss.to(device), f"on (weight {config.lambda_dino:g}, DINOv2-small {loss.source})"
+def _perceptual_term(given, weight: float, lambda_name: str, cls, load, off: str, label: str, device):
+    """A perceptual loss term from its FitConfig fields -> (loss module on ``device`` or None, term description)."""
+    if given is None:
+        return None, off
+    if weight == 0:
+        return None, f"off: {lambda_name} = 0"
+    loss = given if isinstance(given, cls) else load(given)
+    return loss.to(device), f"on (weight {weight:g}, {label} {loss.source})"
 
 
 @torch.no_grad()
@@ -353,16 +365,20 @@ def run_fit(model, images, cam2world, intrinsics, expression_codes, init_code=No
     (detached, unclamped), target [3, H, W]) -> False cancels. ``cancel``: a threading.Event checked every step."""
     t_start = time.perf_counter()
     config = FitConfig(**vars(config)).validate()  # a copy: the caller's config is never modified
-    require_no_sam(config.sam_weights)
     device = next(model.parameters()).device
     obs = check_observations(images, cam2world, intrinsics, expression_codes, device)
     if init_code is None and dino is None:
         raise FitInputError("init_code=None needs `dino` (the encoder's DINOv2 feature extractor, "
                             "flexrt.model.pipeline.build_dino) for the feed-forward initial code; or pass init_code")
     code0 = _check_init_code(model, init_code).to(device, torch.float32)[None] if init_code is not None else None
-    dino_loss, dino_term = _dino_term(config, device)
+    dino_loss, dino_term = _perceptual_term(
+        config.dino_weights, config.lambda_dino, "lambda_dino", DinoFeatureLoss, load_dino_feature_loss,
+        "off: no DINOv2-small weights given (FitConfig.dino_weights / --dino-loss-weights)", "DINOv2-small", device)
+    sam_loss, sam_term = _perceptual_term(
+        config.sam_module, config.lambda_sam, "lambda_sam", SamFeatureLoss, load_sam_feature_loss,
+        "off (no --sam-module / FitConfig.sam_module; SAM2.1 is not bundled)", "TorchScript module", device)
     terms = {"l1": f"on (weight {config.lambda_l1:g})", "ssim": f"on (weight {config.lambda_ssim:g}, as 1 - SSIM)",
-             "dino": dino_term, "sam": "off: not implemented in this runtime"}
+             "dino": dino_term, "sam": sam_term}
 
     was_training = model.training
     flags = [p.requires_grad for p in model.parameters()]
@@ -374,9 +390,9 @@ def run_fit(model, images, cam2world, intrinsics, expression_codes, init_code=No
             init = "feed-forward"
         else:
             init = "init_code"
-        problem = FitProblem(model, obs, config, dino_loss)
-        logger.info("fitting %d view(s) at %dx%d for %d steps on %s; rasterizer %s; DINO %s; SAM off", obs.n,
-                    problem.width, problem.height, config.steps, device, problem.backend, dino_term)
+        problem = FitProblem(model, obs, config, dino_loss, sam_loss)
+        logger.info("fitting %d view(s) at %dx%d for %d steps on %s; rasterizer %s; DINO: %s; SAM: %s", obs.n,
+                    problem.width, problem.height, config.steps, device, problem.backend, dino_term, sam_term)
         zeros = torch.zeros(obs.n, EXPRESSION_DIM, device=device)
         before = psnr(render_views(model, code0, obs.cam2world, obs.intrinsics, obs.expression_codes, problem.width,
                                    problem.height, problem.backend), obs.images)

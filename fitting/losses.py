@@ -1,6 +1,8 @@
-"""Fitting losses (spec §9): L1, SSIM, the DINOv2 feature loss, PSNR; the SAM loss is NOT implemented.
+"""The project's image losses (spec §9): L1, SSIM, PSNR, the DINOv2 feature loss and the SAM feature loss hook.
+This module owns them; training (``flexrt.training.losses``) imports them from here.
 
-    loss = 0.8 * l1_loss(render, target) + 0.2 * (1 - ssim(render, target)) + 1.0 * dino(render, target)
+    loss = 0.8 * l1_loss(render, target) + 0.2 * (1 - ssim(render, target))     # photometric_loss
+           + 1.0 * sam(render, target) + 1.0 * dino(render, target)            # each off without its weights
 
 * ``ssim``: the 3D Gaussian Splatting SSIM (Kerbl et al. 2023, ``utils/loss_utils.ssim``; Wang et al. 2004):
   11x11 Gaussian window with sigma 1.5 applied per channel with **zero padding** (a "same"-size convolution),
@@ -13,8 +15,11 @@
   ``(512 - 504) / 2`` pixels per side and a 504 centre crop, ImageNet normalisation. The target's features carry
   no gradient. It runs the project's own ViT (``flexrt.model.dinov2``) and needs the official weights: random
   weights would make it noise, so without weights the term is off (``load_dino_feature_loss``).
-* SAM2.1-hiera-small ``image_embed`` loss: not implemented (Hiera + FPN neck are not part of this project);
-  asking for it is an error (``require_no_sam``).
+* ``SamFeatureLoss``: L1 (mean) between the features a user-supplied TorchScript module computes for the render
+  and the target (images [B, 3, H, W] in [0, 1] -> features). The spec's term uses SAM2.1-hiera-small's
+  ``image_embed``; this project has no SAM2 implementation, so the user exports that image encoder (with its own
+  preprocessing) to TorchScript and passes the file (``load_sam_feature_loss``). Only stand-in modules have been
+  run through this hook here; no SAM2.1 export was tested. Without a module the term is off.
 """
 from __future__ import annotations
 
@@ -100,6 +105,13 @@ def psnr(render: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 10.0 * torch.log10(1.0 / mse.clamp_min(1e-12))
 
 
+def photometric_loss(render: torch.Tensor, target: torch.Tensor, w_l1: float = 0.8, w_ssim: float = 0.2):
+    """w_l1 L1 + w_ssim (1 - SSIM) (spec §9's 0.8 / 0.2) of render, target [B, C, H, W] ->
+    (loss, l1, ssim), three 0-dim tensors (l1 and ssim still attached, for logging)."""
+    l1, s = l1_loss(render, target), ssim(render, target)
+    return w_l1 * l1 + w_ssim * (1.0 - s), l1, s
+
+
 # ----------------------------------------------------------------------------------------------- DINOv2 loss
 # Hugging Face Dinov2Layer names -> hub Block names. Two spellings exist: the released checkpoint files (and
 # transformers < 5) use attention.attention.{query,key,value} + attention.output.dense; transformers >= 5 modules
@@ -178,7 +190,24 @@ def _dino_resize_crop(images: torch.Tensor, resize: int, crop: int) -> torch.Ten
     return x[..., top: top + crop, left: left + crop]
 
 
-class DinoFeatureLoss(nn.Module):
+class FeatureL1Loss(nn.Module):
+    """L1 (mean) between ``features(render)`` and the target's features (no gradient through the target)."""
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, render: torch.Tensor, target: torch.Tensor | None = None,
+                target_features: torch.Tensor | None = None) -> torch.Tensor:
+        """render [B, 3, H, W]; target [B, 3, H, W] or its precomputed ``features`` -> scalar."""
+        if target_features is None:
+            if target is None:
+                raise ValueError(f"{type(self).__name__} needs target images or target_features")
+            with torch.no_grad():
+                target_features = self.features(target)
+        return (self.features(render) - target_features.detach()).abs().mean()
+
+
+class DinoFeatureLoss(FeatureL1Loss):
     """L1 between DINOv2 hidden states of renders and targets (spec §9). Frozen; gradients flow to the render."""
 
     def __init__(self, vit: DinoVisionTransformer, layers: tuple[int, ...] = DINO_LOSS_LAYERS,
@@ -209,16 +238,6 @@ class DinoFeatureLoss(nn.Module):
                 states.append(tokens)
         return torch.cat(states, dim=1)
 
-    def forward(self, render: torch.Tensor, target: torch.Tensor | None = None,
-                target_features: torch.Tensor | None = None) -> torch.Tensor:
-        """render [B, 3, H, W]; target [B, 3, H, W] or its precomputed ``features`` -> scalar."""
-        if target_features is None:
-            if target is None:
-                raise ValueError("DinoFeatureLoss needs target images or target_features")
-            with torch.no_grad():
-                target_features = self.features(target)
-        return (self.features(render) - target_features.detach()).abs().mean()
-
 
 def load_dino_feature_loss(weights: str | os.PathLike | Mapping[str, torch.Tensor],
                            config: DinoV2Config = DINOV2_SMALL) -> DinoFeatureLoss:
@@ -240,15 +259,51 @@ def load_dino_feature_loss(weights: str | os.PathLike | Mapping[str, torch.Tenso
     return DinoFeatureLoss(vit, source=source)
 
 
-def require_no_sam(sam_weights) -> None:
-    """The SAM2.1-hiera-small image_embed loss is not implemented: an explicit error when it is asked for."""
-    if sam_weights is not None:
-        raise NotImplementedError(
-            "the SAM2.1-hiera-small image_embed loss (spec §9) is not implemented in this runtime (no Hiera image "
-            "encoder / FPN neck here); fit without SAM weights: the L1 + SSIM (+ DINO) terms still apply")
+# ----------------------------------------------------------------------------------------------- SAM loss
+SAM_MODULE_EXPECTED = ("a TorchScript file (torch.jit.save) mapping images [B,3,H,W] in [0,1] to SAM2.1-hiera-small "
+                       "image_embed features")
+
+
+class SamFeatureLoss(FeatureL1Loss):
+    """L1 (mean) between the features of a frozen TorchScript module for render and target (spec §9's SAM term
+    when the module is SAM2.1-hiera-small's image encoder -> ``image_embed``). Gradients flow to the render."""
+
+    def __init__(self, net: nn.Module, source: str = "given"):
+        super().__init__()
+        self.net = net.eval()
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        self.source = source
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """images [B, 3, H, W] in [0, 1] -> the module's features [B, ...]."""
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"SamFeatureLoss: images must be [B,3,H,W], got {tuple(images.shape)}")
+        out = self.net(images)
+        if not isinstance(out, torch.Tensor) or out.dim() < 1 or out.shape[0] != images.shape[0]:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"SAM feature module {self.source}: expected one tensor [B, ...] for {images.shape[0]} "
+                             f"image(s), got {got}")
+        return out
+
+
+def load_sam_feature_loss(path: str | os.PathLike) -> SamFeatureLoss:
+    """A TorchScript feature module file -> SamFeatureLoss (on the CPU; ``.to(device)`` it). One-line errors for
+    a missing file or a file that is not TorchScript."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"SAM feature module not found: {path} (expected {SAM_MODULE_EXPECTED})")
+    try:
+        net = torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:  # torch.jit.load raises RuntimeError / ValueError with multi-line text
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"SAM feature module {path} is not a TorchScript file ({first}); expected "
+                         f"{SAM_MODULE_EXPECTED}") from None
+    return SamFeatureLoss(net, source=str(path))
 
 
 __all__ = [
-    "l1_loss", "ssim", "ssim_map", "gaussian_window", "psnr", "DinoFeatureLoss", "load_dino_feature_loss",
-    "convert_hf_dinov2_state_dict", "require_no_sam", "DINOV2_SMALL", "DINO_LOSS_LAYERS",
+    "l1_loss", "ssim", "ssim_map", "gaussian_window", "psnr", "photometric_loss", "FeatureL1Loss", "DinoFeatureLoss",
+    "load_dino_feature_loss", "convert_hf_dinov2_state_dict", "SamFeatureLoss", "load_sam_feature_loss",
+    "SSIM_C1", "SSIM_C2", "DINOV2_SMALL", "DINO_LOSS_LAYERS",
 ]

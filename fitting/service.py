@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from .fit import FitConfig, FitInputError, FitResult, check_observations, run_fit, to_uint8
-from .losses import psnr, require_no_sam
+from .losses import psnr
 
 logger = logging.getLogger("flexrt.fitting.service")
 
@@ -127,7 +127,9 @@ class FitService:
         """Validate (raises FitInputError / FitBusy here, in the caller's thread), then start the fit.
         ``preview_every``: this request's preview cadence (None = ``limits.preview_every``)."""
         config = FitConfig(**vars(config)).validate()
-        require_no_sam(config.sam_weights)
+        if config.sam_module is not None:  # a TorchScript file runs its own code: never one chosen by a client
+            raise FitInputError("the fit service does not load SAM feature modules; use `flexavatar fit --sam-module` "
+                                "locally")
         obs = check_observations(images, cam2world, intrinsics, expression_codes)  # CPU copy: checks only
         h, w = obs.size
         self.limits.check(obs.n, h, w, config.steps)

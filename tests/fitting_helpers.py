@@ -61,3 +61,14 @@ def random_expressions(n: int, seed: int, scale: float = 1.0) -> torch.Tensor:
     e = neutral_expressions(n)
     e[:, :10] += scale * torch.randn(n, 10, generator=torch.Generator().manual_seed(seed))
     return e
+
+
+def write_feature_module(path, seed: int = 0) -> torch.nn.Module:
+    """A real small TorchScript feature module at ``path`` (a stand-in for a user's SAM2.1-hiera-small image-encoder
+    export: images [B,3,H,W] -> features [B,8,H/4,W/4]); returns the eager module it was scripted from, the
+    reference for its features."""
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2, padding=1), torch.nn.GELU(),
+                              torch.nn.Conv2d(8, 8, 3, stride=2, padding=1)).eval()
+    torch.jit.save(torch.jit.script(net), str(path))
+    return net

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from fitting_helpers import SIZE, cameras, neutral_expressions, random_codes, random_expressions, sensitive_tiny_model
+from fitting_helpers import (SIZE, cameras, neutral_expressions, random_codes, random_expressions, sensitive_tiny_model,
+                             write_feature_module)
 from flexrt.fitting import FitConfig, FitInputError, FitProblem, check_observations, fit_avatar, psnr, render_views
 from flexrt.fitting.fit import feed_forward_code
-from flexrt.fitting.losses import DinoFeatureLoss, l1_loss, ssim
+from flexrt.fitting.losses import DinoFeatureLoss, l1_loss, load_sam_feature_loss, ssim
 from flexrt.model.dinov2 import DinoV2Config, DinoVisionTransformer
 
 TRAIN_YAWS = (-30.0, -10.0, 10.0, 30.0)
@@ -121,7 +122,7 @@ def test_defaults_are_the_official_recipe():
     c = FitConfig()
     assert (c.steps, c.lr, c.lr_min, c.optimize_expression) == (200, 1e-2, 5e-4, True)
     assert (c.lambda_l1, c.lambda_ssim, c.lambda_dino, c.lambda_sam) == (0.8, 0.2, 1.0, 1.0)
-    assert c.rasterizer == "auto" and c.precision == "fp32" and c.dino_weights is None and c.sam_weights is None
+    assert c.rasterizer == "auto" and c.precision == "fp32" and c.dino_weights is None and c.sam_module is None
 
 
 def test_expression_offsets_recover_a_tracking_error(scene):
@@ -254,10 +255,42 @@ def test_bad_inputs_name_the_problem(scene, case, match):
         fit_avatar(scene["model"], **args)
 
 
-def test_sam_weights_are_refused(scene):
-    with pytest.raises(NotImplementedError, match="SAM2.1-hiera-small"):
-        fit_avatar(scene["model"], scene["targets"], scene["c2w"], scene["K"], scene["expr"],
-                   init_code=scene["code_init"], config=FitConfig(steps=1, sam_weights="sam2.1_hiera_small.pt"))
+def test_sam_term_with_a_torchscript_module(scene, tmp_path):
+    """The SAM hook with a real (stand-in) TorchScript module: the step loss gains lambda_sam * L1 of its features,
+    the term's gradient reaches the avatar code, the result says it was on; a missing file is a one-line error."""
+    model = scene["model"]
+    net = write_feature_module(tmp_path / "sam_standin.pt")
+    obs = check_observations(scene["targets"], scene["c2w"], scene["K"], scene["expr"])
+    config = FitConfig(sam_module=tmp_path / "sam_standin.pt", lambda_sam=0.5)
+    problem = FitProblem(model, obs, config, None, load_sam_feature_loss(config.sam_module))
+    plain = FitProblem(model, obs, FitConfig(), None)
+    code = scene["code_init"][None].clone().requires_grad_(True)
+    rgb = problem.render(problem.decode(code, obs.expression_codes[1:2]), [1])
+    with torch.no_grad():
+        sam_ref = (net(rgb) - net(obs.images[1:2])).abs().mean()
+    assert float(sam_ref) > 1e-4
+    sam_part = problem.loss(rgb, [1]) - plain.loss(rgb, [1])
+    torch.testing.assert_close(sam_part.detach(), 0.5 * sam_ref, rtol=1e-4, atol=1e-7)
+    (grad,) = torch.autograd.grad(sam_part, code)
+    assert torch.isfinite(grad).all() and float(grad.abs().sum()) > 0
+
+    one = dict(init_code=scene["code_init"])
+    args = (model, scene["targets"], scene["c2w"], scene["K"], scene["expr"])
+    on = fit_avatar(*args, **one, config=FitConfig(steps=2, sam_module=str(tmp_path / "sam_standin.pt")))
+    off = fit_avatar(*args, **one, config=FitConfig(steps=2))
+    assert on.terms["sam"] == f"on (weight 1, TorchScript module {tmp_path / 'sam_standin.pt'})"
+    assert off.terms["sam"].startswith("off (no --sam-module")
+    # step 0 renders the initial code for the same seeded view in both fits: the losses differ by the SAM term
+    v = int(on.views[0])
+    assert v == int(off.views[0])
+    with torch.no_grad():
+        rgb0 = plain.render(plain.decode(scene["code_init"][None], obs.expression_codes[v: v + 1]), [v])
+        expect = (net(rgb0) - net(obs.images[v: v + 1])).abs().mean()
+    assert on.losses[0] - off.losses[0] == pytest.approx(float(expect), rel=1e-3)
+    assert not np.allclose(on.avatar_code.numpy(), off.avatar_code.numpy())  # the term steered the code
+    with pytest.raises(FileNotFoundError, match="SAM feature module not found") as info:
+        fit_avatar(*args, **one, config=FitConfig(steps=1, sam_module=tmp_path / "missing.pt"))
+    assert "\n" not in str(info.value)
 
 
 def test_numpy_inputs_and_batched_init_code(scene):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fitting_helpers import SIZE, cameras, random_codes, random_expressions
+from fitting_helpers import SIZE, cameras, random_codes, random_expressions, write_feature_module
 from flexrt.cli import main
 from flexrt.fitting import render_views
 from flexrt.fitting.inputs import FitInputs, save_fit_inputs
@@ -36,7 +36,7 @@ def test_fit_cli_writes_an_importable_avatar_and_a_report(inputs_file, capsys):
                "--init", str(d / "init.npy"), "--device", "cpu", "--no-progress"])
     assert rc == 0
     text = capsys.readouterr().out
-    assert "DINO off (no --dino-loss-weights" in text and "SAM off (not implemented)" in text
+    assert "DINO off (no --dino-loss-weights" in text and "SAM off (no --sam-module)" in text
     assert "[fit] rasterizer: torch" in text and "this command does not track" in text
     code = parse_avatar_code_npy((d / "out" / "avatar.npy").read_bytes())  # the server store's importer
     assert code.shape == (64, 64) and code.dtype == np.float32
@@ -59,8 +59,19 @@ def test_fit_cli_feed_forward_init(inputs_file, capsys):
     assert json.loads((d / "ff_fit" / "fit.json").read_text())["init"] == "feed-forward"
 
 
+def test_fit_cli_sam_module(inputs_file, capsys):
+    d = inputs_file
+    write_feature_module(d / "sam_standin.pt")  # a stand-in: no SAM2.1-hiera-small export exists here
+    rc = main(["fit", "--inputs", str(d / "views.npz"), "--out", str(d / "sam.npy"), "--steps", "2", "--init",
+               str(d / "init.npy"), "--device", "cpu", "--no-progress", "--sam-module", str(d / "sam_standin.pt")])
+    assert rc == 0 and f"SAM on (1.0, TorchScript module {d / 'sam_standin.pt'})" in capsys.readouterr().out
+    summary = json.loads((d / "sam_fit" / "fit.json").read_text())
+    assert summary["terms"]["sam"].startswith("on (weight 1, TorchScript module")
+    assert summary["sam_module"] == str(d / "sam_standin.pt")
+
+
 @pytest.mark.parametrize("extra,match", [
-    (["--sam-weights", "sam.pt"], "SAM2.1-hiera-small image_embed loss"),
+    (["--sam-module", "missing_sam.pt"], "SAM feature module not found: missing_sam.pt"),
     (["--steps", "0"], "--steps must be >= 1"),
     (["--rasterizer", "gsplat"], "backend='gsplat' needs CUDA tensors"),
 ])

@@ -1,6 +1,7 @@
 """Fitting losses: SSIM against an independent per-pixel implementation, closed forms and scikit-image; the DINOv2
 feature loss against Hugging Face transformers' Dinov2Model (same ViT-S/14 architecture, random weights) and its
-preprocessing against torch's own interpolation; strict weight loading; SAM is an explicit error."""
+preprocessing against torch's own interpolation; strict weight loading; the SAM feature loss over a real
+TorchScript module against its eager original."""
 from __future__ import annotations
 
 import numpy as np
@@ -17,12 +18,13 @@ from flexrt.fitting.losses import (
     convert_hf_dinov2_state_dict,
     l1_loss,
     load_dino_feature_loss,
+    load_sam_feature_loss,
     psnr,
-    require_no_sam,
     ssim,
     ssim_map,
 )
 from flexrt.model.dinov2 import DinoV2Config, DinoVisionTransformer
+from fitting_helpers import write_feature_module
 
 
 # ----------------------------------------------------------------------------------------------- SSIM
@@ -201,7 +203,37 @@ def test_hf_conversion_refuses_leftovers():
         convert_hf_dinov2_state_dict(sd, depth=12)
 
 
-def test_sam_is_an_explicit_error():
-    require_no_sam(None)
-    with pytest.raises(NotImplementedError, match="SAM2.1-hiera-small image_embed loss .* not implemented"):
-        require_no_sam("sam2.1_hiera_small.pt")
+# ----------------------------------------------------------------------------------------------- SAM
+def test_sam_feature_loss_runs_a_torchscript_module(tmp_path):
+    """A stand-in module (no SAM2.1 export exists here): the loss is the L1 between the eager module's features of
+    render and target; gradients reach the render, never the module."""
+    net = write_feature_module(tmp_path / "features.pt")
+    loss = load_sam_feature_loss(tmp_path / "features.pt")
+    assert loss.source == str(tmp_path / "features.pt")
+    g = torch.Generator().manual_seed(6)
+    target = torch.rand(2, 3, 32, 32, generator=g)
+    render = torch.rand(2, 3, 32, 32, generator=g, requires_grad=True)
+    value = loss(render, target)
+    with torch.no_grad():
+        expect = (net(render) - net(target)).abs().mean()
+    torch.testing.assert_close(value.detach(), expect, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(loss(render, target_features=loss.features(target)), value)
+    value.backward()
+    assert render.grad is not None and float(render.grad.abs().sum()) > 0
+    assert all(p.grad is None and not p.requires_grad for p in loss.parameters())
+    assert float(loss(target, target)) == 0.0
+    with pytest.raises(ValueError, match=r"images must be \[B,3,H,W\]"):
+        loss(render[:, :2], target[:, :2])
+
+
+def test_sam_module_errors_are_one_line(tmp_path):
+    with pytest.raises(FileNotFoundError, match="SAM feature module not found") as info:
+        load_sam_feature_loss(tmp_path / "missing.pt")
+    assert "\n" not in str(info.value) and "TorchScript" in str(info.value)
+    (tmp_path / "weights.pt").write_bytes(b"not a TorchScript archive")
+    with pytest.raises(ValueError, match="is not a TorchScript file") as info:
+        load_sam_feature_loss(tmp_path / "weights.pt")
+    assert "\n" not in str(info.value)
+    torch.jit.save(torch.jit.script(torch.nn.Flatten(0)), str(tmp_path / "flat.pt"))  # [B,3,H,W] -> [B*3*H, W]
+    with pytest.raises(ValueError, match=r"expected one tensor \[B, ...\] for 2 image\(s\)"):
+        load_sam_feature_loss(tmp_path / "flat.pt").features(torch.rand(2, 3, 8, 8))

@@ -79,8 +79,8 @@ def test_limits_and_bad_requests_are_refused_before_a_thread_starts(request_data
         service.start(**dict(small, expression_codes=obs["expression_codes"]), init_code=code_init, config=FitConfig(steps=5))
     with pytest.raises(FitInputError, match="no DINOv2 encoder"):
         service.start(**small, config=FitConfig(steps=5))
-    with pytest.raises(NotImplementedError, match="SAM"):
-        service.start(**small, init_code=code_init, config=FitConfig(steps=5, sam_weights="sam.pt"))
+    with pytest.raises(FitInputError, match="does not load SAM feature modules"):  # never a client's TorchScript
+        service.start(**small, init_code=code_init, config=FitConfig(steps=5, sam_module="sam.pt"))
     with pytest.raises(ValueError, match="FitLimits.max_steps must be a positive int"):
         FitService(model, limits=FitLimits(max_steps=0))
     assert threading.active_count() == before

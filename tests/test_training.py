@@ -9,12 +9,11 @@ import json
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from flexrt.corpus.dataset import CorpusConfig, HeadCorpus, write_cache
 from flexrt.model.checkpoint import load_official
 from flexrt.model.flexavatar import DATASET_ID_2D, DATASET_ID_3D
-from flexrt.training.losses import PerceptualLoss, gaussian_window, photometric_loss, psnr, ssim
+from flexrt.training.losses import PerceptualLoss, photometric_loss, psnr, ssim
 from flexrt.training.trainer import TrainConfig, Trainer, batch_for_step, collate, forward_batch
 
 SMALL = dict(identities_2d=40, identities_3d=2, identities_heldout=2, image_size=32, input_size=48, template_res=48)
@@ -37,29 +36,21 @@ def _cfg(tmp, cache_dir, **kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
-def _ssim_direct(x, y):
-    """SSIM by explicit 11x11 windows (unfold), zero padding: the reference for the conv implementation."""
-    c = x.shape[1]
-    w = gaussian_window(dtype=torch.float64).flatten()  # [121]
-    ux = F.unfold(x.double(), 11, padding=5).reshape(x.shape[0], c, 121, -1)
-    uy = F.unfold(y.double(), 11, padding=5).reshape(x.shape[0], c, 121, -1)
-    mx, my = (ux * w[:, None]).sum(2), (uy * w[:, None]).sum(2)
-    vx = (ux * ux * w[:, None]).sum(2) - mx**2
-    vy = (uy * uy * w[:, None]).sum(2) - my**2
-    cxy = (ux * uy * w[:, None]).sum(2) - mx * my
-    s = ((2 * mx * my + 0.01**2) * (2 * cxy + 0.03**2)) / ((mx**2 + my**2 + 0.01**2) * (vx + vy + 0.03**2))
-    return s.mean()
+def test_training_losses_are_the_fitting_losses():
+    """SSIM / L1 / PSNR are flexrt.fitting.losses' (tested there against a per-pixel reference and scikit-image);
+    here: training's wrappers combine them as the trainer expects."""
+    from flexrt.fitting import losses as fit_losses
 
-
-def test_ssim_matches_direct_reference():
     g = torch.Generator().manual_seed(1)
     x = torch.rand(2, 3, 20, 17, generator=g)
     y = (x + 0.2 * torch.rand(2, 3, 20, 17, generator=g)).clamp(0, 1)
-    assert abs(float(ssim(x, y)) - float(_ssim_direct(x, y))) < 1e-5
-    assert abs(float(ssim(x, x)) - 1.0) < 1e-5
-    assert float(psnr(x, x + 0.1)) == pytest.approx(20.0, abs=1e-3)
+    assert ssim is fit_losses.ssim
+    assert float(psnr(x.clamp(0, 0.8), x.clamp(0, 0.8) + 0.1)) == pytest.approx(20.0, abs=1e-3)  # mean of 2 images
+    assert float(psnr(x, y)) == pytest.approx(float(fit_losses.psnr(x, y).mean()), rel=1e-6)
     loss, logs = photometric_loss(x, y)
-    assert float(loss) == pytest.approx(0.8 * float((x - y).abs().mean()) + 0.2 * (1 - logs["ssim"]), rel=1e-5)
+    assert logs["ssim"] == pytest.approx(float(fit_losses.ssim(x, y)), rel=1e-6)
+    assert logs["l1"] == pytest.approx(float((x - y).abs().mean()), rel=1e-6)
+    assert float(loss) == pytest.approx(0.8 * logs["l1"] + 0.2 * (1 - logs["ssim"]), rel=1e-5)
     with pytest.raises(ValueError, match="one shape"):
         ssim(x, y[:, :, :10])
 
@@ -150,7 +141,7 @@ def test_checkpoint_loads_in_load_official_export_and_serve(tmp_path, cache_dir)
     assert torch.allclose(engine.decode(code, expr).positions.cpu(), ref.positions, atol=1e-5)
 
 
-def test_perceptual_terms_off_without_weights_and_start_late():
+def test_perceptual_terms_off_without_weights_and_start_late(tmp_path):
     off = PerceptualLoss()
     assert not off.enabled and "DINO OFF" in off.describe() and "SAM OFF" in off.describe()
     x = torch.rand(1, 3, 32, 32)
@@ -165,6 +156,18 @@ def test_perceptual_terms_off_without_weights_and_start_late():
     val, logs = on(x, x * 0.5, step=5)
     assert float(val) > 0 and logs["dino"] > 0
     assert float(on(x, x, step=5)[0]) == 0.0
+    # SAM: the fitting's SamFeatureLoss over a TorchScript module (a stand-in: no SAM2.1 export exists here)
+    from fitting_helpers import write_feature_module
+
+    net = write_feature_module(tmp_path / "sam_standin.pt")
+    sam = PerceptualLoss(sam_module=tmp_path / "sam_standin.pt", w_sam=0.5)
+    assert "SAM ON (w=0.5)" in sam.describe() and "DINO OFF" in sam.describe()
+    val, logs = sam(x, x * 0.5, step=0)
+    with torch.no_grad():
+        expect = (net(x) - net(x * 0.5)).abs().mean()
+    assert logs["sam"] == pytest.approx(float(expect), rel=1e-5) and float(val) == pytest.approx(0.5 * logs["sam"])
+    with pytest.raises(FileNotFoundError, match="SAM feature module not found"):
+        PerceptualLoss(sam_module=tmp_path / "missing.pt")
 
 
 def test_cli_train_resume_eval_and_errors(tmp_path, cache_dir, capsys):

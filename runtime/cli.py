@@ -431,10 +431,16 @@ def cmd_serve(args) -> int:
     _check_port_free(config.host, config.port)
     if config.web_port is not None:
         _check_port_free(config.host, config.web_port)
+    from .store import StoreUnavailable, open_store
+
+    try:  # the database is reachable (or the directory usable) before the (slow) engine build
+        store = open_store(config.store_dir)
+    except (StoreUnavailable, ValueError, RuntimeError, OSError) as exc:
+        raise SystemExit(f"error: --store: {exc}") from None
     from .server import serve  # torch and the model: after every cheap check
 
     engine = build_engine(args)
-    serve(engine, config, ready=lambda port: print(f"flexavatar server listening on {config.host}:{port}", flush=True))
+    serve(engine, config, store=store, ready=lambda port: print(f"flexavatar server listening on {config.host}:{port}", flush=True))
     return 0
 
 
@@ -788,7 +794,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--web-port", type=int, default=None, metavar="PORT",
                    help="also serve the browser client (a page + WebSocket bridge into the same sessions, limits "
                         "and token; docs/WEB.md) on this port (0 = any free port, printed); off by default")
-    p.add_argument("--store", default="avatars", help="avatar store directory (kept across restarts)")
+    p.add_argument("--store", default="avatars", metavar="DIR|URL",
+                   help="where avatars are kept (across restarts): a directory (one host), or redis://HOST:PORT/DB, "
+                        "a Redis database shared by every replica behind a load balancer (docs/SCALEOUT.md); "
+                        "--max-avatars / --max-store-mib then count all replicas' avatars together")
     g = p.add_argument_group("streams")
     g.add_argument("--max-size", type=int, default=d.max_width, help="largest frame width/height a stream may ask for")
     g.add_argument("--max-streams", type=int, default=d.max_streams,

@@ -17,7 +17,7 @@ def free_port() -> int:
 
 
 def need(tool: str) -> None:
-    if shutil.which(tool) is None:
+    if shutil.which(tool) is None and shutil.which(tool, path="/usr/sbin:/sbin") is None:
         pytest.skip(f"{tool} is not installed (Debian: apt-get install {tool}; .ci/run installs it)")
 
 
@@ -26,7 +26,8 @@ def redis_server(tmp_path):
     """A redis-server of this test only (no persistence) -> its URL redis://127.0.0.1:PORT/0."""
     need("redis-server")
     port = free_port()
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+    binary = shutil.which("redis-server") or shutil.which("redis-server", path="/usr/sbin:/sbin")
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                              "--appendonly", "no", "--dir", str(tmp_path)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -32,6 +32,11 @@ START_MARK = "==== cluster.py: replica started"  # written to a replica's log be
 HAPROXY_CFG = Path(__file__).resolve().parents[1] / "haproxy" / "haproxy.cfg"
 
 
+def tool(name: str) -> str | None:
+    """Path of an installed program (also in /usr/sbin, where Debian puts haproxy, when PATH lacks it)."""
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -121,9 +126,9 @@ def load_state(run_dir: str | Path) -> dict:
 
 
 def up(args, serve_args: list[str]) -> dict:
-    for tool in ("haproxy",) + (("redis-server",) if args.store is None else ()):
-        if shutil.which(tool) is None:
-            raise SystemExit(f"error: {tool} is not installed (Debian: apt-get install {tool})")
+    for program in ("haproxy",) + (("redis-server",) if args.store is None else ()):
+        if tool(program) is None:
+            raise SystemExit(f"error: {program} is not installed (Debian: apt-get install {program})")
     run_dir = Path(args.dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     if (run_dir / "state.json").exists():
@@ -137,7 +142,7 @@ def up(args, serve_args: list[str]) -> dict:
     if args.store is None:
         redis_port = pick(args.redis_port)
         log = run_dir / "redis.log"
-        proc = _spawn(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--dir", str(run_dir),
+        proc = _spawn([tool("redis-server"), "--port", str(redis_port), "--bind", "127.0.0.1", "--dir", str(run_dir),
                        "--appendonly", "yes", "--save", ""], log)
         state["redis_pid"] = proc.pid
         _wait("redis-server", lambda: redis_ping(redis_port), 20, proc, log)
@@ -162,7 +167,7 @@ def up(args, serve_args: list[str]) -> dict:
     cfg.write_text(render_haproxy_cfg(state["lb"], Path(state["haproxy_socket"]),
                                       [(r["name"], r["port"]) for r in state["replicas"]]))
     log = run_dir / "haproxy.log"
-    proc = _spawn(["haproxy", "-f", str(cfg)], log)
+    proc = _spawn([tool("haproxy"), "-f", str(cfg)], log)
     state["haproxy_pid"] = proc.pid
     _save(state)
     _wait("haproxy and every replica UP", lambda: _all_up(state), args.timeout, proc, log)

@@ -296,8 +296,10 @@ class FrameWriter:
 
 def stream_sequence(client, avatar_id: str, sequence: Sequence, out: str | Path, *, width: int, height: int,
                     fps: float, encoding: str, camera: str, frames: int | None, max_in_flight: int | None = 1,
-                    progress: bool = True, writer: FrameWriter | None = None) -> tuple[list, dict]:
-    """Stream a sequence and write its frames; -> (results, latency summary).
+                    progress: bool = True, writer: FrameWriter | None = None,
+                    resume_s: float = 0.0) -> tuple[list, dict]:
+    """Stream a sequence and write its frames; -> (results, latency summary). ``resume_s``: as
+    FlexAvatarClient.animate (reopen the stream after its replica died).
 
     max_in_flight 1 (the default) is lossless: the next frame is sent once the previous one has arrived, so the
     server never holds two frames of this stream and never drops one (latest wins only drops a frame that waits
@@ -326,7 +328,7 @@ def stream_sequence(client, avatar_id: str, sequence: Sequence, out: str | Path,
     bar = tqdm(total=count, desc="stream", unit="frame", disable=None if progress else True, file=sys.stderr)
     try:
         for result in client.animate(avatar_id, inputs(), width, height, encoding=encoding, fps=fps or None,
-                                     max_in_flight=max_in_flight):
+                                     max_in_flight=max_in_flight, resume_s=resume_s):
             writer.write(result)
             results.append(result)
             bar.update(result.sequence + 1 - bar.n)
@@ -470,7 +472,8 @@ def cmd_stream(args) -> int:
         results, summary = stream_sequence(
             client, args.avatar, sequence, args.out, width=args.width, height=args.height, fps=args.fps,
             encoding=args.encoding, camera=args.camera, frames=args.frames,
-            max_in_flight=args.max_in_flight or None, progress=not args.no_progress, writer=writer)
+            max_in_flight=args.max_in_flight or None, progress=not args.no_progress, writer=writer,
+            resume_s=args.resume_s)
     print(format_latency_table(summary))
     print(f"wrote {len(results)} frames to {args.out}")
     if args.latency_json:
@@ -890,6 +893,10 @@ def add_parser(subparsers) -> None:
                    help="frames sent but not yet answered. 1 = lossless: every frame is rendered and written. More "
                         "pipelines frames (higher throughput) but the server may drop some (latest wins; reported); "
                         "0 = unlimited")
+    p.add_argument("--resume-s", type=float, default=0.0, metavar="S",
+                   help="behind a load balancer (docs/SCALEOUT.md): when the replica serving the stream dies, reopen "
+                        "the stream (same avatar and camera, unanswered frames sent again) for up to S seconds; "
+                        "0 = end with the error")
     p.add_argument("--latency-json", help="also write the latency summary here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_common_args(p, "warning")

@@ -360,10 +360,12 @@ AFFINITY_HEADER = "x-avatar-id"  # metadata the load balancer hashes on (deploy/
 
 def resumable(err: grpc.RpcError) -> bool:
     """Did the stream fail because its server went away (so that another replica can continue it)? UNAVAILABLE:
-    the server is shutting down or cannot be reached; CANCELLED by an RST_STREAM that this client did not send:
-    a proxy (HAProxy) reset the stream because the replica behind it died."""
-    code = err.code()
-    return code == grpc.StatusCode.UNAVAILABLE or (code == grpc.StatusCode.CANCELLED and "RST_STREAM" in (err.details() or ""))
+    the server is shutting down or cannot be reached. CANCELLED or INTERNAL by an RST_STREAM frame (gRPC's details
+    say "Received RST_STREAM with error code N"): a proxy reset the stream because the replica behind it died
+    (HAProxy sends CANCEL = 8, nginx INTERNAL_ERROR = 2). A server's own INTERNAL status is not resumable."""
+    code, details = err.code(), err.details() or ""
+    return code == grpc.StatusCode.UNAVAILABLE or (
+        code in (grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL) and "RST_STREAM" in details)
 
 
 class _ResumableInput:

@@ -182,3 +182,94 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
     except (OSError, IndexError):
         return False
+
+
+# ---- the configuration files (no processes) ----
+
+HPACK_STATIC = {1: ":authority", 3: (":method", "POST"), 4: ":path", 6: (":scheme", "http"), 31: "content-type"}
+
+
+def _h2_frames(data: bytes) -> list[tuple[int, int, int, bytes]]:
+    """HTTP/2 frames -> [(type, flags, stream id, payload)] (RFC 9113 §4.1)."""
+    frames = []
+    while data:
+        length, kind, flags, stream = int.from_bytes(data[:3], "big"), data[3], data[4], int.from_bytes(data[5:9], "big")
+        frames.append((kind, flags, stream, data[9:9 + length]))
+        data = data[9 + length:]
+    return frames
+
+
+def _hpack_literals(block: bytes) -> dict:
+    """The header block of the health check: indexed fields and literals without indexing, no Huffman (RFC 7541)."""
+    headers, i = {}, 0
+    while i < len(block):
+        b = block[i]
+        if b & 0x80:  # indexed field
+            headers.update([HPACK_STATIC[b & 0x7F]])
+            i += 1
+            continue
+        assert b & 0xF0 == 0, "only literals without indexing"
+        index, i = b & 0x0F, i + 1
+        if index == 15:
+            index, i = 15 + block[i], i + 1
+        if index == 0:
+            name, i = block[i + 1:i + 1 + block[i]].decode(), i + 1 + block[i]
+        else:
+            name = HPACK_STATIC[index]
+        assert block[i] & 0x80 == 0, "no Huffman coding"
+        headers[name], i = block[i + 1:i + 1 + block[i]].decode(), i + 1 + block[i]
+    return headers
+
+
+def _check_lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip().startswith("tcp-check")]
+
+
+def test_health_check_bytes_are_a_grpc_health_request():
+    """The bytes HAProxy sends are the HTTP/2 preface, SETTINGS, and one POST /grpc.health.v1.Health/Check with an
+    empty HealthCheckRequest; the expected answer is HealthCheckResponse{status: SERVING}."""
+    from grpc_health.v1 import health_pb2
+
+    lines = _check_lines((REPO / "deploy" / "haproxy" / "haproxy.cfg").read_text())
+    sent = b"".join(bytes.fromhex(line.split()[-1]) for line in lines if line.startswith("tcp-check send-binary"))
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    assert sent.startswith(preface)
+    frames = _h2_frames(sent[len(preface):])
+    assert [(k, f, s) for k, f, s, _ in frames] == [(4, 0, 0), (1, 0x4, 1), (0, 0x1, 1)]  # SETTINGS, HEADERS, DATA
+    assert _hpack_literals(frames[1][3]) == {":method": "POST", ":scheme": "http", ":path": "/grpc.health.v1.Health/Check",
+                                             ":authority": "localhost", "content-type": "application/grpc",
+                                             "te": "trailers"}
+    request = frames[2][3]
+    assert request[0] == 0 and int.from_bytes(request[1:5], "big") == len(request) - 5
+    assert health_pb2.HealthCheckRequest.FromString(request[5:]) == health_pb2.HealthCheckRequest(service="")
+    serving = health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING).SerializeToString()
+    answer = bytes([0]) + len(serving).to_bytes(4, "big") + serving  # the gRPC message prefix, then the message
+    assert lines[-1] == f"tcp-check expect min-recv 0 binary {answer.hex()}"
+
+
+def test_deploy_configs_parse_and_agree(tmp_path):
+    """haproxy -c on the local and the Kubernetes HAProxy configuration (same health check), nginx -t, and the
+    Envoy / Kubernetes YAML parses (Envoy and Kubernetes themselves are not exercised here)."""
+    yaml = pytest.importorskip("yaml")
+    docs = {p.name: list(yaml.safe_load_all(p.read_text())) for p in (REPO / "deploy" / "k8s").glob("*.yaml")}
+    assert {d["kind"] for ds in docs.values() for d in ds} >= {"Deployment", "Service", "StatefulSet", "ConfigMap"}
+    headless = next(d for d in docs["flexavatar.yaml"] if d["kind"] == "Service")
+    assert headless["spec"]["clusterIP"] == "None"
+    k8s_cfg = next(d for d in docs["haproxy.yaml"] if d["kind"] == "ConfigMap")["data"]["haproxy.cfg"]
+    local_cfg = (REPO / "deploy" / "haproxy" / "haproxy.cfg").read_text()
+    assert _check_lines(k8s_cfg) == _check_lines(local_cfg) and "balance hdr(x-avatar-id)" in k8s_cfg
+    envoy = yaml.safe_load((REPO / "deploy" / "envoy" / "envoy.yaml").read_text())
+    assert envoy["static_resources"]["clusters"][0]["lb_policy"] == "RING_HASH"
+    haproxy = cluster.tool("haproxy")
+    if haproxy:
+        (tmp_path / "k8s.cfg").write_text(k8s_cfg)
+        for cfg in (REPO / "deploy" / "haproxy" / "haproxy.cfg", tmp_path / "k8s.cfg"):
+            result = subprocess.run([haproxy, "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=30)
+            assert result.returncode == 0, result.stdout + result.stderr
+    nginx = cluster.tool("nginx")
+    if nginx:
+        (tmp_path / "logs").mkdir()
+        result = subprocess.run([nginx, "-t", "-e", "stderr", "-p", str(tmp_path), "-c",
+                                 str(REPO / "deploy" / "nginx" / "nginx.conf")], capture_output=True, text=True,
+                                timeout=30)
+        assert result.returncode == 0 and "test is successful" in result.stderr, result.stderr

@@ -70,18 +70,31 @@ def redis_ping(port: int) -> bool:
         return False
 
 
-def render_haproxy_cfg(lb_address: str, socket_path: Path, replicas: list[tuple[str, int]]) -> str:
-    """deploy/haproxy/haproxy.cfg with this cluster's bind address, stats socket and server lines."""
+def render_haproxy_cfg(lb_address: str, socket_path: Path, replicas: list[tuple[str, int]],
+                       web_address: str | None = None, web_replicas: list[tuple[str, int]] = ()) -> str:
+    """deploy/haproxy/haproxy.cfg with this cluster's bind addresses, stats socket and server lines; without
+    ``web_address`` the browser part (between "# BEGIN web" and "# END web") is left out."""
     text = HAPROXY_CFG.read_text()
     text = re.sub(r"stats socket \S+", f"stats socket {socket_path}", text)
     text = re.sub(r"bind \S+ proto h2", f"bind {lb_address} proto h2", text)
-    servers = "".join(f"    server {name} 127.0.0.1:{port}\n" for name, port in replicas)
-    return re.sub(r"(    # BEGIN replicas[^\n]*\n).*?(    # END replicas)", lambda m: m[1] + servers + m[2], text,
-                  flags=re.S)
+
+    def servers(block: str, rows) -> None:
+        nonlocal text
+        lines = "".join(f"    server {name} 127.0.0.1:{port}\n" for name, port in rows)
+        text = re.sub(rf"(    # BEGIN {block}[^\n]*\n).*?(    # END {block})", lambda m: m[1] + lines + m[2], text,
+                      flags=re.S)
+
+    servers("replicas", replicas)
+    if web_address is None:
+        return re.sub(r"# BEGIN web .*?# END web\n", "", text, flags=re.S)
+    text = re.sub(r"bind \S+(  # rewritten \(web\))", lambda m: f"bind {web_address}{m[1]}", text)
+    servers("web replicas", web_replicas)
+    return text
 
 
-def haproxy_servers(socket_path: str | Path) -> dict[str, str]:
-    """{server name: status} of the flexavatar backend ("UP", "DOWN", "UP 1/2", "NOLB", "MAINT", ...)."""
+def haproxy_servers(socket_path: str | Path, backend: str = "flexavatar") -> dict[str, str]:
+    """{server name: status} of a backend ("UP", "DOWN", "UP 1/2", "NOLB", "MAINT", ...): flexavatar (gRPC) or
+    flexavatar_web (the page, with --web)."""
     try:
         with socket.socket(socket.AF_UNIX) as s:
             s.settimeout(2)
@@ -93,7 +106,7 @@ def haproxy_servers(socket_path: str | Path) -> dict[str, str]:
     except OSError:
         return {}
     rows = csv.DictReader(io.StringIO(data.decode().lstrip("# ")))
-    return {r["svname"]: r["status"] for r in rows if r["pxname"] == "flexavatar" and r["svname"] != "BACKEND"}
+    return {r["svname"]: r["status"] for r in rows if r["pxname"] == backend and r["svname"] != "BACKEND"}
 
 
 def _gpu_count() -> int:
@@ -156,16 +169,22 @@ def up(args, serve_args: list[str]) -> dict:
         env = {"CUDA_VISIBLE_DEVICES": str(i - 1)} if args.gpus else {"OMP_NUM_THREADS": "1"}
         cmd = [sys.executable, "-m", "flexrt.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
                "--store", state["store"], "--device", "cuda" if args.gpus else "cpu", *serve_args]
-        state["replicas"].append({"name": f"r{i}", "port": port, "cmd": cmd, "env": env,
-                                  "log": str(run_dir / f"r{i}.log")})
+        replica = {"name": f"r{i}", "port": port, "cmd": cmd, "env": env, "log": str(run_dir / f"r{i}.log")}
+        if args.web:  # the browser page of this replica, behind HAProxy's web frontend
+            replica["web_port"] = free_port() if args.first_web_port == 0 else args.first_web_port + i - 1
+            cmd += ["--web-port", str(replica["web_port"])]
+        state["replicas"].append(replica)
         start_replica(state, i)
     # 3. HAProxy in front of them
     lb_port = pick(args.lb_port)
     state["lb"] = f"127.0.0.1:{lb_port}"
     state["haproxy_socket"] = str(run_dir / "haproxy.sock")
     cfg = run_dir / "haproxy.cfg"
+    if args.web:
+        state["web"] = f"127.0.0.1:{pick(args.web_lb_port)}"
     cfg.write_text(render_haproxy_cfg(state["lb"], Path(state["haproxy_socket"]),
-                                      [(r["name"], r["port"]) for r in state["replicas"]]))
+                                      [(r["name"], r["port"]) for r in state["replicas"]], state.get("web"),
+                                      [(r["name"], r["web_port"]) for r in state["replicas"] if "web_port" in r]))
     log = run_dir / "haproxy.log"
     proc = _spawn([tool("haproxy"), "-f", str(cfg)], log)
     state["haproxy_pid"] = proc.pid
@@ -174,6 +193,8 @@ def up(args, serve_args: list[str]) -> dict:
     state.pop("serving_since")
     print(f"balancer:  {state['lb']}  (clients connect here)")
     print(f"store:     {state['store']}")
+    if args.web:
+        print(f"web page:  http://{state['web']}/  (each replica's page behind HAProxy)")
     for r in state["replicas"]:
         print(f"replica {r['name']}: 127.0.0.1:{r['port']}  pid {r['pid']}  log {r['log']}")
     print(f"stop with: python deploy/local/cluster.py down --dir {run_dir}")
@@ -194,9 +215,13 @@ def _all_up(state: dict) -> bool:
         return False
     if "serving_since" not in state:
         state["serving_since"] = time.monotonic()
-    servers = haproxy_servers(state["haproxy_socket"])
-    return (time.monotonic() - state["serving_since"] > 1.5  # > rise (2) x inter (500 ms) after the last one listens
-            and len(servers) == len(state["replicas"]) and all(s == "UP" for s in servers.values()))
+    if time.monotonic() - state["serving_since"] <= 1.5:  # > rise (2) x inter (500 ms) after the last one listens
+        return False
+    for backend in ("flexavatar", "flexavatar_web") if state.get("web") else ("flexavatar",):
+        servers = haproxy_servers(state["haproxy_socket"], backend)
+        if len(servers) != len(state["replicas"]) or any(s != "UP" for s in servers.values()):
+            return False
+    return True
 
 
 def _stop(pid: int | None, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
@@ -251,6 +276,11 @@ def main(argv=None) -> int:
     u.add_argument("--lb-port", type=int, default=50051, help="balancer port clients connect to (0 = any free)")
     u.add_argument("--first-port", type=int, default=50061, help="replica i listens on FIRST_PORT+i-1 (0 = any free)")
     u.add_argument("--redis-port", type=int, default=6379, help="port of the redis-server started here (0 = any free)")
+    u.add_argument("--web", action="store_true",
+                   help="also serve the browser page: each replica gets --web-port, HAProxy a web frontend")
+    u.add_argument("--web-lb-port", type=int, default=8080, help="with --web: the page's port (0 = any free)")
+    u.add_argument("--first-web-port", type=int, default=8081,
+                   help="with --web: replica i's page on FIRST_WEB_PORT+i-1 (0 = any free)")
     u.add_argument("--store", default=None, help="use this existing store (redis://...) instead of starting redis")
     u.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for every replica to be UP")
     for name, help_text in (("down", "stop the replicas (drain), haproxy and redis"),

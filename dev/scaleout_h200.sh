@@ -34,7 +34,7 @@ done
 t0=$(date +%s)
 for i in 1 2; do
   until grep -q "listening on" "$OUT/r$i.log"; do
-    if ! kill -0 "${PIDS[$((i - 1))]}" 2>/dev/null || [ $(( $(date +%s) - t0 )) -gt 200 ]; then
+    if ! kill -0 "${PIDS[$((i - 1))]}" 2>/dev/null || [ $(( $(date +%s) - t0 )) -gt 240 ]; then
       echo "replica r$i did not start:"; tail -20 "$OUT/r$i.log"; exit 1
     fi
     sleep 1

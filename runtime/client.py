@@ -303,10 +303,10 @@ class FlexAvatarClient:
         max_in_flight: frames sent but not yet answered (2 keeps the server busy without drops; None = no limit,
             the server then drops stale frames: latest wins). cam2world/intrinsics: the session camera.
         resume_s: when the stream fails because its server went away (``resumable``: UNAVAILABLE, or a proxy's
-            RST_STREAM after the replica behind it died), open it again with
-            the same SessionConfig (avatar, size, encoding, camera) and re-send the frames that were sent but not
-            answered, retrying for up to this many seconds; behind a load balancer (docs/SCALEOUT.md) the new stream
-            reaches a live replica. 0 = no resume: the error is raised. AnimateResult.resumes counts the reopenings.
+            RST_STREAM after the replica behind it died), open it again with the same SessionConfig (avatar, size,
+            encoding, camera) and re-send the frames that were sent but not answered, retrying for up to this many
+            seconds after the failure; behind a load balancer (docs/SCALEOUT.md) the new stream reaches a live
+            replica. 0 = no resume: the error is raised. AnimateResult.resumes counts the reopenings.
 
         Every call carries the avatar id as ``x-avatar-id`` metadata, the header the load balancer hashes on.
         """

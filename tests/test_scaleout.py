@@ -2,8 +2,11 @@
 (deploy/haproxy/haproxy.cfg) + 3 `flexavatar serve --model tiny --device cpu` replicas, started by
 deploy/local/cluster.py (what deploy/local/up.sh runs).
 
-Rates: 6 streams x 10 frames/s (32x32 RAW_RGB8, max_in_flight 2): 60 frames/s over 3 replicas, which 2 CPU cores
-carry. "Lose no frames" means: every frame a client sends gets its own rendered frame back (the received sequence
+Rates: 6 streams x 2 frames/s (32x32 RAW_RGB8, max_in_flight 2): 12 frames/s over 3 replicas. A tiny-preset frame
+costs ~170 ms on one core (decode of 64,516 Gaussians + the CPU rasterizer), so this is what 2 shared cores sustain
+(measured: every stream kept 2 frames/s, frame latency median 0.2-0.4 s; at 10 frames/s per stream the replicas
+saturate, frames queue ~0.9 s, and the streams only run at the rate the in-flight bound lets through). "Lose no
+frames" means: every frame a client sends gets its own rendered frame back (the received sequence
 numbers are exactly 0..N-1, in order) and the server dropped none of them (latest wins drops = 0).
 
 Asserted:
@@ -39,7 +42,7 @@ pytest.importorskip("redis", reason="the redis package (the `dev` / `redis` extr
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "deploy" / "local" / "cluster.py"
-FPS, SIZE, N_STREAMS = 10.0, 32, 6
+FPS, SIZE, N_STREAMS = 2.0, 32, 6
 sys.path.insert(0, str(CLUSTER.parent))
 import cluster  # noqa: E402  (deploy/local/cluster.py: state, HAProxy's view of the replicas)
 
@@ -139,7 +142,9 @@ def test_failover_behind_haproxy(tmp_path):
                 assert s.resumes == 1
                 assert s.first_frame_after(killed_at) - killed_at < 2.0, s.first_frame_after(killed_at) - killed_at
             print(f"killed {victim['name']} with {len(moved)} of {N_STREAMS} streams; they resumed after "
-                  + ", ".join(f"{s.first_frame_after(killed_at) - killed_at:.2f} s" for s in moved))
+                  + ", ".join(f"{s.first_frame_after(killed_at) - killed_at:.2f} s" for s in moved)
+                  + f"; the {frames} frames of each stream took "
+                  + ", ".join(f"{s.received[-1][0] - s.received[0][0]:.1f} s" for s in streams))
             for s in stayed:  # 3. undisturbed
                 assert s.resumes == 0 and max(d for *_, d in s.received) == 0
 

@@ -426,3 +426,107 @@ def max_streams_meeting_target(rows: list[dict]) -> int | None:
             break
         best = row["streams"]
     return best
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the sweep against servers that already run (replicas, a balancer): --targets
+# ------------------------------------------------------------------------------------------------------------
+
+def sweep_targets(targets: list[str], streams=(16, 32, 64), fps: float = 30.0, duration: float = 5.0,
+                  warmup_s: float = 1.0, resolution: int = 512, encoding: str = "jpeg",
+                  client_procs: int | None = None, on_row=None) -> dict:
+    """The concurrency sweep of ``run`` against running servers: S streams at ``fps`` each, split round robin over
+    ``targets`` ("host:port": `flexavatar serve` replicas, or one balancer). One avatar (a random code of the
+    servers' shape) is created on every target, so replicas with separate directory stores work too. Same row
+    fields as ``run`` (no batch histogram: the servers are in other processes)."""
+    import multiprocessing as mp
+
+    from flexrt.runtime.cli import find_shared_dir, load_sequence, synthetic_sequence
+    from flexrt.runtime.client import FlexAvatarClient
+
+    from .bench_decoder import SEQUENCE_NAME
+
+    shared = find_shared_dir()
+    path = shared / "reference" / "assets" / "expressions" / f"{SEQUENCE_NAME}.npz" if shared else None
+    expressions = (load_sequence(path) if path is not None and path.is_file() else synthetic_sequence(120)).expressions
+    avatars, servers = {}, {}
+    for target in targets:
+        with FlexAvatarClient(target, timeout=60.0) as client:
+            client.wait_ready(30.0)
+            info = client.server_info()
+            code = 0.5 * np.random.default_rng(0).standard_normal((info.num_head_tokens, info.hidden_dim))
+            avatars[target] = client.create_avatar(npy=code.astype(np.float32), name="bench").avatar_id
+            servers[target] = {"engine": info.engine_description, "rasterizer": info.rasterizer_backend,
+                               "max_streams": info.limits.max_streams, "max_batch_size": info.limits.max_batch_size}
+    result = {"targets": servers, "fps": fps, "duration_s": duration, "warmup_s": warmup_s, "resolution": resolution,
+              "encoding": encoding, "expressions": str(path) if path is not None and path.is_file() else "synthetic",
+              "in_flight": "unbounded (server keeps the newest frame per stream, drops stale ones)", "concurrency": []}
+    warm_frames, measured_frames = int(round(warmup_s * fps)), max(1, int(round(duration * fps)))
+    procs = max(1, int(client_procs or max(1, min(8, (os.cpu_count() or 2) // 2))))
+    with mp.get_context("spawn").Pool(procs) as pool:
+        pool.map(_ping, range(procs), chunksize=1)
+        for s in sorted(set(int(s) for s in streams)):
+            # stream k goes to target k % len(targets); each client process takes streams of one target
+            per_target = {t: sum(1 for k in range(s) if targets[k % len(targets)] == t) for t in targets}
+            tasks, start_at = [], time.time() + 0.5
+            for i, (target, n) in enumerate(per_target.items()):
+                n_tasks = max(1, min(n, max(1, procs // len(targets))))
+                for j in range(n_tasks):
+                    count = n // n_tasks + (1 if j < n % n_tasks else 0)
+                    if count:
+                        tasks.append({"target": target, "avatar_id": avatars[target], "expressions": expressions,
+                                      "offset": 1000 * (i * 64 + j), "frames": warm_frames + measured_frames,
+                                      "fps": fps, "width": resolution, "height": resolution, "encoding": encoding,
+                                      "start_at": start_at, "streams": count})
+            outs = [o for chunk in pool.map(stream_worker, tasks, chunksize=1) for o in chunk]
+            row = {"streams": s, "encoding": encoding, "status": "ok", "fps_target": fps,
+                   "streams_per_target": per_target, **summarize_streams(outs, fps, warm_frames, measured_frames)}
+            result["concurrency"].append(row)
+            if on_row is not None:
+                on_row(row)
+    result["max_streams_meeting_target"] = max_streams_meeting_target(result["concurrency"])
+    return result
+
+
+def main(argv=None) -> int:
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(
+        prog="python -m flexrt.benchmarks.bench_grpc",
+        description="Concurrency sweep against running servers (`flexavatar serve` replicas or a balancer); "
+                    "the in-process benchmark is `flexavatar bench --phases grpc`.")
+    p.add_argument("--targets", required=True,
+                   help="comma-separated host:port of the servers; stream k goes to target k mod N")
+    p.add_argument("--streams", default="16,32,64", help="comma-separated stream counts (one point each)")
+    p.add_argument("--fps", type=float, default=30.0, help="frames per second each stream sends")
+    p.add_argument("--duration", type=float, default=5.0, help="measured seconds per point")
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds per point before the measurement")
+    p.add_argument("--resolution", type=int, default=512, help="frame width = height")
+    p.add_argument("--encoding", default="jpeg", choices=("raw", "jpeg", "png"))
+    p.add_argument("--client-procs", type=int, default=None, help="client processes (default: cores / 2, <= 8)")
+    p.add_argument("--out", help="write the result as JSON here")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+
+    def show(row):
+        lat = row["latency"]
+        log.info("%3d streams over %d targets: %.1f fps/stream (min %.1f), dropped %d, p50 %s ms, p99 %s ms%s",
+                 row["streams"], len(targets), row["achieved_fps_per_stream_median"] or 0,
+                 row["achieved_fps_per_stream_min"] or 0, row["dropped"], _fmt(lat["p50_ms"]), _fmt(lat["p99_ms"]),
+                 "" if row["meets_target"] else "  (misses the bar)")
+
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    result = sweep_targets(targets, [int(s) for s in args.streams.split(",")], args.fps, args.duration, args.warmup,
+                           args.resolution, args.encoding, args.client_procs, on_row=show)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+    log.info("largest stream count meeting the bar (every stream >= %d%% of %g fps, <= %d%% dropped, p99 <= %g ms): %s",
+             MIN_FPS_FRACTION * 100, args.fps, MAX_DROP_FRACTION * 100, TARGET_P99_MS,
+             result["max_streams_meeting_target"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -296,8 +296,10 @@ class FrameWriter:
 
 def stream_sequence(client, avatar_id: str, sequence: Sequence, out: str | Path, *, width: int, height: int,
                     fps: float, encoding: str, camera: str, frames: int | None, max_in_flight: int | None = 1,
-                    progress: bool = True, writer: FrameWriter | None = None) -> tuple[list, dict]:
-    """Stream a sequence and write its frames; -> (results, latency summary).
+                    progress: bool = True, writer: FrameWriter | None = None,
+                    resume_s: float = 0.0) -> tuple[list, dict]:
+    """Stream a sequence and write its frames; -> (results, latency summary). ``resume_s``: as
+    FlexAvatarClient.animate (reopen the stream after its replica died).
 
     max_in_flight 1 (the default) is lossless: the next frame is sent once the previous one has arrived, so the
     server never holds two frames of this stream and never drops one (latest wins only drops a frame that waits
@@ -326,7 +328,7 @@ def stream_sequence(client, avatar_id: str, sequence: Sequence, out: str | Path,
     bar = tqdm(total=count, desc="stream", unit="frame", disable=None if progress else True, file=sys.stderr)
     try:
         for result in client.animate(avatar_id, inputs(), width, height, encoding=encoding, fps=fps or None,
-                                     max_in_flight=max_in_flight):
+                                     max_in_flight=max_in_flight, resume_s=resume_s):
             writer.write(result)
             results.append(result)
             bar.update(result.sequence + 1 - bar.n)
@@ -431,10 +433,16 @@ def cmd_serve(args) -> int:
     _check_port_free(config.host, config.port)
     if config.web_port is not None:
         _check_port_free(config.host, config.web_port)
+    from .store import StoreUnavailable, open_store
+
+    try:  # the database is reachable (or the directory usable) before the (slow) engine build
+        store = open_store(config.store_dir)
+    except (StoreUnavailable, ValueError, RuntimeError, OSError) as exc:
+        raise SystemExit(f"error: --store: {exc}") from None
     from .server import serve  # torch and the model: after every cheap check
 
     engine = build_engine(args)
-    serve(engine, config, ready=lambda port: print(f"flexavatar server listening on {config.host}:{port}", flush=True))
+    serve(engine, config, store=store, ready=lambda port: print(f"flexavatar server listening on {config.host}:{port}", flush=True))
     return 0
 
 
@@ -464,7 +472,8 @@ def cmd_stream(args) -> int:
         results, summary = stream_sequence(
             client, args.avatar, sequence, args.out, width=args.width, height=args.height, fps=args.fps,
             encoding=args.encoding, camera=args.camera, frames=args.frames,
-            max_in_flight=args.max_in_flight or None, progress=not args.no_progress, writer=writer)
+            max_in_flight=args.max_in_flight or None, progress=not args.no_progress, writer=writer,
+            resume_s=args.resume_s)
     print(format_latency_table(summary))
     print(f"wrote {len(results)} frames to {args.out}")
     if args.latency_json:
@@ -800,7 +809,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--web-port", type=int, default=None, metavar="PORT",
                    help="also serve the browser client (a page + WebSocket bridge into the same sessions, limits "
                         "and token; docs/WEB.md) on this port (0 = any free port, printed); off by default")
-    p.add_argument("--store", default="avatars", help="avatar store directory (kept across restarts)")
+    p.add_argument("--store", default="avatars", metavar="DIR|URL",
+                   help="where avatars are kept (across restarts): a directory (one host), or redis://HOST:PORT/DB, "
+                        "a Redis database shared by every replica behind a load balancer (docs/SCALEOUT.md); "
+                        "--max-avatars / --max-store-mib then count all replicas' avatars together")
     g = p.add_argument_group("streams")
     g.add_argument("--max-size", type=int, default=d.max_width, help="largest frame width/height a stream may ask for")
     g.add_argument("--max-streams", type=int, default=d.max_streams,
@@ -893,6 +905,10 @@ def add_parser(subparsers) -> None:
                    help="frames sent but not yet answered. 1 = lossless: every frame is rendered and written. More "
                         "pipelines frames (higher throughput) but the server may drop some (latest wins; reported); "
                         "0 = unlimited")
+    p.add_argument("--resume-s", type=float, default=0.0, metavar="S",
+                   help="behind a load balancer (docs/SCALEOUT.md): when the replica serving the stream dies, reopen "
+                        "the stream (same avatar and camera, unanswered frames sent again) for up to S seconds; "
+                        "0 = end with the error")
     p.add_argument("--latency-json", help="also write the latency summary here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_common_args(p, "warning")

@@ -12,6 +12,7 @@ Errors are ``grpc.RpcError`` with the server's status code and message (``err.co
 """
 from __future__ import annotations
 
+import collections
 import io
 import threading
 import time
@@ -55,9 +56,10 @@ class AnimateResult:
     encode_us: int
     server_us: int
     batch_size: int
-    received: int  # stream counters on the server when this frame was sent back
+    received: int  # stream counters on the server when this frame was sent back (of the current stream)
     rendered: int
     dropped: int
+    resumes: int = 0  # times animate(resume_s=...) reopened the stream before this frame (replica failover)
 
 
 def camera_proto(cam2world, intrinsics) -> pb.Camera:
@@ -216,7 +218,7 @@ class FlexAvatarClient:
 
     def get_avatar(self, avatar_id: str) -> pb.Avatar:
         return self.stub.GetAvatar(pb.GetAvatarRequest(avatar_id=avatar_id), timeout=self.timeout,
-                                   metadata=self._metadata)
+                                   metadata=self._metadata + ((AFFINITY_HEADER, avatar_id),))
 
     def list_avatars(self, page_size: int = 0) -> list[pb.Avatar]:
         """Every avatar, oldest first: follows ListAvatars' pages (``page_size`` each; 0 = the server's default)."""
@@ -232,7 +234,7 @@ class FlexAvatarClient:
 
     def delete_avatar(self, avatar_id: str) -> None:
         self.stub.DeleteAvatar(pb.DeleteAvatarRequest(avatar_id=avatar_id), timeout=self.timeout,
-                               metadata=self._metadata)
+                               metadata=self._metadata + ((AFFINITY_HEADER, avatar_id),))
 
     # ---- fitting ----
     def fit_avatar(self, images, cam2world=None, intrinsics=None, expression_codes=None, *, name: str = "",
@@ -293,13 +295,20 @@ class FlexAvatarClient:
     def animate(self, avatar_id: str, frames: Iterable[FrameInput | np.ndarray], width: int, height: int,
                 encoding: str = "raw_rgb8", quality: int = 0, background=None, cam2world=None, intrinsics=None,
                 fps: float | None = None, max_in_flight: int | None = 2, decode: bool = True,
-                timeout: float | None = None) -> Iterator[AnimateResult]:
+                timeout: float | None = None, resume_s: float = 0.0) -> Iterator[AnimateResult]:
         """Stream ``frames`` (FrameInput, or a [135] expression array) and yield one AnimateResult per rendered
         frame, in order.
 
         fps: send at most this many frames per second (None = as fast as allowed).
         max_in_flight: frames sent but not yet answered (2 keeps the server busy without drops; None = no limit,
             the server then drops stale frames: latest wins). cam2world/intrinsics: the session camera.
+        resume_s: when the stream fails because its server went away (``resumable``: UNAVAILABLE, or a proxy's
+            RST_STREAM after the replica behind it died), open it again with the same SessionConfig (avatar, size,
+            encoding, camera) and re-send the frames that were sent but not answered, retrying for up to this many
+            seconds after the failure; behind a load balancer (docs/SCALEOUT.md) the new stream reaches a live
+            replica. 0 = no resume: the error is raised. AnimateResult.resumes counts the reopenings.
+
+        Every call carries the avatar id as ``x-avatar-id`` metadata, the header the load balancer hashes on.
         """
         config = pb.SessionConfig(avatar_id=avatar_id, width=width, height=height,
                                   encoding=codec.encoding_value(encoding), quality=quality)
@@ -309,55 +318,125 @@ class FlexAvatarClient:
             raise ValueError("pass both cam2world and intrinsics, or neither")
         if cam2world is not None:
             config.camera.CopyFrom(camera_proto(cam2world, intrinsics))
-        in_flight = _InFlight(max_in_flight)
-        sent_at: dict[int, int] = {}
-        sent_lock = threading.Lock()
+        metadata = self._metadata + ((AFFINITY_HEADER, avatar_id),)
+        stream = _ResumableInput(iter(frames), max_in_flight, fps)
+        resumes, failing_since = 0, None
+        while True:
+            in_flight = stream.new_attempt()
+            call = self.stub.Animate(stream.requests(config, in_flight), timeout=timeout, metadata=metadata)
+            try:
+                for response in call:
+                    received_us = _now_us()
+                    failing_since = None
+                    in_flight.mark_answered(response.sequence)
+                    stream.answered(response.sequence)
+                    image = (codec.decode_frame(response.image, response.encoding, response.width, response.height)
+                             if decode else None)
+                    t, c = response.timings, response.counters
+                    yield AnimateResult(
+                        sequence=response.sequence, data=response.image, image=image, width=response.width,
+                        height=response.height, encoding=codec.encoding_name(response.encoding),
+                        latency_us=received_us - response.client_timestamp_us, queue_us=t.queue_us,
+                        decode_us=t.decode_us, render_us=t.render_us, encode_us=t.encode_us, server_us=t.server_us,
+                        batch_size=t.batch_size, received=c.received, rendered=c.rendered, dropped=c.dropped,
+                        resumes=resumes,
+                    )
+                return
+            except grpc.RpcError as err:
+                now = time.monotonic()
+                failing_since = now if failing_since is None else failing_since
+                if not resumable(err) or now - failing_since >= resume_s:
+                    raise
+                time.sleep(min(0.05 * 2 ** min(resumes, 3), 0.4))  # a short back-off: 50, 100, 200, 400 ms
+                resumes += 1
+            finally:
+                in_flight.finish()
+                call.cancel()  # no-op when the stream already ended; frees the stream when the caller stops early
+                stream.stop_attempt()
 
-        def requests():
-            yield pb.AnimateRequest(config=config)
-            interval = 1.0 / fps if fps else 0.0
-            next_t = time.perf_counter()
-            for sequence, item in enumerate(frames):
-                if interval:
-                    delay = next_t - time.perf_counter()
-                    if delay > 0:
-                        time.sleep(delay)
-                    next_t = max(next_t + interval, time.perf_counter() - interval)
-                if not in_flight.wait_for_slot():
+
+AFFINITY_HEADER = "x-avatar-id"  # metadata the load balancer hashes on (deploy/haproxy/haproxy.cfg)
+
+
+def resumable(err: grpc.RpcError) -> bool:
+    """Did the stream fail because its server went away (so that another replica can continue it)? UNAVAILABLE:
+    the server is shutting down or cannot be reached. CANCELLED or INTERNAL by an RST_STREAM frame (gRPC's details
+    say "Received RST_STREAM with error code N"): a proxy reset the stream because the replica behind it died
+    (HAProxy sends CANCEL = 8, nginx INTERNAL_ERROR = 2). A server's own INTERNAL status is not resumable."""
+    code, details = err.code(), err.details() or ""
+    return code == grpc.StatusCode.UNAVAILABLE or (
+        code in (grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL) and "RST_STREAM" in details)
+
+
+class _ResumableInput:
+    """The frames of one animate() call across its attempts (streams): every attempt first re-sends the frames
+    sent but not answered on the previous one, then goes on with ``frames``. An epoch number makes sure that the
+    request thread of a failed attempt never takes another frame from the shared iterator."""
+
+    def __init__(self, frames: Iterator, max_in_flight: int | None, fps: float | None):
+        self.frames = frames
+        self.max_in_flight = max_in_flight
+        self.interval = 1.0 / fps if fps else 0.0
+        self.lock = threading.Lock()  # held while a frame is taken from ``frames`` (and by new_attempt)
+        self.epoch = 0
+        self.next_sequence = 0
+        self.unanswered: collections.deque[tuple[int, FrameInput]] = collections.deque()  # sent, not answered
+        self.unanswered_lock = threading.Lock()  # the response thread takes only this one, never waits on ``frames``
+        self.last_answered = -1
+
+    def new_attempt(self) -> _InFlight:
+        with self.lock, self.unanswered_lock:
+            self.epoch += 1
+            in_flight = _InFlight(self.max_in_flight)
+            in_flight.sent, in_flight.answered = self.next_sequence - 1, self.last_answered
+            return in_flight
+
+    def stop_attempt(self) -> None:
+        with self.lock:
+            self.epoch += 1
+
+    def answered(self, sequence: int) -> None:  # a response for sequence s answers every frame <= s
+        with self.unanswered_lock:
+            self.last_answered = max(self.last_answered, sequence)
+            while self.unanswered and self.unanswered[0][0] <= sequence:
+                self.unanswered.popleft()
+
+    def requests(self, config: pb.SessionConfig, in_flight: _InFlight):
+        with self.lock, self.unanswered_lock:
+            epoch, resend = self.epoch, list(self.unanswered)
+        yield pb.AnimateRequest(config=config)
+        for sequence, frame in resend:
+            yield pb.AnimateRequest(frame=_frame_message(sequence, frame))
+        next_t = time.perf_counter()
+        while True:
+            if self.interval:
+                delay = next_t - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                next_t = max(next_t + self.interval, time.perf_counter() - self.interval)
+            if not in_flight.wait_for_slot():
+                return
+            with self.lock:
+                if self.epoch != epoch:  # this attempt has ended: its frames are the next attempt's
                     return
+                item = next(self.frames, None)
+                if item is None:
+                    return
+                sequence = self.next_sequence
+                self.next_sequence += 1
                 frame = item if isinstance(item, FrameInput) else FrameInput(expression=item)
-                message = pb.Frame(sequence=sequence,
-                                   expression=np.asarray(frame.expression, dtype=np.float32).reshape(-1).tolist())
-                if frame.cam2world is not None:
-                    message.camera.CopyFrom(camera_proto(frame.cam2world, frame.intrinsics))
-                now = _now_us()
-                message.client_timestamp_us = now
-                with sent_lock:
-                    sent_at[sequence] = now
-                in_flight.mark_sent(sequence)
-                yield pb.AnimateRequest(frame=message)
+                with self.unanswered_lock:
+                    self.unanswered.append((sequence, frame))
+            in_flight.mark_sent(sequence)
+            yield pb.AnimateRequest(frame=_frame_message(sequence, frame))
 
-        call = self.stub.Animate(requests(), timeout=timeout, metadata=self._metadata)
-        try:
-            for response in call:
-                received_us = _now_us()
-                in_flight.mark_answered(response.sequence)
-                with sent_lock:
-                    for s in [s for s in sent_at if s <= response.sequence]:
-                        del sent_at[s]
-                image = (codec.decode_frame(response.image, response.encoding, response.width, response.height)
-                         if decode else None)
-                t, c = response.timings, response.counters
-                yield AnimateResult(
-                    sequence=response.sequence, data=response.image, image=image, width=response.width,
-                    height=response.height, encoding=codec.encoding_name(response.encoding),
-                    latency_us=received_us - response.client_timestamp_us, queue_us=t.queue_us,
-                    decode_us=t.decode_us, render_us=t.render_us, encode_us=t.encode_us, server_us=t.server_us,
-                    batch_size=t.batch_size, received=c.received, rendered=c.rendered, dropped=c.dropped,
-                )
-        finally:
-            in_flight.finish()
-            call.cancel()  # no-op when the stream already ended; frees the stream when the caller stops early
+
+def _frame_message(sequence: int, frame: FrameInput) -> pb.Frame:
+    message = pb.Frame(sequence=sequence, expression=np.asarray(frame.expression, dtype=np.float32).reshape(-1).tolist())
+    if frame.cam2world is not None:
+        message.camera.CopyFrom(camera_proto(frame.cam2world, frame.intrinsics))
+    message.client_timestamp_us = _now_us()
+    return message
 
 
 def latency_summary(results: list[AnimateResult]) -> dict:

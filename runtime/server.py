@@ -71,9 +71,11 @@ from .store import (
     AvatarRecord,
     AvatarStore,
     QuotaExceeded,
+    StoreUnavailable,
     check_avatar_name,
     is_valid_avatar_id,
     list_page,
+    open_store,
     parse_avatar_code_npy,
 )
 
@@ -184,6 +186,8 @@ class FlexAvatarService(pb_grpc.FlexAvatarServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         if isinstance(exc, QuotaExceeded):
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        if isinstance(exc, StoreUnavailable):  # the shared database is down: retry later (or elsewhere)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         # engine or disk failure: details (paths, exception text) stay in the server log
         error_id = secrets.token_hex(4)
         logger.error("%s failed (error id %s)", what, error_id, exc_info=exc)
@@ -413,12 +417,19 @@ class FlexAvatarService(pb_grpc.FlexAvatarServicer):
             record = self.store.get(cfg.avatar_id)
         except AvatarNotFound as err:
             raise StreamError(grpc.StatusCode.NOT_FOUND, str(err)) from None
+        except StoreUnavailable as err:
+            raise StreamError(grpc.StatusCode.UNAVAILABLE, str(err)) from None
         expected = (self.engine.num_head_tokens, self.engine.hidden_dim)
         if (record.num_head_tokens, record.hidden_dim) != expected:
             raise StreamError(grpc.StatusCode.FAILED_PRECONDITION,
                               f"avatar {record.avatar_id} has a [{record.num_head_tokens},{record.hidden_dim}] code, "
                               f"this server's model expects {list(expected)}")
-        code = await asyncio.get_running_loop().run_in_executor(None, self.store.load_code, cfg.avatar_id)
+        try:  # a shared store (redis) fetches the code when this replica has not seen the avatar yet
+            code = await asyncio.get_running_loop().run_in_executor(None, self.store.load_code, cfg.avatar_id)
+        except AvatarNotFound as err:  # deleted meanwhile (by another replica)
+            raise StreamError(grpc.StatusCode.NOT_FOUND, str(err)) from None
+        except StoreUnavailable as err:
+            raise StreamError(grpc.StatusCode.UNAVAILABLE, str(err)) from None
         if len(self.sessions) >= limits.max_streams:  # no await from here until Animate registers the session
             raise StreamError(grpc.StatusCode.RESOURCE_EXHAUSTED,
                               f"server is at its limit of {limits.max_streams} concurrent Animate streams")
@@ -564,7 +575,7 @@ class _RunningServer:
     def __init__(self, engine: Engine, config: ServerConfig, store: AvatarStore | None = None):
         self.config = config.validate()
         self.engine = engine
-        self.store = store if store is not None else AvatarStore(config.store_dir)
+        self.store = store if store is not None else open_store(config.store_dir)
         self.store.quota = AvatarQuota(config.max_avatars, config.max_store_bytes)  # the config rules any store
         self.rasterizer = resolve_rasterizer(config.rasterizer, engine.device)
         self.service: FlexAvatarService | None = None
@@ -635,7 +646,7 @@ class _RunningServer:
         logger.info("flexavatar server on %s:%d (%s); engine: %s; rasterizer: %s; model: %s; store: %s "
                     "(%d avatars); auth: %s", cfg.host, port, "TLS" if cfg.tls else "insecure",
                     self.engine.info.describe(), self.rasterizer, self.service.model,
-                    cfg.store_dir or "memory", len(self.store), "bearer token" if cfg.auth_token else "off")
+                    self.store.location, len(self.store), "bearer token" if cfg.auth_token else "off")
 
     async def stop(self, grace: float | None = None) -> None:
         """Health NOT_SERVING -> drain (everything still served) -> refuse new calls, live streams end after

@@ -8,6 +8,9 @@ Layout of ``root``::
 Ids are 32 random hex characters (``secrets.token_hex(16)``); any other id is rejected before it touches the
 file system. ``root=None`` keeps the avatars in memory only.
 
+``open_store(location)`` (the end of this file) picks the backend of ``flexavatar serve --store``: this directory
+store, or a database shared by several replicas (``redis://...``: store_redis.RedisAvatarStore).
+
 What another backend (a database) must provide, and what it can reuse from here:
 
 - ``add / get / delete / load_code / __len__ / usage / list_after`` (the AvatarStore methods below);
@@ -62,6 +65,10 @@ class QuotaExceeded(Exception):
 
 class InvalidPageToken(ValueError):
     pass
+
+
+class StoreUnavailable(RuntimeError):
+    """A database-backed store cannot be reached (the server answers UNAVAILABLE; the message names the store)."""
 
 
 @dataclass(frozen=True)
@@ -204,6 +211,7 @@ class AvatarStore:
 
     def __init__(self, root: str | os.PathLike | None, quota: AvatarQuota | None = None):
         self.root = Path(root) if root is not None else None
+        self.location = str(self.root) if self.root is not None else "memory"  # for logs
         self.quota = quota or AvatarQuota()
         self._lock = threading.Lock()
         self._records: dict[str, AvatarRecord] = {}
@@ -305,7 +313,7 @@ class AvatarStore:
         written = False
         try:
             if self.root is not None:
-                self._atomic_write(self.root / f"{record.avatar_id}.npy", _npy_bytes(code))
+                self._atomic_write(self.root / f"{record.avatar_id}.npy", npy_bytes(code))
                 self._atomic_write(self.root / f"{record.avatar_id}.json",
                                    json.dumps(asdict(record), indent=1).encode())
             written = True
@@ -343,7 +351,26 @@ class AvatarStore:
             raise
 
 
-def _npy_bytes(array: np.ndarray) -> bytes:
+def npy_bytes(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
     return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# choosing a backend (flexavatar serve --store)
+# ---------------------------------------------------------------------------------------------------------
+
+def open_store(location: str | os.PathLike | None, quota: AvatarQuota | None = None):
+    """``--store`` -> a store: ``redis://host:port/db`` (or ``rediss://``, TLS) -> RedisAvatarStore, shared by every
+    replica that names it (store_redis.py); a directory path -> AvatarStore (one host); None -> memory only.
+    Raises StoreUnavailable when the database cannot be reached, ValueError for a URL of another scheme."""
+    text = os.fspath(location) if location is not None else None
+    if text is not None and "://" in text:
+        scheme = text.split("://", 1)[0].lower()
+        if scheme in ("redis", "rediss"):
+            from .store_redis import RedisAvatarStore  # the redis package only when it is used
+
+            return RedisAvatarStore(text, quota)
+        raise ValueError(f"--store {scheme}://... is not supported; expected a directory or redis://host:port/db")
+    return AvatarStore(text, quota)

@@ -117,6 +117,8 @@ const state = {
   decoding: false, waiting: null,
   framesDrawn: 0, framesReceived: 0, droppedPage: 0, notSent: 0, lastHeader: null,
   drawTimes: [], latencies: [], serverTimes: [], errors: [],
+  // reconnection: attempts since the last hello, its timer, a stream to start again, streams started again
+  reconnectAttempt: 0, reconnectTimer: null, resumeStream: false, reconnects: 0,
 };
 
 function showError(code, message) {
@@ -140,7 +142,16 @@ function token() {
   return $("token").value || new URLSearchParams(location.search).get("token") || "";
 }
 
+// Reconnection (docs/SCALEOUT.md). Behind a load balancer the page's server is one replica of several; when the
+// connection drops (the replica died: 1006, or went away: 1001) the page opens a new one after these delays, and a
+// stream that was running starts again (same avatar, size and camera) once the new connection says hello.
+// Connections the server refused (1008: token, rate) or closed normally (1000) are not reopened.
+const RECONNECT_DELAYS_MS = [250, 500, 1000, 2000];
+const NO_RECONNECT_CODES = [1000, 1008];
+
 function connect() {
+  clearTimeout(state.reconnectTimer);
+  state.reconnectTimer = null;
   if (state.ws) state.ws.close();
   const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`);
   ws.binaryType = "arraybuffer";
@@ -153,13 +164,20 @@ function connect() {
   };
   ws.onclose = (event) => {
     if (state.ws !== ws) return;
+    const wasStreaming = state.streaming;
     state.connected = false;
     stopSending();
     state.streaming = state.started = false;
     updateButtons();
-    setStatus(`disconnected (${event.code}${event.reason ? ": " + event.reason : ""})`, false);
+    const why = `disconnected (${event.code}${event.reason ? ": " + event.reason : ""})`;
     for (const { reject } of state.calls.values()) reject({ code: "UNAVAILABLE", message: "connection closed" });
     state.calls.clear();
+    if (NO_RECONNECT_CODES.includes(event.code)) { state.resumeStream = false; setStatus(why, false); return; }
+    state.resumeStream = state.resumeStream || wasStreaming;
+    const delay = RECONNECT_DELAYS_MS[Math.min(state.reconnectAttempt, RECONNECT_DELAYS_MS.length - 1)];
+    state.reconnectAttempt++;
+    setStatus(`${why}; reconnecting in ${delay} ms…`, false);
+    state.reconnectTimer = setTimeout(connect, delay);
   };
 }
 
@@ -189,7 +207,9 @@ function onMessage(msg) {
     setStatus("connected", true);
     $("server-info").textContent = `flexrt ${msg.server.version} · ${msg.server.engine_description || ""} · ` +
       `rasterizer ${msg.server.rasterizer_backend}`;
+    state.reconnectAttempt = 0;
     updateButtons();
+    if (state.resumeStream) { state.reconnects++; startStream(true); } // the avatar list still holds its choice
     refreshAvatars();
   } else if (msg.type === "result" || (msg.type === "error" && msg.id != null)) {
     const pending = state.calls.get(msg.id);
@@ -200,6 +220,7 @@ function onMessage(msg) {
   } else if (msg.type === "error") {
     showError(msg.code, msg.message);
     if (msg.code === "UNAUTHENTICATED") $("auth").hidden = false;
+    if (msg.stream && msg.code === "UNAVAILABLE") state.resumeStream = true; // server going away: resume elsewhere
     if (msg.stream) endStream();
   } else if (msg.type === "started") {
     if (!state.streaming) { send({ type: "end" }); return; } // stopped before the server opened it
@@ -304,16 +325,20 @@ function currentExpression() {
   return expressionFromControls(v);
 }
 
-function startStream() {
+// resume: the same stream again on a new connection (after a reconnect): counters and sequence numbers go on.
+function startStream(resume = false) {
   const avatarId = $("avatars").value;
+  state.resumeStream = false;
   if (!avatarId) { showError("FAILED_PRECONDITION", "create or choose an avatar first"); return; }
   const size = Number($("size").value);
   clearError();
   state.streaming = true;
   state.started = false;
-  state.nextSequence = 0;
-  Object.assign(state, { framesDrawn: 0, framesReceived: 0, droppedPage: 0, notSent: 0, drawTimes: [],
-                         latencies: [], serverTimes: [] });
+  if (!resume) {
+    state.nextSequence = 0;
+    Object.assign(state, { framesDrawn: 0, framesReceived: 0, droppedPage: 0, notSent: 0, drawTimes: [],
+                           latencies: [], serverTimes: [] });
+  }
   send({ type: "start", config: { avatar_id: avatarId, width: size, height: size, encoding: "JPEG",
                                   quality: Number($("quality").value), camera: currentCamera() } });
   updateButtons();
@@ -339,6 +364,7 @@ function sendFrame() {
 
 function stopStream() {
   stopSending();
+  state.resumeStream = false;
   if (state.started) send({ type: "end" });
   else endStream();
 }
@@ -472,7 +498,7 @@ function init() {
   $("connect").addEventListener("click", connect);
   $("refresh").addEventListener("click", () => refreshAvatars());
   $("create").addEventListener("click", createAvatar);
-  $("start").addEventListener("click", startStream);
+  $("start").addEventListener("click", () => startStream());
   $("stop").addEventListener("click", stopStream);
   $("avatars").addEventListener("change", updateButtons);
   $("sequence-file").addEventListener("change", uploadSequence);

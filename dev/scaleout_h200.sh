@@ -3,7 +3,7 @@
 # stream-capacity sweep (30 fps per stream, 512² JPEG, bar: every stream >= 95 % of 30 fps, <= 1 % dropped,
 # p99 <= 33 ms) run by `python -m flexrt.benchmarks.bench_grpc --targets ...` against the running servers.
 #
-#   source dev/device_env.sh && bash dev/scaleout_h200.sh        # from the repo root; results in $OUT (~4 min)
+#   bash dev/scaleout_h200.sh        # from the repo root (carry .whl and .devdata); results in $OUT (~4 min)
 #
 # No balancer here: the GPU machine has neither haproxy nor a package registry, so the client splits the streams
 # round robin over the two replica ports itself (stream k -> replica k mod 2), which is what HAProxy's hash does on
@@ -11,6 +11,8 @@
 # Both replicas start at once (their torch.compile / CUDA-graph warm-ups overlap); the 1-replica sweep runs while
 # the second replica sits idle (warm, holding its GPU memory, no work), then the 2-replica sweep uses both.
 set -uo pipefail
+[ -n "${FLEXRT_SHARED:-}" ] || source dev/device_env.sh  # flexrt importable, carried wheels, reference data
+cd /tmp  # not the repo root: its flexrt/ folder would shadow the namespace of links
 OUT=${OUT:-/tmp/scaleout_out}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}

@@ -30,7 +30,7 @@ trap cleanup EXIT
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader 2>/dev/null | tee "$OUT/gpu.txt"
 for i in 1 2; do  # serve's GPU default: PyTorch bf16, torch.compile, CUDA graphs, CuPy rasterizer, JPEG on the GPU
   "$PY" -m flexrt.cli serve --model "$MODEL" --device "$DEVICE" "${TEMPLATE[@]}" --host 127.0.0.1 --port $((50060 + i)) \
-    --store "$OUT/avatars-r$i" --max-streams 200 --grace 1 > "$OUT/r$i.log" 2>&1 &
+    --store "/tmp/scaleout-avatars-r$i" --max-streams 200 --grace 1 > "$OUT/r$i.log" 2>&1 &
   PIDS+=($!)
 done
 t0=$(date +%s)

@@ -254,7 +254,8 @@ class FitAvatarCalls:
             raise StreamError(grpc.StatusCode.UNAVAILABLE, "server is shutting down; connect to another server")
         code_shape = (engine.num_head_tokens, engine.hidden_dim)
         req = parse_fit_request(request, cfg, code_shape)
-        svc.store.quota.check(*svc.store.usage(), code_shape[0] * code_shape[1] * 4)  # a full store: before any work
+        usage = await svc._in_store(svc.store.usage)
+        svc.store.quota.check(*usage, code_shape[0] * code_shape[1] * 4)  # a full store: before any work
         if req.init == "feed-forward" and getattr(engine, "encoder", True) is None:
             raise StreamError(grpc.StatusCode.FAILED_PRECONDITION,
                               "this server has no encoder for a feed-forward initial code; send init_avatar_id or "
@@ -274,7 +275,7 @@ class FitAvatarCalls:
                 raise invalid(str(exc)) from None
             # 2. the initial avatar code [HT, D]
             if req.init == "init_avatar_id":
-                record = svc.store.get(req.init_avatar_id)  # AvatarNotFound -> NOT_FOUND
+                record = await svc._in_store(svc.store.get, req.init_avatar_id)  # AvatarNotFound -> NOT_FOUND
                 if (record.num_head_tokens, record.hidden_dim) != code_shape:
                     raise StreamError(grpc.StatusCode.FAILED_PRECONDITION,
                                       f"avatar {record.avatar_id} has a [{record.num_head_tokens},{record.hidden_dim}]"

@@ -172,6 +172,13 @@ class FlexAvatarService(pb_grpc.FlexAvatarServicer):
         if not is_valid_avatar_id(avatar_id):
             raise invalid(f"avatar_id must be 32 lowercase hex characters, got {avatar_id!r}")
 
+    @staticmethod
+    async def _in_store(fn, *args):
+        """A store call off the event loop. A shared store (redis) is a network round trip, and a database that
+        hangs instead of refusing must not stall the loop that carries every live stream (tests/test_store_redis.py
+        freezes Redis mid-stream). The directory store's in-memory lookups take the same path (tens of us)."""
+        return await asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args))
+
     async def _run_unary(self, context, fn, *args):
         try:
             return await fn(*args)
@@ -207,7 +214,8 @@ class FlexAvatarService(pb_grpc.FlexAvatarServicer):
         expected = (self.engine.num_head_tokens, self.engine.hidden_dim)
         if source is None:
             raise invalid("CreateAvatarRequest needs 'image' (PNG/JPEG bytes) or 'avatar_code_npy' (.npy bytes)")
-        self.store.quota.check(*self.store.usage(), expected[0] * expected[1] * 4)  # a full store: before any work
+        usage = await self._in_store(self.store.usage)
+        self.store.quota.check(*usage, expected[0] * expected[1] * 4)  # a full store: before any work
         if source == "image":
             if self.creates_in_progress >= self.config.max_concurrent_creates:
                 raise StreamError(grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -277,18 +285,19 @@ class FlexAvatarService(pb_grpc.FlexAvatarServicer):
     async def GetAvatar(self, request: pb.GetAvatarRequest, context) -> pb.Avatar:
         async def get():
             self._check_avatar_id(request.avatar_id)
-            return _avatar_proto(self.store.get(request.avatar_id))
+            return _avatar_proto(await self._in_store(self.store.get, request.avatar_id))
 
         return await self._run_unary(context, get)
 
     async def ListAvatars(self, request: pb.ListAvatarsRequest, context) -> pb.ListAvatarsResponse:
         async def page():
             try:
-                records, next_token = list_page(self.store, request.page_size, request.page_token)
+                records, next_token = await self._in_store(list_page, self.store, request.page_size,
+                                                           request.page_token)
             except ValueError as exc:
                 raise invalid(str(exc)) from None
             return pb.ListAvatarsResponse(avatars=[_avatar_proto(r) for r in records], next_page_token=next_token,
-                                          total_size=len(self.store))
+                                          total_size=await self._in_store(len, self.store))
 
         return await self._run_unary(context, page)
 
@@ -302,7 +311,8 @@ class FlexAvatarService(pb_grpc.FlexAvatarServicer):
         return await self._run_unary(context, delete)
 
     # ---- server info ----
-    def server_info(self) -> pb.ServerInfo:
+    def server_info(self, avatars: int | None = None) -> pb.ServerInfo:
+        """``avatars``: the store's count when the caller already has it (GetServerInfo asks off the loop)."""
         cfg, info, stats = self.config, self.engine.info, self.stats()
         return pb.ServerInfo(
             version=flexrt.__version__,
@@ -336,13 +346,13 @@ class FlexAvatarService(pb_grpc.FlexAvatarServicer):
                 active_streams=stats["active_streams"], streams_total=stats["streams_total"],
                 frames_received=stats["frames_received"], frames_rendered=stats["frames_rendered"],
                 frames_dropped=stats["frames_dropped"], batches=stats["batches"], batch_sizes=stats["batch_sizes"],
-                avatars=len(self.store), pending_streams=len(self.pending),
+                avatars=len(self.store) if avatars is None else avatars, pending_streams=len(self.pending),
                 fits_running=self.fitting.running,
             ),
         )
 
     async def GetServerInfo(self, request: pb.GetServerInfoRequest, context) -> pb.ServerInfo:
-        return self.server_info()
+        return self.server_info(avatars=await self._in_store(len, self.store))
 
     # ---- FitAvatar (runtime/fit_rpc.py) ----
     async def FitAvatar(self, request: pb.FitAvatarRequest, context):
@@ -414,7 +424,7 @@ class FlexAvatarService(pb_grpc.FlexAvatarServicer):
         cfg, settings = parse_session_config(first, self.config)
         self._check_avatar_id(cfg.avatar_id)
         try:
-            record = self.store.get(cfg.avatar_id)
+            record = await self._in_store(self.store.get, cfg.avatar_id)
         except AvatarNotFound as err:
             raise StreamError(grpc.StatusCode.NOT_FOUND, str(err)) from None
         except StoreUnavailable as err:

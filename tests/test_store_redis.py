@@ -166,3 +166,62 @@ def test_two_servers_share_one_database(redis_url, tmp_path):
             with pytest.raises(grpc.RpcError) as err:
                 ca.create_avatar(npy=code)
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "cannot be reached" in err.value.details()
+
+
+def test_a_hanging_database_does_not_stall_live_streams(redis_url):
+    """Redis frozen (SIGSTOP: it accepts nothing and answers nothing) while a stream runs: the live stream keeps its
+    frame rate, GetAvatar ends as UNAVAILABLE after the client's socket timeout instead of freezing the server's
+    event loop, and everything works again once Redis resumes."""
+    import os
+    import signal
+    import time
+
+    import grpc
+    import redis
+
+    from flexrt.runtime.client import FlexAvatarClient
+    from flexrt.runtime.server import start_server
+
+    engine = tiny_engine()
+    code = (0.5 * np.random.default_rng(4).standard_normal((engine.num_head_tokens, engine.hidden_dim))).astype(
+        np.float32)
+    pid = int(redis.Redis.from_url(redis_url).info()["process_id"])
+    n, fps = 30, 10.0
+    with start_server(engine, make_config(store_dir=redis_url)) as server, FlexAvatarClient(server.address) as c:
+        avatar = c.create_avatar(npy=code)
+        arrivals, blocked = [], {}
+
+        def stream():
+            for _ in c.animate(avatar.avatar_id, expressions(n, seed=1), 16, 16, fps=fps, max_in_flight=1):
+                arrivals.append(time.monotonic())
+
+        def get_while_frozen():
+            t0 = time.monotonic()
+            try:
+                c.get_avatar(avatar.avatar_id)
+                blocked["code"] = grpc.StatusCode.OK
+            except grpc.RpcError as err:
+                blocked["code"] = err.code()
+            blocked["s"] = time.monotonic() - t0
+
+        runner = threading.Thread(target=stream)
+        runner.start()
+        while len(arrivals) < 5:
+            time.sleep(0.01)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            frozen_at = time.monotonic()
+            getter = threading.Thread(target=get_while_frozen)
+            getter.start()
+            getter.join(timeout=15)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        runner.join(timeout=30)
+        assert not getter.is_alive() and blocked["code"] == grpc.StatusCode.UNAVAILABLE, blocked
+        during = [t for t in arrivals if frozen_at <= t <= frozen_at + blocked["s"]]
+        gaps = np.diff([frozen_at] + during)
+        assert len(arrivals) == n  # the stream lost nothing
+        # frames kept coming while GetAvatar waited on the frozen database (a stalled loop would give one gap of
+        # the whole socket timeout)
+        assert len(during) >= int(0.5 * fps * blocked["s"]) and gaps.max() < 0.6, (blocked, gaps.round(3).tolist())
+        assert c.get_avatar(avatar.avatar_id).avatar_id == avatar.avatar_id  # Redis back: served again

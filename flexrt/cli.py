@@ -33,7 +33,7 @@ SUBCOMMANDS = {
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flexavatar",
-        description="FlexAvatar Runtime: export FLEX-1 engines, serve avatars over gRPC, stream, fit and benchmark.",
+        description="FlexAvatar Runtime: export FLEX-1 engines, serve avatars over gRPC, stream, fit, train and benchmark.",
     )
     from flexrt import __version__
 

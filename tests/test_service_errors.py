@@ -7,7 +7,7 @@ import threading
 import grpc
 import numpy as np
 import pytest
-from service_helpers import expressions, make_config, random_avatar_code, tiny_engine
+from service_helpers import expressions, make_config, random_avatar_code, self_signed_cert, tiny_engine
 
 from flexrt.proto import flexavatar_pb2 as pb
 from flexrt.runtime import codec
@@ -136,15 +136,7 @@ def test_bearer_token_auth(engine):
 
 def test_tls(engine, tmp_path):
     """TLS from cert/key files: a client trusting the certificate streams; a plaintext client cannot connect."""
-    import shutil
-    import subprocess
-
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed: cannot make a test certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True, timeout=60)
+    cert, key = self_signed_cert(tmp_path)
     with start_server(engine, make_config(tls_cert=str(cert), tls_key=str(key))) as server:
         with FlexAvatarClient(server.address, tls_root_cert=str(cert), tls_server_name="localhost") as client:
             assert client.server_info().limits.tls

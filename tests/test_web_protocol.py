@@ -19,7 +19,8 @@ import grpc
 import numpy as np
 import pytest
 import websockets
-from service_helpers import camera, expressions, make_config, random_avatar_code, reference_render, tiny_engine
+from service_helpers import (camera, expressions, make_config, random_avatar_code, reference_render, self_signed_cert,
+                             tiny_engine)
 
 from flexrt.runtime import codec
 from flexrt.runtime.client import FlexAvatarClient, FrameInput
@@ -384,16 +385,9 @@ def test_bench_web_smoke(engine):
 
 
 def test_tls_serves_https_and_wss_with_the_grpc_certificate(engine, tmp_path):
-    import shutil
     import ssl
-    import subprocess
 
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed: cannot make a test certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True, timeout=60)
+    cert, key = self_signed_cert(tmp_path)
     trust = ssl.create_default_context(cafile=str(cert))
     with start_server(engine, make_config(web_port=0, tls_cert=str(cert), tls_key=str(key), warmup_sizes=())) as server:
         with urllib.request.urlopen(f"https://127.0.0.1:{server.web_port}/healthz", context=trust, timeout=10) as r:

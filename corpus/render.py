@@ -18,7 +18,7 @@ def render(g: Gaussians, cam2world: torch.Tensor, intrinsics: torch.Tensor, size
     """One frame's Gaussians [N,*] seen by C cameras (cam2world [C,4,4], intrinsics [C,3,3] normalised) ->
     images [C,size,size,3] float32 in [0,1], on the CPU. ``normals`` [N,3] (zero rows never culled) enables
     culling. ``device``: where to rasterize ("cpu": the reference; "cuda": the CuPy kernels; the two agree to
-    rounding, tests/test_corpus.py checks > 40 dB)."""
+    rounding, tests/test_corpus.py checks > 45 dB)."""
     device = torch.device(device)
     backend = "cpu" if device.type == "cpu" else "cupy"
     if device.type != "cpu":

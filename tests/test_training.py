@@ -96,6 +96,20 @@ def test_learning_rate_schedule():
         TrainConfig(lr_schedule="step")
 
 
+def test_time_budget_fixes_the_total_after_the_probe_steps(tmp_path, cache_dir):
+    """A budget smaller than any step: training stops right after the timed probe steps, and the run's config (and
+    so the cosine schedule, which now ends at that total, and --resume) says that total."""
+    from flexrt.training.trainer import BUDGET_PROBE_STEPS
+
+    tr = Trainer(_cfg(tmp_path, cache_dir, batch_size=1, steps=1000, lr_schedule="cosine", lr_min=1e-5,
+                      time_budget_s=1e-3, log_every=5, ckpt_every=1000))
+    rows = tr.run(progress=False)
+    assert tr.step == BUDGET_PROBE_STEPS and tr.cfg.steps == BUDGET_PROBE_STEPS
+    assert json.loads((tmp_path / "train_config.json").read_text())["steps"] == BUDGET_PROBE_STEPS
+    assert rows[-1]["step"] == BUDGET_PROBE_STEPS and tr.lr_at(BUDGET_PROBE_STEPS) == pytest.approx(1e-5)
+    assert (tmp_path / "checkpoints" / f"step_{BUDGET_PROBE_STEPS:07d}.safetensors").is_file()
+
+
 def test_loss_decreases_on_a_fixed_batch(tmp_path, cache_dir):
     tr = Trainer(_cfg(tmp_path, cache_dir))
     batch = batch_for_step(tr.source, tr.cfg, 0)

@@ -49,7 +49,10 @@ from .losses import PerceptualLoss, photometric_loss
 from flexrt.kernels import rasterize_differentiable
 
 logger = logging.getLogger("flexrt.training")
-BUDGET_PROBE_STEPS = 20  # steps timed before a time budget fixes the run's total (steps 5 .. 20 of this run)
+# A time budget times steps BUDGET_PROBE_FROM .. BUDGET_PROBE_STEPS of a run (the first ones include warm-up costs),
+# then fixes the run's total once; the cosine schedule is re-spread over the new total from there on, which is
+# continuous when the lr warm-up is longer than the probe (the H200 runs: 100 warm-up steps).
+BUDGET_PROBE_FROM, BUDGET_PROBE_STEPS = 5, 20
 LOG_FIELDS = ("step", "wall_s", "loss", "l1", "ssim", "dino", "sam", "lr", "n2d", "n3d", "grad_norm", "sec_per_step")
 
 
@@ -336,11 +339,11 @@ class Trainer:
             while self.step < total:
                 row = self.train_step(batch_for_step(self.source, cfg, self.step))
                 bar.update(1)
-                if cfg.time_budget_s > 0 and self.step - s_start == 5:
+                if cfg.time_budget_s > 0 and self.step - s_start == BUDGET_PROBE_FROM:
                     t_probe = time.perf_counter()
                 elif cfg.time_budget_s > 0 and self.step - s_start == BUDGET_PROBE_STEPS:
                     # the time budget fixes the total once, early, so the lr schedule still ends at the last step
-                    sec = (time.perf_counter() - t_probe) / (BUDGET_PROBE_STEPS - 5)
+                    sec = (time.perf_counter() - t_probe) / (BUDGET_PROBE_STEPS - BUDGET_PROBE_FROM)
                     left = cfg.time_budget_s - (time.perf_counter() - t0)
                     fit = self.step + max(0, int(left / sec))
                     if fit < total:

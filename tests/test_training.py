@@ -1,6 +1,6 @@
-"""The training loop on CPU: differentiable rendering, SSIM against a direct reference, bias sinks routed per
-sample, loss decreasing on a fixed batch, identical resume, checkpoints that load_official / export-engines /
-serve take unchanged, the perceptual switches, the CLI (a few minutes on 2 cores)."""
+"""The training loop on CPU: its losses are fitting's, bias sinks routed per sample, loss decreasing on a fixed
+batch, the time budget, identical resume, checkpoints that load_official / export-engines / serve take unchanged,
+the perceptual switches, the CLI (a few minutes on 2 cores)."""
 from __future__ import annotations
 
 import argparse

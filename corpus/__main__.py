@@ -23,8 +23,12 @@ from .dataset import CorpusConfig, HeadCorpus, write_cache
 def add_config_args(p: argparse.ArgumentParser) -> None:
     """One option per CorpusConfig field (--seed, --identities-2d, ..., --leak)."""
     for f in fields(CorpusConfig):
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default,
-                       help=f"corpus {f.name} (default {f.default})")
+        name = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):  # --expression-masks / --no-expression-masks
+            p.add_argument(name, action=argparse.BooleanOptionalAction, default=f.default,
+                           help=f"corpus {f.name} (default {f.default})")
+        else:
+            p.add_argument(name, type=type(f.default), default=f.default, help=f"corpus {f.name} (default {f.default})")
 
 
 def config_from_args(args) -> CorpusConfig:

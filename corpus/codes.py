@@ -157,6 +157,16 @@ def sample_codes(rng: np.random.Generator, n: int, pose_scale: float = 1.0) -> n
     return codes.astype(np.float32)
 
 
+def pose_only(codes: torch.Tensor) -> torch.Tensor:
+    """Copy of codes [..., 135] with everything the face does set to rest (exp 0, eyes and jaw identity rows,
+    eyelids 0 = open) and the head pose kept (neck, R, t): the same head, same place, no expression."""
+    out = codes.clone()
+    rest = neutral_code().to(out.dtype)
+    for s in (EXP, EYE_LEFT, EYE_RIGHT, EYELIDS, JAW):
+        out[..., s] = rest[s]
+    return out
+
+
 def with_rotation(codes: torch.Tensor, slot: str, matrix: torch.Tensor) -> torch.Tensor:
     """Copy of codes [..., 135] with one 6D slot replaced by ``matrix`` [..., 3, 3] (unit rows)."""
     out = codes.clone()
@@ -167,5 +177,5 @@ def with_rotation(codes: torch.Tensor, slot: str, matrix: torch.Tensor) -> torch
 __all__ = [
     "CODE_DIM", "EXP", "EYE_LEFT", "EYE_RIGHT", "EYELIDS", "NECK", "JAW", "ROT", "TRANS", "ROTATION_SLOTS",
     "CODE_STATS", "neutral_code", "rotation_6d_to_matrix", "matrix_to_rotation_6d", "euler_matrix",
-    "matrix_to_yaw_pitch", "rig_controls", "sample_codes", "with_rotation",
+    "matrix_to_yaw_pitch", "rig_controls", "sample_codes", "pose_only", "with_rotation",
 ]

@@ -16,6 +16,12 @@ that drives each (what the decoder must reproduce).
   (front, left, right, back), for PSNR/SSIM on front and on back/side views.
 
 Images are float32 in [0, 1], channels first ([3,H,W]); white background.
+
+Expression masks (``expression_masks``, on by default): for every target view, the pixels that the face's own
+motion changes, i.e. where the render differs (by more than ``MASK_THRESHOLD`` in a channel, grown by
+``MASK_GROW`` pixels) from the same head in the same pose with the expression at rest (``codes.pose_only``: mouth
+shut, eyes forward and open, exp 0). At 64x64 the mouth and eyes are ~5 % of a frame; the trainer can weight
+these pixels (``TrainConfig.expression_weight``) so that the model learns to follow the code within a short run.
 """
 from __future__ import annotations
 
@@ -29,13 +35,15 @@ import torch
 from flexrt.model.flexavatar import DATASET_ID_2D, DATASET_ID_3D
 
 from . import cameras
-from .codes import ROT, euler_matrix, rotation_6d_to_matrix, sample_codes
+from .codes import ROT, euler_matrix, pose_only, rotation_6d_to_matrix, sample_codes
 from .head import HeadIdentity, HeadRig, sample_identity
 from .render import render
 
 SPLITS = ("2d", "3d", "heldout")
 _SPLIT_KEYS = {"2d": 2, "3d": 3, "heldout": 7}
 DATASET_IDS = {"2d": DATASET_ID_2D, "3d": DATASET_ID_3D, "heldout": DATASET_ID_3D}
+MASK_THRESHOLD = 0.03  # a pixel belongs to the expression mask when a channel moves by more than this (0..1)
+MASK_GROW = 1  # pixels the mask is grown by (3x3 max filter)
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,7 @@ class CorpusConfig:
     input_cone_deg: float = 20.0  # half-angle of the input-view cone (all splits)
     leak: float = 1.0  # 2D: share of the camera's offset from frontal that the tracked head rotation absorbs
     pose_scale: float = 1.0  # spread of the head pose in the codes (1: the shipped sequences' range)
+    expression_masks: bool = True  # also render each target with the expression at rest -> Sample.target_masks
 
     def num_identities(self, split: str) -> int:
         return {"2d": self.identities_2d, "3d": self.identities_3d, "heldout": self.identities_heldout}[_check(split)]
@@ -75,6 +84,7 @@ class Sample:
     target_cam2world: torch.Tensor  # [V, 4, 4]
     target_intrinsics: torch.Tensor  # [V, 3, 3]
     target_codes: torch.Tensor  # [V, 135] the code that drives each target (2D: as tracked)
+    target_masks: torch.Tensor | None = None  # [V, 1, H, W] in {0, 1}: pixels the expression moves (or None)
     meta: dict = field(default_factory=dict)
 
 
@@ -124,6 +134,16 @@ class HeadCorpus:
             images.append(render(g, c2w[v:v + 1], K[v:v + 1], size, out.normals[f], self.device)[0])
         return torch.stack(images).permute(0, 3, 1, 2).contiguous()
 
+    def _expression_masks(self, ident: HeadIdentity, codes: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor,
+                          per_frame_camera: bool, images: torch.Tensor) -> torch.Tensor | None:
+        """images [V,3,H,W] of ``codes`` -> [V,1,H,W] {0,1}: where they differ from the expression at rest."""
+        if not self.cfg.expression_masks:
+            return None
+        rest = self._render_frames(ident, pose_only(codes), c2w, K, images.shape[-1], per_frame_camera)
+        moved = ((images - rest).abs().amax(1, keepdim=True) > MASK_THRESHOLD).float()
+        k = 2 * MASK_GROW + 1
+        return torch.nn.functional.max_pool2d(moved, k, stride=1, padding=MASK_GROW)
+
     def sample(self, split: str, index: int) -> Sample:
         cfg = self.cfg
         n_id = cfg.num_identities(_check(split))
@@ -141,26 +161,30 @@ class HeadCorpus:
             code = torch.from_numpy(sample_codes(rng, 1, pose_scale=cfg.pose_scale))
             c2w, K = cameras.sphere(rng, cfg.views)
             imgs = self._render_frames(ident, code, c2w, K, cfg.image_size, False)
+            masks = self._expression_masks(ident, code, c2w, K, False, imgs)
             codes = code.expand(cfg.views, -1).clone()
         elif split == "2d":
             true_codes = torch.from_numpy(sample_codes(rng, cfg.views, pose_scale=cfg.pose_scale))
             c2w, K = cameras.frontal_cone(rng, cfg.views, cfg.cone_deg)
             imgs = self._render_frames(ident, true_codes, c2w, K, cfg.image_size, True)
+            masks = self._expression_masks(ident, true_codes, c2w, K, True, imgs)
             codes = tracked_rotation(true_codes, c2w, cfg.leak)
         else:  # held-out: one frame, the fixed evaluation views
             code = torch.from_numpy(sample_codes(rng, 1, pose_scale=0.45 * cfg.pose_scale))
             c2w, K = cameras.eval_views()
             imgs = self._render_frames(ident, code, c2w, K, cfg.image_size, False)
+            masks = self._expression_masks(ident, code, c2w, K, False, imgs)
             codes = code.expand(c2w.shape[0], -1).clone()
         return Sample(split=split, dataset_id=DATASET_IDS[split], identity=person, input_image=in_img,
                       input_cam2world=in_c2w[0], input_intrinsics=in_K[0], target_images=imgs,
-                      target_cam2world=c2w, target_intrinsics=K, target_codes=codes,
+                      target_cam2world=c2w, target_intrinsics=K, target_codes=codes, target_masks=masks,
                       meta={"index": int(index), "views": list(cameras.EVAL_VIEWS) if split == "heldout" else None})
 
 
 # ------------------------------------------------------------------------------------------------------ disk cache
 _ARRAYS = ("input_image", "input_cam2world", "input_intrinsics", "target_images", "target_cam2world",
            "target_intrinsics", "target_codes", "dataset_id", "identity", "index")
+_OPTIONAL = ("target_masks",)  # caches built with expression_masks=False (or before masks existed) lack it
 
 
 def _to_u8(x: torch.Tensor) -> np.ndarray:
@@ -180,6 +204,8 @@ def _write_shard(corpus: HeadCorpus, split: str, indices: range, path: Path, bar
         s = corpus.sample(split, i)
         cols["input_image"].append(_to_u8(s.input_image))
         cols["target_images"].append(_to_u8(s.target_images))
+        if s.target_masks is not None:
+            cols.setdefault("target_masks", []).append(s.target_masks.to(torch.uint8).numpy())
         for key in ("input_cam2world", "input_intrinsics", "target_cam2world", "target_intrinsics", "target_codes"):
             cols[key].append(getattr(s, key).numpy().astype(np.float32))
         cols["dataset_id"].append(s.dataset_id)
@@ -259,8 +285,15 @@ class CachedSplit:
                 missing = set(_ARRAYS) - set(z.files)
                 if missing:
                     raise ValueError(f"{path} is not a corpus cache shard: it lacks {sorted(missing)}")
-                parts.append({k: z[k] for k in _ARRAYS})
-        self.arrays = {k: np.concatenate([p[k] for p in parts]) for k in _ARRAYS}
+                parts.append({k: z[k] for k in _ARRAYS + _OPTIONAL if k in z.files})
+        keys = list(_ARRAYS)
+        with_masks = sum("target_masks" in p for p in parts)
+        if with_masks == len(parts):
+            keys.append("target_masks")
+        elif with_masks:
+            raise ValueError(f"{folder}: {with_masks} of {len(parts)} shards have expression masks; "
+                             "rebuild the corpus in a new directory")
+        self.arrays = {k: np.concatenate([p[k] for p in parts]) for k in keys}
         self.split = folder.name
 
     def __len__(self) -> int:
@@ -273,7 +306,9 @@ class CachedSplit:
                       input_image=f("input_image").float() / 255, input_cam2world=f("input_cam2world"),
                       input_intrinsics=f("input_intrinsics"), target_images=f("target_images").float() / 255,
                       target_cam2world=f("target_cam2world"), target_intrinsics=f("target_intrinsics"),
-                      target_codes=f("target_codes"), meta={"index": int(a["index"][i])})
+                      target_codes=f("target_codes"),
+                      target_masks=f("target_masks").float() if "target_masks" in a else None,
+                      meta={"index": int(a["index"][i])})
 
 
 def read_cache_config(cache_dir: str | Path) -> CorpusConfig:
@@ -283,5 +318,6 @@ def read_cache_config(cache_dir: str | Path) -> CorpusConfig:
     return CorpusConfig(**json.loads(path.read_text()))
 
 
-__all__ = ["CorpusConfig", "HeadCorpus", "Sample", "SPLITS", "DATASET_IDS", "tracked_rotation", "write_cache",
+__all__ = ["CorpusConfig", "HeadCorpus", "Sample", "SPLITS", "DATASET_IDS", "MASK_THRESHOLD", "MASK_GROW",
+           "tracked_rotation", "write_cache",
            "CachedSplit", "read_cache_config"]

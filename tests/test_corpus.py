@@ -10,8 +10,8 @@ import torch
 
 from flexrt.corpus import cameras
 from flexrt.corpus.codes import (
-    CODE_DIM, EYELIDS, JAW, ROT, euler_matrix, matrix_to_rotation_6d, matrix_to_yaw_pitch, neutral_code,
-    rig_controls, rotation_6d_to_matrix, sample_codes, with_rotation)
+    CODE_DIM, EXP, EYELIDS, JAW, NECK, ROT, TRANS, euler_matrix, matrix_to_rotation_6d, matrix_to_yaw_pitch,
+    neutral_code, pose_only, rig_controls, rotation_6d_to_matrix, sample_codes, with_rotation)
 from flexrt.corpus.dataset import CachedSplit, CorpusConfig, HeadCorpus, tracked_rotation, write_cache
 from flexrt.corpus.head import HeadRig, rgb_to_sh_dc, sample_identity
 from flexrt.corpus.render import render
@@ -220,6 +220,38 @@ def test_samples_are_deterministic_and_well_formed():
     assert a.sample("2d", 3).identity == a.sample("2d", 53).identity == 3  # index mod identities
 
 
+def test_pose_only_keeps_the_pose_and_rests_the_face():
+    codes = torch.from_numpy(sample_codes(np.random.default_rng(4), 3))
+    rest = pose_only(codes)
+    for s in (NECK, ROT, TRANS):
+        assert torch.equal(rest[:, s], codes[:, s])
+    assert torch.equal(rest[:, EXP], torch.zeros(3, 100)) and torch.equal(rest[:, EYELIDS], torch.zeros(3, 2))
+    assert torch.equal(rest[:, JAW], neutral_code(3)[:, JAW])
+    assert torch.equal(pose_only(rest), rest)
+
+
+def test_expression_masks_mark_what_the_face_moves():
+    """The mask is where the render differs from the same head, same pose, expression at rest: empty for a code
+    already at rest, on the mouth for an open jaw, absent when switched off."""
+    corpus = HeadCorpus(CorpusConfig(**{**SMALL.__dict__, "image_size": 64}))
+    ident = corpus.identity("heldout", 0)
+    c2w, K = cameras.eval_views(("front",))
+    rest = pose_only(torch.from_numpy(sample_codes(np.random.default_rng(2), 1, pose_scale=0.3)))
+    img = corpus._render_frames(ident, rest, c2w, K, 64, False)
+    assert float(corpus._expression_masks(ident, rest, c2w, K, False, img).sum()) == 0
+    jaw = with_rotation(rest, "jaw", euler_matrix(torch.tensor(0.0), torch.tensor(0.45), torch.tensor(0.0))[None])
+    img = corpus._render_frames(ident, jaw, c2w, K, 64, False)
+    mask = corpus._expression_masks(ident, jaw, c2w, K, False, img)
+    assert mask.shape == (1, 1, 64, 64) and set(mask.unique().tolist()) == {0.0, 1.0}
+    assert float(mask[0, 0, 38:54, 22:42].mean()) > 0.2  # the mouth box moved ...
+    assert float(mask[0, 0, :28].sum()) == 0  # ... the upper head did not
+    for split in ("2d", "3d", "heldout"):
+        s = corpus.sample(split, 1)
+        assert s.target_masks.shape == (s.target_images.shape[0], 1, 64, 64)
+    off = HeadCorpus(CorpusConfig(**{**SMALL.__dict__, "expression_masks": False})).sample("2d", 1)
+    assert off.target_masks is None
+
+
 def test_cache_round_trip(tmp_path):
     corpus = HeadCorpus(SMALL)
     path = write_cache(corpus, "3d", 3, tmp_path, shard_size=2, progress=False)
@@ -235,6 +267,14 @@ def test_cache_round_trip(tmp_path):
     s, ref = split[1], corpus.sample("3d", 1)
     assert (s.target_images - ref.target_images).abs().max() <= 0.5 / 255 + 1e-6
     assert torch.equal(s.target_codes, ref.target_codes) and s.dataset_id == ref.dataset_id
+    assert torch.equal(s.target_masks, ref.target_masks)
+    off = write_cache(HeadCorpus(CorpusConfig(**{**SMALL.__dict__, "expression_masks": False})), "3d", 1,
+                      tmp_path / "off", progress=False)
+    assert CachedSplit(off)[0].target_masks is None
+    (path / "shard_0001.npz").replace(tmp_path / "moved.npz")  # a cache mixing shards with and without masks
+    (off / "shard_0000.npz").replace(path / "shard_0001.npz")
+    with pytest.raises(ValueError, match="have expression masks"):
+        CachedSplit(path)
     with pytest.raises(FileNotFoundError, match="corpus cache not found"):
         CachedSplit(tmp_path / "2d")
     with pytest.raises(ValueError, match="another config"):

@@ -58,6 +58,9 @@ def add_parser(subparsers) -> None:
     o.add_argument("--dino-loss-weights", help="dinov2_vits14_pretrain.pth: enables the DINO perceptual loss")
     o.add_argument("--sam-module", help="TorchScript SAM feature module: enables the SAM perceptual loss")
     o.add_argument("--perceptual-start", type=int, default=0, help="step from which the perceptual losses apply")
+    o.add_argument("--expression-weight", type=float, default=0.0,
+                   help="extra weight of the L1 on the pixels the expression moves (the corpus's expression "
+                        "masks: mouth, eyes, brows); 0 = plain loss")
     r = p.add_argument_group("run")
     r.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     r.add_argument("--render-backend", default="auto", choices=("auto", "torch", "gsplat"),
@@ -99,7 +102,7 @@ def _config_from_args(args):
         clip_grad=args.clip_grad, seed=args.seed,
         device=resolve_device(args.device), render_backend=args.render_backend,
         dino_loss_weights=args.dino_loss_weights, sam_module=args.sam_module,
-        perceptual_start=args.perceptual_start, log_every=args.log_every, ckpt_every=args.ckpt_every,
+        perceptual_start=args.perceptual_start, expression_weight=args.expression_weight, log_every=args.log_every, ckpt_every=args.ckpt_every,
         tensorboard=args.tensorboard, time_budget_s=args.time_budget,
         threads=args.threads)
 
@@ -117,7 +120,7 @@ def heldout_samples(trainer, count: int):
 
 
 def run(args) -> int:
-    from .evaluate import evaluate
+    from .evaluate import MOUTH_BAR, evaluate, expression_response
     from .trainer import Trainer
 
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
@@ -134,10 +137,16 @@ def run(args) -> int:
         if args.eval or args.eval_only:
             result = evaluate(trainer.model, trainer.dino, heldout_samples(trainer, args.eval_count), trainer.size,
                               trainer.device, cfg.render_backend)
+            result["expression"] = expression_response(trainer.model, trainer.dino, trainer.source.corpus_config,
+                                                       device=trainer.device, backend=cfg.render_backend)
             (Path(cfg.out) / "eval.json").write_text(json.dumps(result, indent=2))
             print(f"[eval] held-out, 3D sink: front PSNR {result['front']['psnr']:.2f} dB SSIM "
                   f"{result['front']['ssim']:.3f}; side/back PSNR {result['side_back']['psnr']:.2f} dB SSIM "
                   f"{result['side_back']['ssim']:.3f} ({result['count']} samples)")
+            e = result["expression"]
+            print(f"[eval] expression: mouth change for a 0.45 rad jaw {e['mouth_min']:.4f} (bar > "
+                  f"{MOUTH_BAR}), forehead / mouth {e['forehead_ratio_max']:.2f} (bar < 0.5), back covered "
+                  f"{e['back_covered_min']:.2f} (bar > 0.9): {'passes' if e['passes'] else 'fails'}")
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}")
         return 2

@@ -1,5 +1,8 @@
-"""Evaluation on held-out identities: PSNR / SSIM on the front view and on the back / side views, inference on the
-3D bias sink (the paper's protocol: z3D at inference)."""
+"""Evaluation on held-out identities (inference on the 3D bias sink, the paper's protocol: z3D at inference):
+
+- ``evaluate``: PSNR / SSIM on the front view and on the back / side views;
+- ``expression_response``: the quality bar of a model to ship (issue 12): does the mouth follow the jaw code,
+  more than the forehead does, and is the back view a covered head?"""
 from __future__ import annotations
 
 import torch
@@ -45,4 +48,46 @@ def evaluate(model, dino, samples: list[Sample], size: int, device="cpu", backen
             "per_view": {n: metrics((n,)) for n in names}, "count": len(samples)}
 
 
-__all__ = ["evaluate", "FRONT", "SIDE_BACK"]
+# The bar (tests/test_training.py::test_shipped_model_animates): on 64x64 front views, a 0.45 rad jaw must change
+# the mouth box by more than MOUTH_BAR on 0..1 (the corpus rig's own change there is ~0.02-0.04), the forehead
+# (rows 0..29) by less than half of that, and the back view must cover > 90 % of the central box.
+MOUTH_BAR = 0.01
+JAW_PROBE_RAD = 0.45
+
+
+@torch.no_grad()
+def expression_response(model, dino, corpus_cfg, persons=(1, 2), device="cpu", backend: str = "torch") -> dict:
+    """Held-out ``persons`` of the corpus (config ``corpus_cfg``), neutral code vs the same with the jaw at
+    JAW_PROBE_RAD -> {"persons": [{"person", "mouth", "forehead", "back_covered"}], "mouth_min",
+    "forehead_ratio_max", "back_covered_min", "passes"}."""
+    from flexrt.corpus import cameras
+    from flexrt.corpus.codes import euler_matrix, neutral_code, with_rotation
+    from flexrt.corpus.dataset import HeadCorpus
+
+    from .showcase import MOUTH_BOX, model_frames
+
+    corpus = HeadCorpus(corpus_cfg)
+    codes = with_rotation(neutral_code(2), "jaw", euler_matrix(torch.tensor(0.0), torch.tensor([0.0, JAW_PROBE_RAD]),
+                                                                torch.tensor(0.0)))
+    fc2w, fK = cameras.eval_views(("front", "front"))
+    bc2w, bK = cameras.eval_views(("back",))
+    r, c = MOUTH_BOX
+    rows = []
+    for person in persons:
+        s = corpus.sample("heldout", person)
+        run = lambda cd, c2w, K: model_frames(model, dino, s.input_image, s.input_cam2world,  # noqa: E731
+                                              s.input_intrinsics, cd, c2w, K, 64, device, backend).cpu()
+        front = run(codes, fc2w, fK)
+        back = run(codes[:1], bc2w, bK)
+        rows.append({"person": person,
+                     "mouth": float((front[1, :, r, c] - front[0, :, r, c]).abs().mean()),
+                     "forehead": float((front[1, :, :30] - front[0, :, :30]).abs().mean()),
+                     "back_covered": float((back[0, :, 16:48, 20:44] < 0.9).any(0).float().mean())})
+    mouth = min(x["mouth"] for x in rows)
+    ratio = max(x["forehead"] / max(x["mouth"], 1e-9) for x in rows)
+    covered = min(x["back_covered"] for x in rows)
+    return {"persons": rows, "mouth_min": mouth, "forehead_ratio_max": ratio, "back_covered_min": covered,
+            "passes": bool(mouth > MOUTH_BAR and ratio < 0.5 and covered > 0.9)}
+
+
+__all__ = ["evaluate", "expression_response", "FRONT", "SIDE_BACK", "MOUTH_BAR", "JAW_PROBE_RAD"]

@@ -37,15 +37,21 @@ def load_codes(sequence: str | None, frames: int) -> tuple[torch.Tensor, str]:
 
 
 @torch.no_grad()
-def model_frames(model, dino, image: torch.Tensor, c2w, K, codes: torch.Tensor, tc2w, tK, size: int):
-    """One person (input image [3,S,S]) driven by codes [T,135], seen by cameras [T,4,4] -> [T,3,size,size]."""
+def model_frames(model, dino, image: torch.Tensor, c2w, K, codes: torch.Tensor, tc2w, tK, size: int,
+                 device="cpu", backend: str = "torch"):
+    """One person (input image [3,S,S]) driven by codes [T,135], seen by cameras [T,4,4] -> [T,3,size,size]
+    (on ``device``; the model's train/eval mode is restored)."""
     t = codes.shape[0]
     batch = Batch(images=encoder_image(image[None]), cam2world=c2w[None], intrinsics=K[None],
                   target_images=torch.zeros(1, t, 3, size, size), target_cam2world=tc2w[None],
                   target_intrinsics=tK[None], target_codes=codes[None],
-                  dataset_ids=torch.tensor([DATASET_ID_3D]), splits=["heldout"])
+                  dataset_ids=torch.tensor([DATASET_ID_3D]), splits=["heldout"]).to(device)
+    was_training = model.training
     model.eval()
-    return forward_batch(model, dino, batch, size, "torch")[0].clamp(0, 1)
+    try:
+        return forward_batch(model, dino, batch, size, backend)[0].clamp(0, 1)
+    finally:
+        model.train(was_training)
 
 
 def truth_frames(corpus: HeadCorpus, ident, codes, tc2w, tK, size: int) -> torch.Tensor:

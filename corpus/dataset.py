@@ -22,6 +22,8 @@ motion changes, i.e. where the render differs (by more than ``MASK_THRESHOLD`` i
 ``MASK_GROW`` pixels) from the same head in the same pose with the expression at rest (``codes.pose_only``: mouth
 shut, eyes forward and open, exp 0). At 64x64 the mouth and eyes are ~5 % of a frame; the trainer can weight
 these pixels (``TrainConfig.expression_weight``) so that the model learns to follow the code within a short run.
+The at-rest renders are kept too (``Sample.target_rest_images``): with the at-rest code and the same camera they
+are a second target that differs from the first only inside the mask (``TrainConfig.rest_pairs``).
 """
 from __future__ import annotations
 
@@ -85,6 +87,7 @@ class Sample:
     target_intrinsics: torch.Tensor  # [V, 3, 3]
     target_codes: torch.Tensor  # [V, 135] the code that drives each target (2D: as tracked)
     target_masks: torch.Tensor | None = None  # [V, 1, H, W] in {0, 1}: pixels the expression moves (or None)
+    target_rest_images: torch.Tensor | None = None  # [V, 3, H, W]: the same views, expression at rest (or None)
     meta: dict = field(default_factory=dict)
 
 
@@ -135,14 +138,15 @@ class HeadCorpus:
         return torch.stack(images).permute(0, 3, 1, 2).contiguous()
 
     def _expression_masks(self, ident: HeadIdentity, codes: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor,
-                          per_frame_camera: bool, images: torch.Tensor) -> torch.Tensor | None:
-        """images [V,3,H,W] of ``codes`` -> [V,1,H,W] {0,1}: where they differ from the expression at rest."""
+                          per_frame_camera: bool, images: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        """images [V,3,H,W] of ``codes`` -> (masks [V,1,H,W] in {0,1}: where they differ from the expression at
+        rest; the at-rest images [V,3,H,W]), or (None, None) when expression_masks is off."""
         if not self.cfg.expression_masks:
-            return None
+            return None, None
         rest = self._render_frames(ident, pose_only(codes), c2w, K, images.shape[-1], per_frame_camera)
         moved = ((images - rest).abs().amax(1, keepdim=True) > MASK_THRESHOLD).float()
         k = 2 * MASK_GROW + 1
-        return torch.nn.functional.max_pool2d(moved, k, stride=1, padding=MASK_GROW)
+        return torch.nn.functional.max_pool2d(moved, k, stride=1, padding=MASK_GROW), rest
 
     def sample(self, split: str, index: int) -> Sample:
         cfg = self.cfg
@@ -161,30 +165,31 @@ class HeadCorpus:
             code = torch.from_numpy(sample_codes(rng, 1, pose_scale=cfg.pose_scale))
             c2w, K = cameras.sphere(rng, cfg.views)
             imgs = self._render_frames(ident, code, c2w, K, cfg.image_size, False)
-            masks = self._expression_masks(ident, code, c2w, K, False, imgs)
+            masks, rest = self._expression_masks(ident, code, c2w, K, False, imgs)
             codes = code.expand(cfg.views, -1).clone()
         elif split == "2d":
             true_codes = torch.from_numpy(sample_codes(rng, cfg.views, pose_scale=cfg.pose_scale))
             c2w, K = cameras.frontal_cone(rng, cfg.views, cfg.cone_deg)
             imgs = self._render_frames(ident, true_codes, c2w, K, cfg.image_size, True)
-            masks = self._expression_masks(ident, true_codes, c2w, K, True, imgs)
+            masks, rest = self._expression_masks(ident, true_codes, c2w, K, True, imgs)
             codes = tracked_rotation(true_codes, c2w, cfg.leak)
         else:  # held-out: one frame, the fixed evaluation views
             code = torch.from_numpy(sample_codes(rng, 1, pose_scale=0.45 * cfg.pose_scale))
             c2w, K = cameras.eval_views()
             imgs = self._render_frames(ident, code, c2w, K, cfg.image_size, False)
-            masks = self._expression_masks(ident, code, c2w, K, False, imgs)
+            masks, rest = self._expression_masks(ident, code, c2w, K, False, imgs)
             codes = code.expand(c2w.shape[0], -1).clone()
         return Sample(split=split, dataset_id=DATASET_IDS[split], identity=person, input_image=in_img,
                       input_cam2world=in_c2w[0], input_intrinsics=in_K[0], target_images=imgs,
                       target_cam2world=c2w, target_intrinsics=K, target_codes=codes, target_masks=masks,
+                      target_rest_images=rest,
                       meta={"index": int(index), "views": list(cameras.EVAL_VIEWS) if split == "heldout" else None})
 
 
 # ------------------------------------------------------------------------------------------------------ disk cache
 _ARRAYS = ("input_image", "input_cam2world", "input_intrinsics", "target_images", "target_cam2world",
            "target_intrinsics", "target_codes", "dataset_id", "identity", "index")
-_OPTIONAL = ("target_masks",)  # caches built with expression_masks=False (or before masks existed) lack it
+_OPTIONAL = ("target_masks", "target_rest_images")  # absent with expression_masks=False (and in older caches)
 
 
 def _to_u8(x: torch.Tensor) -> np.ndarray:
@@ -206,6 +211,7 @@ def _write_shard(corpus: HeadCorpus, split: str, indices: range, path: Path, bar
         cols["target_images"].append(_to_u8(s.target_images))
         if s.target_masks is not None:
             cols.setdefault("target_masks", []).append(s.target_masks.to(torch.uint8).numpy())
+            cols.setdefault("target_rest_images", []).append(_to_u8(s.target_rest_images))
         for key in ("input_cam2world", "input_intrinsics", "target_cam2world", "target_intrinsics", "target_codes"):
             cols[key].append(getattr(s, key).numpy().astype(np.float32))
         cols["dataset_id"].append(s.dataset_id)
@@ -287,12 +293,13 @@ class CachedSplit:
                     raise ValueError(f"{path} is not a corpus cache shard: it lacks {sorted(missing)}")
                 parts.append({k: z[k] for k in _ARRAYS + _OPTIONAL if k in z.files})
         keys = list(_ARRAYS)
-        with_masks = sum("target_masks" in p for p in parts)
-        if with_masks == len(parts):
-            keys.append("target_masks")
-        elif with_masks:
-            raise ValueError(f"{folder}: {with_masks} of {len(parts)} shards have expression masks; "
-                             "rebuild the corpus in a new directory")
+        for key in _OPTIONAL:
+            have = sum(key in p for p in parts)
+            if have == len(parts):
+                keys.append(key)
+            elif have:
+                raise ValueError(f"{folder}: {have} of {len(parts)} shards have {key} (expression masks); "
+                                 "rebuild the corpus in a new directory")
         self.arrays = {k: np.concatenate([p[k] for p in parts]) for k in keys}
         self.split = folder.name
 
@@ -308,6 +315,8 @@ class CachedSplit:
                       target_cam2world=f("target_cam2world"), target_intrinsics=f("target_intrinsics"),
                       target_codes=f("target_codes"),
                       target_masks=f("target_masks").float() if "target_masks" in a else None,
+                      target_rest_images=(f("target_rest_images").float() / 255
+                                          if "target_rest_images" in a else None),
                       meta={"index": int(a["index"][i])})
 
 

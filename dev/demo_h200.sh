@@ -5,7 +5,8 @@
 # GPU (they differ in --expression-weight); both come back with their held-out evaluation and the quality bar.
 #   bash dev/demo_h200.sh                 (carry .whl and .devdata; ~DEMO_END_S seconds)
 #   PREP_ONLY=1 bash dev/demo_h200.sh     (corpus + gsplat build only, for a following call on the warm machine)
-# Environment: DEMO_END_S (530), DEMO_INIT, W_A / W_B (expression weights, 4 / 10), LR (1e-3), BATCH (16).
+# Environment: DEMO_END_S (530), DEMO_INIT, W_A / W_B (expression weights, 4 / 10), LR (1e-3), BATCH (16),
+# EXTRA_A / EXTRA_B (more train options per recipe, e.g. EXTRA_B=--rest-pairs).
 set -uo pipefail
 source dev/device_env.sh
 cd /tmp
@@ -15,7 +16,7 @@ LOG=$OUT/demo_h200.log
 say() { echo "[$(date +%T) +${SECONDS}s] $*" | tee -a "$LOG"; }
 END=${DEMO_END_S:-530}
 INIT=${DEMO_INIT:-$REPO/.devdata/init/demo_a_1655.safetensors}
-CORPUS_DIR=$W/corpus-masks
+CORPUS_DIR=$W/corpus-rest  # masks + at-rest renders
 
 # 1. corpus (same config and counts as dev/train_h200.sh, plus expression masks) in the background; gsplat's JIT
 #    build in the foreground (both resume / load from cache on a warm machine)
@@ -31,14 +32,15 @@ wait $CORPUS; say "corpus rc=$? $(tail -n 2 $W/corpus.log | tr '\n' ' ' | cut -c
 
 # 2. two recipes at once, same time budget
 TB=$(( END - SECONDS - 75 ))
+rm -rf $W/a $W/b  # a fresh run directory: an old run's later checkpoints would be taken for this run's
 say "training from $(basename $INIT), time budget ${TB}s each"
 COMMON=(--corpus-cache $CORPUS_DIR --steps 1000000 --lr-warmup 100 --lr-schedule cosine --device cuda
         --render-backend $RB --time-budget $TB --no-progress --eval --eval-count 64 --ckpt-every 2000
         --init-checkpoint $INIT --batch-size ${BATCH:-16} --views-per-sample 2 --lr ${LR:-1e-3} --lr-min 1e-4)
-timeout $(( TB + 100 )) python3 -m flexrt.cli train "${COMMON[@]}" --out $W/a --expression-weight ${W_A:-4} \
+timeout $(( TB + 100 )) python3 -m flexrt.cli train "${COMMON[@]}" --out $W/a --expression-weight ${W_A:-4} ${EXTRA_A:-} \
   > $W/a.log 2>&1 &
 A=$!
-timeout $(( TB + 100 )) python3 -m flexrt.cli train "${COMMON[@]}" --out $W/b --expression-weight ${W_B:-10} \
+timeout $(( TB + 100 )) python3 -m flexrt.cli train "${COMMON[@]}" --out $W/b --expression-weight ${W_B:-10} ${EXTRA_B:-} \
   > $W/b.log 2>&1 &
 B=$!
 sleep 60; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader | tee -a "$LOG"

@@ -238,16 +238,20 @@ def test_expression_masks_mark_what_the_face_moves():
     c2w, K = cameras.eval_views(("front",))
     rest = pose_only(torch.from_numpy(sample_codes(np.random.default_rng(2), 1, pose_scale=0.3)))
     img = corpus._render_frames(ident, rest, c2w, K, 64, False)
-    assert float(corpus._expression_masks(ident, rest, c2w, K, False, img).sum()) == 0
+    assert float(corpus._expression_masks(ident, rest, c2w, K, False, img)[0].sum()) == 0
     jaw = with_rotation(rest, "jaw", euler_matrix(torch.tensor(0.0), torch.tensor(0.45), torch.tensor(0.0))[None])
     img = corpus._render_frames(ident, jaw, c2w, K, 64, False)
-    mask = corpus._expression_masks(ident, jaw, c2w, K, False, img)
+    mask, at_rest = corpus._expression_masks(ident, jaw, c2w, K, False, img)
+    assert at_rest.shape == img.shape
     assert mask.shape == (1, 1, 64, 64) and set(mask.unique().tolist()) == {0.0, 1.0}
     assert float(mask[0, 0, 38:54, 22:42].mean()) > 0.2  # the mouth box moved ...
     assert float(mask[0, 0, :28].sum()) == 0  # ... the upper head did not
     for split in ("2d", "3d", "heldout"):
         s = corpus.sample(split, 1)
         assert s.target_masks.shape == (s.target_images.shape[0], 1, 64, 64)
+        assert s.target_rest_images.shape == s.target_images.shape
+        moved = (s.target_images - s.target_rest_images).abs().amax(1, keepdim=True)  # the at-rest twins differ
+        assert float(moved[s.target_masks == 0].max()) <= 0.03 + 1e-6  # from the targets only inside the mask
     off = HeadCorpus(CorpusConfig(**{**SMALL.__dict__, "expression_masks": False})).sample("2d", 1)
     assert off.target_masks is None
 
@@ -268,12 +272,13 @@ def test_cache_round_trip(tmp_path):
     assert (s.target_images - ref.target_images).abs().max() <= 0.5 / 255 + 1e-6
     assert torch.equal(s.target_codes, ref.target_codes) and s.dataset_id == ref.dataset_id
     assert torch.equal(s.target_masks, ref.target_masks)
+    assert (s.target_rest_images - ref.target_rest_images).abs().max() <= 0.5 / 255 + 1e-6
     off = write_cache(HeadCorpus(CorpusConfig(**{**SMALL.__dict__, "expression_masks": False})), "3d", 1,
                       tmp_path / "off", progress=False)
-    assert CachedSplit(off)[0].target_masks is None
+    assert CachedSplit(off)[0].target_masks is None and CachedSplit(off)[0].target_rest_images is None
     (path / "shard_0001.npz").replace(tmp_path / "moved.npz")  # a cache mixing shards with and without masks
     (off / "shard_0000.npz").replace(path / "shard_0001.npz")
-    with pytest.raises(ValueError, match="have expression masks"):
+    with pytest.raises(ValueError, match="expression masks"):
         CachedSplit(path)
     with pytest.raises(FileNotFoundError, match="corpus cache not found"):
         CachedSplit(tmp_path / "2d")

@@ -150,6 +150,27 @@ def test_expression_weight_adds_the_l1_inside_the_masks(tmp_path, cache_dir):
         _cfg(tmp_path, cache_dir, expression_weight=-1.0)
 
 
+def test_rest_pairs_add_the_at_rest_twin_of_every_view(tmp_path, cache_dir):
+    from flexrt.corpus.codes import pose_only
+
+    tr = Trainer(_cfg(tmp_path, cache_dir, views_per_sample=2, rest_pairs=True, expression_weight=1.0))
+    b = batch_for_step(tr.source, tr.cfg, 0)
+    assert b.target_images.shape[1] == 4 and b.target_codes.shape[1] == 4 and b.target_masks.shape[1] == 4
+    assert torch.equal(b.target_codes[:, 2:], pose_only(b.target_codes[:, :2]))
+    assert torch.equal(b.target_cam2world[:, 2:], b.target_cam2world[:, :2])
+    assert torch.equal(b.target_masks[:, 2:], b.target_masks[:, :2])
+    plain = batch_for_step(tr.source, TrainConfig(**{**tr.cfg.__dict__, "rest_pairs": False}), 0)
+    assert torch.equal(b.target_images[:, :2], plain.target_images)  # same samples and views, twins appended
+    diff = (b.target_images[:, :2] - b.target_images[:, 2:]).abs().amax(2, keepdim=True)
+    assert float(diff[b.target_masks[:, :2] == 0].max()) <= 0.03 + 1 / 255 + 1e-6  # only inside the masks (uint8)
+    assert tr.train_step(b)["expr_l1"] > 0
+
+    off = tmp_path / "nomask"
+    write_cache(HeadCorpus(CorpusConfig(**SMALL, expression_masks=False)), "2d", 2, off, progress=False)
+    with pytest.raises(ValueError, match="rest_pairs"):
+        Trainer(_cfg(tmp_path / "o", off, data="2d", rest_pairs=True))
+
+
 def test_resume_continues_identically(tmp_path, cache_dir):
     a = Trainer(_cfg(tmp_path / "a", cache_dir))
     rows_a = a.run(progress=False)

@@ -61,6 +61,9 @@ def add_parser(subparsers) -> None:
     o.add_argument("--expression-weight", type=float, default=0.0,
                    help="extra weight of the L1 on the pixels the expression moves (the corpus's expression "
                         "masks: mouth, eyes, brows); 0 = plain loss")
+    o.add_argument("--rest-pairs", action="store_true",
+                   help="also train on each target view's at-rest twin (same camera, the face's code at rest): "
+                        "pairs that differ only where the expression acts")
     r = p.add_argument_group("run")
     r.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     r.add_argument("--render-backend", default="auto", choices=("auto", "torch", "gsplat"),
@@ -102,7 +105,7 @@ def _config_from_args(args):
         clip_grad=args.clip_grad, seed=args.seed,
         device=resolve_device(args.device), render_backend=args.render_backend,
         dino_loss_weights=args.dino_loss_weights, sam_module=args.sam_module,
-        perceptual_start=args.perceptual_start, expression_weight=args.expression_weight, log_every=args.log_every, ckpt_every=args.ckpt_every,
+        perceptual_start=args.perceptual_start, expression_weight=args.expression_weight, rest_pairs=args.rest_pairs, log_every=args.log_every, ckpt_every=args.ckpt_every,
         tensorboard=args.tensorboard, time_budget_s=args.time_budget,
         threads=args.threads)
 

@@ -13,6 +13,10 @@ Per step (batch of B persons, each with one input view and ``views_per_sample`` 
    mouth, eyes, brows and cheeks move; ``corpus.dataset``: ~5 % of a 64x64 frame, which the plain loss all but
    ignores in a short run); Adam (lr 1e-4 by default), gradient norm clipped at ``clip_grad``.
 
+With ``rest_pairs``, every picked target view comes twice: as rendered with its code, and at rest (the corpus's
+at-rest render, driven by ``codes.pose_only`` of the code, same camera). The two differ only inside the expression
+mask, which tells the model directly what the face's code may change and what it must leave alone.
+
 DINOv2 is frozen, as in FlexAvatar (it is a fixed feature extractor there; the features of the official data
 pipeline are computed by a pretrained DINOv2 and the checkpoint has no DINOv2 weights). Here this also keeps the
 trained model deployable: the official state_dict layout has no place for DINOv2 weights, so ``export-engines``
@@ -39,6 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from flexrt.corpus.codes import pose_only
 from flexrt.corpus.dataset import CachedSplit, CorpusConfig, HeadCorpus, Sample, read_cache_config
 from flexrt.kernels import sh_dc_to_rgb
 from flexrt.model.camera import pixel_intrinsics, viewmat_from_cam2world
@@ -85,6 +90,7 @@ class TrainConfig:
     sam_module: str | None = None  # TorchScript SAM feature module: enables the SAM perceptual term
     perceptual_start: int = 0  # step from which the perceptual terms are active
     expression_weight: float = 0.0  # weight of the L1 inside the expression masks (needs a corpus with masks)
+    rest_pairs: bool = False  # add each target view's at-rest twin (needs a corpus with at-rest renders)
     log_every: int = 10
     tensorboard: bool = False  # also write <out>/tensorboard (torch.utils.tensorboard; needs `tensorboard`)
     ckpt_every: int = 200
@@ -129,11 +135,29 @@ def encoder_image(image: torch.Tensor) -> torch.Tensor:
     return F.interpolate(image, size=(IMAGE_RESOLUTION, IMAGE_RESOLUTION), mode="bilinear", align_corners=False)
 
 
-def collate(samples: list[Sample], views: int, rng: np.random.Generator, sinks: bool = True) -> Batch:
-    """Stack samples; keep ``views`` of each sample's target views (chosen by rng)."""
+def collate(samples: list[Sample], views: int, rng: np.random.Generator, sinks: bool = True,
+            rest_pairs: bool = False) -> Batch:
+    """Stack samples; keep ``views`` of each sample's target views (chosen by rng). ``rest_pairs``: the target
+    axis becomes [the V picked views, their V at-rest twins] (codes ``pose_only``, same cameras and masks)."""
     pick = [np.sort(rng.choice(s.target_images.shape[0], size=views, replace=False)) for s in samples]
     st = lambda f: torch.stack([f(s, p) for s, p in zip(samples, pick)])  # noqa: E731
     ids = [s.dataset_id if sinks else DATASET_ID_3D for s in samples]
+    if rest_pairs:
+        if any(s.target_rest_images is None for s in samples):
+            raise ValueError("rest_pairs needs a corpus with at-rest renders (built with expression masks, "
+                             "since this version); rebuild the corpus")
+        twice = lambda f: (lambda s, p: torch.cat([f(s, p), f(s, p)]))  # noqa: E731
+        st_images = st(lambda s, p: torch.cat([s.target_images[p], s.target_rest_images[p]]))
+        st_codes = st(lambda s, p: torch.cat([s.target_codes[p], pose_only(s.target_codes[p])]))
+        return Batch(
+            images=torch.stack([s.input_image for s in samples]),
+            cam2world=torch.stack([s.input_cam2world for s in samples]),
+            intrinsics=torch.stack([s.input_intrinsics for s in samples]),
+            target_images=st_images, target_cam2world=st(twice(lambda s, p: s.target_cam2world[p])),
+            target_intrinsics=st(twice(lambda s, p: s.target_intrinsics[p])), target_codes=st_codes,
+            dataset_ids=torch.tensor(ids, dtype=torch.long), splits=[s.split for s in samples],
+            target_masks=st(twice(lambda s, p: s.target_masks[p])),
+        )
     return Batch(
         images=torch.stack([s.input_image for s in samples]),  # upsampled on the model's device (forward_batch)
         cam2world=torch.stack([s.input_cam2world for s in samples]),
@@ -185,7 +209,7 @@ def batch_for_step(source: SampleSource, cfg: TrainConfig, step: int) -> Batch:
     else:
         splits = [cfg.data] * cfg.batch_size
     samples = [source.get(s, int(rng.integers(source.count(s)))) for s in splits]
-    return collate(samples, cfg.views_per_sample, rng, cfg.sinks)
+    return collate(samples, cfg.views_per_sample, rng, cfg.sinks, cfg.rest_pairs)
 
 
 def render_batch(g, target_cam2world: torch.Tensor, target_intrinsics: torch.Tensor, size: int,
@@ -246,9 +270,9 @@ class Trainer:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(self.params, lr=cfg.lr)
         self.perceptual = PerceptualLoss(cfg.dino_loss_weights, cfg.sam_module, cfg.perceptual_start).to(self.device)
-        if cfg.expression_weight > 0 and not self.source.corpus_config.expression_masks:
-            raise ValueError("expression_weight > 0 needs a corpus with expression masks (its config has "
-                             "expression_masks=False); rebuild the corpus or set the weight to 0")
+        if (cfg.expression_weight > 0 or cfg.rest_pairs) and not self.source.corpus_config.expression_masks:
+            raise ValueError("expression_weight > 0 and rest_pairs need a corpus with expression masks (its "
+                             "config has expression_masks=False); rebuild the corpus or turn them off")
         self.step = 0
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)

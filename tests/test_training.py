@@ -250,7 +250,7 @@ def test_cli_train_resume_eval_and_errors(tmp_path, cache_dir, capsys):
     ev = json.loads((out / "eval.json").read_text())
     assert set(ev) >= {"front", "side_back", "per_view", "expression"} and ev["count"] == 2
     assert "[eval] expression: mouth change for a 0.45 rad jaw" in text
-    assert [p["person"] for p in ev["expression"]["persons"]] == [1, 2]
+    assert [p["person"] for p in ev["expression"]["persons"]] == [0, 1, 2, 3, 4, 5]
     assert ev["expression"]["passes"] is False  # two steps from random weights do not animate
     assert json.loads((out / "checkpoints" / "latest.json").read_text())["step"] == 2
     assert main(common + ["--resume"]) == 0  # no --steps: the run's own total (2), nothing left to do

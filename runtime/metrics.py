@@ -20,6 +20,27 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.012, 0.016, 0.02
 BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128)
 
 
+def gpu_memory_summary(device: torch.device) -> str | None:
+    """One line on where the device's memory is, for the server's start-up log (None off CUDA): torch's allocated /
+    reserved bytes (its caching allocator, CUDA-graph pools included), CuPy's default pool when CuPy is loaded, and
+    the device's total in use by every process (cudaMemGetInfo)."""
+    if device.type != "cuda":
+        return None
+    gib = 1 << 30
+    free, total = torch.cuda.mem_get_info(device)
+    parts = [f"torch allocated {torch.cuda.memory_allocated(device) / gib:.1f} GiB, reserved "
+             f"{torch.cuda.memory_reserved(device) / gib:.1f} GiB"]
+    import sys
+
+    cp = sys.modules.get("cupy")  # only when something already loaded it
+    if cp is not None:
+        with cp.cuda.Device(device.index or 0):
+            pool = cp.get_default_memory_pool()
+            parts.append(f"CuPy pool used {pool.used_bytes() / gib:.1f} GiB, held {pool.total_bytes() / gib:.1f} GiB")
+    parts.append(f"device in use (all processes) {(total - free) / gib:.1f} of {total / gib:.1f} GiB")
+    return "GPU memory: " + "; ".join(parts)
+
+
 class ServerMetrics:
     def __init__(self, active_streams, dropped_frames, jpeg_fallbacks, device: torch.device):
         """``active_streams``, ``dropped_frames``, ``jpeg_fallbacks``: () -> current value (read at scrape time)."""

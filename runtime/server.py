@@ -55,6 +55,7 @@ from .limits import (
     server_credentials,
     server_options,
 )
+from .metrics import gpu_memory_summary
 from .session import (
     Session,
     StreamError,
@@ -640,6 +641,9 @@ class _RunningServer:
         await self.service.batcher.run_on_gpu_thread(self.service.renderer.warmup, sizes, cfg.max_batch_size)
         logger.info("warm-up for batches up to %d took %.1f s (%s)", cfg.max_batch_size, time.perf_counter() - t0,
                     self.service.renderer.describe())
+        memory = gpu_memory_summary(self.service.engine.device)
+        if memory:
+            logger.info("%s", memory)
         if cfg.web_port is not None:
             from .web import WebBridge  # the websockets package only when the page is served
 

@@ -97,3 +97,16 @@ def test_gpu_jpeg_frames_too_large_for_the_capacity_are_encoded_on_the_cpu(engin
     jpeg = [f for (_, enc, _), f in zip(SPECS, result.frames) if enc == pb.JPEG]
     assert jpeg and all(f.encoded_on == "cpu" for f in jpeg) and renderer.jpeg_overflows == len(jpeg)
     assert all(Image.open(io.BytesIO(f.data)).size == (64, 64) for f in jpeg)
+
+
+def test_gpu_memory_summary_adds_up(engines):
+    """The start-up log's memory line: torch's reserved >= allocated > 0 (the GPU engine holds its weights), and the
+    device total in use is at least what torch reserved."""
+    import re
+
+    from flexrt.runtime.metrics import gpu_memory_summary
+
+    line = gpu_memory_summary(engines[1].device)
+    nums = dict(re.findall(r"(allocated|reserved|processes\)) (\d+\.\d) ", line))
+    assert line.startswith("GPU memory: torch allocated") and len(nums) == 3, line
+    assert float(nums["processes)"]) >= float(nums["reserved"]) >= float(nums["allocated"]) >= 0.0

@@ -119,6 +119,12 @@ def test_a_flooding_stream_does_not_starve_paced_streams(engine):
     assert sum(shared) >= 0.6 * sum(alone) and min(shared) >= 0.4 * min(alone), (alone, shared)
 
 
+def test_gpu_memory_summary_is_none_off_cuda():
+    from flexrt.runtime.metrics import gpu_memory_summary
+
+    assert gpu_memory_summary(torch.device("cpu")) is None
+
+
 def test_prometheus_metrics(engine):
     with start_server(engine, make_config(metrics_port=0)) as server, FlexAvatarClient(server.address) as client:
         avatar = client.create_avatar(npy=random_avatar_code(engine, seed=12)).avatar_id

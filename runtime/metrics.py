@@ -9,6 +9,8 @@
     flexrt_batch_size                     frames per batch
     flexrt_active_streams                 open Animate streams
     flexrt_gpu_memory_bytes{kind}         torch's allocated / reserved CUDA memory (sampled at scrape time)
+    flexrt_gc_pause_seconds{generation}   Python garbage-collector pauses (runtime/gc_pauses.py; every thread
+                                          stops while one runs)
 
 Each server has its own registry, so several servers in one process (tests) do not collide.
 """
@@ -61,6 +63,10 @@ class ServerMetrics:
             "flexrt_frames_dropped": ("frames replaced by a newer one of the same stream (latest wins)", dropped_frames),
             "flexrt_jpeg_cpu_fallback": ("GPU-JPEG frames too large for the capacity, encoded on the CPU",
                                          jpeg_fallbacks)}))
+        from .gc_pauses import GcPauseRecorder
+
+        self.gc_pauses = GcPauseRecorder().install()
+        reg.register(_GcPauses(self.gc_pauses))
         if device.type == "cuda":
             mem = prom.Gauge("flexrt_gpu_memory_bytes", "CUDA memory held by torch", ["kind"], registry=reg)
             mem.labels("allocated").set_function(lambda: torch.cuda.memory_allocated(device))
@@ -74,6 +80,7 @@ class ServerMetrics:
         return server.server_port
 
     def stop(self) -> None:
+        self.gc_pauses.remove()
         if self._server is not None:
             self._server.shutdown()
             self._server = None
@@ -101,6 +108,26 @@ class _Counters:
 
         for name, (doc, value) in self.counters.items():
             yield CounterMetricFamily(name, doc, value=float(value()))
+
+    def describe(self):
+        return []
+
+
+class _GcPauses:
+    """flexrt_gc_pause_seconds{generation}: the recorder's histograms, copied when Prometheus scrapes."""
+
+    def __init__(self, recorder):
+        self.recorder = recorder
+
+    def collect(self):
+        from prometheus_client.core import HistogramMetricFamily
+
+        family = HistogramMetricFamily("flexrt_gc_pause_seconds", "Python garbage-collector pauses",
+                                       labels=["generation"])
+        for gen in range(3):
+            buckets, total = self.recorder.snapshot(gen)
+            family.add_metric([str(gen)], buckets, total)
+        yield family
 
     def describe(self):
         return []

@@ -174,3 +174,19 @@ def test_time_fn_rotates_inputs_and_respects_budget():
     budget = Budget(10.0, cap=2.0)
     assert budget.share(1) == 2.0 and Budget(None, cap=3.0).share(5) == 3.0 and not budget.exhausted()
     assert Budget(-1.0).exhausted()
+
+
+def test_bench_gc_freezes_the_server_heap(tmp_path, capsys):
+    """bench_gc builds a server's heap, times full collections before and after the freeze (numbers belong in the
+    report, not in this test) and leaves the process unfrozen."""
+    import gc
+    import json
+
+    from flexrt.benchmarks.bench_gc import main
+
+    assert main(["--iters", "1", "--out", str(tmp_path / "gc.json")]) == 0
+    r = json.loads((tmp_path / "gc.json").read_text())
+    assert r["objects_frozen"] > 10_000 and r["objects_tracked"] >= r["objects_frozen"] * 0.9
+    assert set(r["full_collection_ms_before"]) == {"median", "max"} and r["iters"] == 1
+    assert gc.get_freeze_count() == 0
+    assert json.loads(capsys.readouterr().out) == r

@@ -2,6 +2,7 @@
 gRPC -- fairness under a flooding stream, counters that add up, mixed encodings in one batch, Prometheus metrics."""
 from __future__ import annotations
 
+import gc
 import io
 import threading
 import urllib.request
@@ -119,6 +120,26 @@ def test_a_flooding_stream_does_not_starve_paced_streams(engine):
     assert sum(shared) >= 0.6 * sum(alone) and min(shared) >= 0.4 * min(alone), (alone, shared)
 
 
+def test_gc_pause_recorder_histogram_adds_up():
+    import gc
+
+    from flexrt.runtime.gc_pauses import GcPauseRecorder
+
+    rec = GcPauseRecorder(buckets=(0.5, 10.0)).install()
+    try:
+        gc.collect()
+        gc.collect()
+    finally:
+        rec.remove()
+    assert rec._callback not in gc.callbacks
+    buckets, total = rec.snapshot(2)
+    assert [b for b, _ in buckets] == ["0.5", "10.0", "+Inf"]
+    assert buckets[-1][1] == 2 and 0 < total < 20  # two full collections timed, cumulative counts
+    assert all(a[1] <= b[1] for a, b in zip(buckets, buckets[1:]))
+    gc.collect()  # not installed any more: not counted
+    assert rec.snapshot(2)[0][-1][1] == 2
+
+
 def test_gpu_memory_summary_is_none_off_cuda():
     from flexrt.runtime.metrics import gpu_memory_summary
 
@@ -137,6 +158,14 @@ def test_prometheus_metrics(engine):
             return text if "flexrt_frames_rendered_total 5.0" in text else None
 
         text = wait_until(scrape, what="5 rendered frames in /metrics")
+        assert gc.get_freeze_count() > 10_000  # the warm-up's survivors are out of the collector's scans
+        gc.collect()  # a full collection while serving shows in the pause histogram
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+        assert 'flexrt_gc_pause_seconds_count{generation="2"}' in text
+        count = float(text.split('flexrt_gc_pause_seconds_count{generation="2"} ')[1].split()[0])
+        assert count >= 1
+    assert gc.get_freeze_count() == 0  # stopped: unfrozen again
+    assert not [cb for cb in gc.callbacks if getattr(cb, "__qualname__", "").startswith("GcPauseRecorder")]
     for line in ("flexrt_frames_received_total 5.0", "flexrt_frames_dropped_total 0.0", "flexrt_active_streams",
                  'flexrt_frame_latency_seconds_count{stage="server"} 5.0', "flexrt_batch_size_count",
                  "flexrt_jpeg_cpu_fallback_total 0.0"):

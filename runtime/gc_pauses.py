@@ -2,10 +2,11 @@
 
 A full (generation 2) collection walks every tracked object of the process and holds the GIL while it does: the
 event loop, the gRPC threads and the GPU thread all stop. A warmed-up server holds ~300,000 such objects (torch,
-grpc, the model, compiled graphs), and a full collection of them takes ~200 ms on the CI machine's CPU
-(`python -m flexrt.benchmarks.bench_gc`), long enough to show in a stream's p99 by itself. Almost all of them live
+grpc, the model, compiled graphs), and a full collection of them takes ~170 ms on the CI machine's CPU
+(`python -m flexrt.benchmarks.bench_gc`). Full collections are rare on the frame path (~5 tracked objects are
+allocated a frame; docs/SERVING.md §7), but when one comes it stalls every stream. Almost all of those objects live
 as long as the server, so after warm-up ``freeze_startup_objects`` moves them out of the collector's scans
-(``gc.freeze``, Python >= 3.7): later collections walk only what the streams allocated.
+(``gc.freeze``, Python >= 3.7): later collections walk only what was allocated since.
 
 ``GcPauseRecorder`` times every collection (``gc.callbacks``) so the metrics endpoint can show the pauses
 (``flexrt_gc_pause_seconds{generation}``).

@@ -142,23 +142,7 @@ def collate(samples: list[Sample], views: int, rng: np.random.Generator, sinks: 
     pick = [np.sort(rng.choice(s.target_images.shape[0], size=views, replace=False)) for s in samples]
     st = lambda f: torch.stack([f(s, p) for s, p in zip(samples, pick)])  # noqa: E731
     ids = [s.dataset_id if sinks else DATASET_ID_3D for s in samples]
-    if rest_pairs:
-        if any(s.target_rest_images is None for s in samples):
-            raise ValueError("rest_pairs needs a corpus with at-rest renders (built with expression masks, "
-                             "since this version); rebuild the corpus")
-        twice = lambda f: (lambda s, p: torch.cat([f(s, p), f(s, p)]))  # noqa: E731
-        st_images = st(lambda s, p: torch.cat([s.target_images[p], s.target_rest_images[p]]))
-        st_codes = st(lambda s, p: torch.cat([s.target_codes[p], pose_only(s.target_codes[p])]))
-        return Batch(
-            images=torch.stack([s.input_image for s in samples]),
-            cam2world=torch.stack([s.input_cam2world for s in samples]),
-            intrinsics=torch.stack([s.input_intrinsics for s in samples]),
-            target_images=st_images, target_cam2world=st(twice(lambda s, p: s.target_cam2world[p])),
-            target_intrinsics=st(twice(lambda s, p: s.target_intrinsics[p])), target_codes=st_codes,
-            dataset_ids=torch.tensor(ids, dtype=torch.long), splits=[s.split for s in samples],
-            target_masks=st(twice(lambda s, p: s.target_masks[p])),
-        )
-    return Batch(
+    batch = Batch(
         images=torch.stack([s.input_image for s in samples]),  # upsampled on the model's device (forward_batch)
         cam2world=torch.stack([s.input_cam2world for s in samples]),
         intrinsics=torch.stack([s.input_intrinsics for s in samples]),
@@ -171,6 +155,18 @@ def collate(samples: list[Sample], views: int, rng: np.random.Generator, sinks: 
         target_masks=(st(lambda s, p: s.target_masks[p])
                       if all(s.target_masks is not None for s in samples) else None),
     )
+    if not rest_pairs:
+        return batch
+    if any(s.target_rest_images is None for s in samples):
+        raise ValueError("rest_pairs needs a corpus with at-rest renders (built with expression masks, since this "
+                         "version); rebuild the corpus")
+    twins = lambda x, y: torch.cat([x, y], dim=1)  # noqa: E731  [B,V,...] + [B,V,...] -> [B,2V,...]
+    batch.target_images = twins(batch.target_images, st(lambda s, p: s.target_rest_images[p]))
+    batch.target_codes = twins(batch.target_codes, pose_only(batch.target_codes))
+    batch.target_cam2world = twins(batch.target_cam2world, batch.target_cam2world)
+    batch.target_intrinsics = twins(batch.target_intrinsics, batch.target_intrinsics)
+    batch.target_masks = twins(batch.target_masks, batch.target_masks)
+    return batch
 
 
 class SampleSource:

@@ -1,7 +1,7 @@
 """Render corpus heads with the project's rasterizer (``flexrt.kernels.rasterize``: the CPU reference, or on a CUDA
-``device`` the CuPy kernels, about 100x faster per sample) on a white background (spec §3.1: the model sees heads on white). Surface Gaussians that face away from a camera are
-culled first (an exact shortcut for the closed corpus heads: tests/test_corpus.py checks the PSNR against the
-full render)."""
+``device`` the CuPy kernels, about 100x faster per sample) on a white background (spec §3.1: the model sees heads on
+white). Surface Gaussians that face away from a camera are culled first (an exact shortcut for the closed corpus
+heads: tests/test_corpus.py checks the PSNR against the full render)."""
 from __future__ import annotations
 
 import torch

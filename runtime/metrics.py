@@ -38,7 +38,8 @@ def gpu_memory_summary(device: torch.device) -> str | None:
     if cp is not None:
         with cp.cuda.Device(device.index or 0):
             pool = cp.get_default_memory_pool()
-            parts.append(f"CuPy pool used {pool.used_bytes() / gib:.1f} GiB, held {pool.total_bytes() / gib:.1f} GiB")
+            parts.append(f"CuPy pool used {pool.used_bytes() / gib:.1f} GiB, "
+                         f"held {pool.total_bytes() / gib:.1f} GiB")
     parts.append(f"device in use (all processes) {(total - free) / gib:.1f} of {total / gib:.1f} GiB")
     return "GPU memory: " + "; ".join(parts)
 

@@ -105,7 +105,8 @@ def _config_from_args(args):
         clip_grad=args.clip_grad, seed=args.seed,
         device=resolve_device(args.device), render_backend=args.render_backend,
         dino_loss_weights=args.dino_loss_weights, sam_module=args.sam_module,
-        perceptual_start=args.perceptual_start, expression_weight=args.expression_weight, rest_pairs=args.rest_pairs, log_every=args.log_every, ckpt_every=args.ckpt_every,
+        perceptual_start=args.perceptual_start, expression_weight=args.expression_weight,
+        rest_pairs=args.rest_pairs, log_every=args.log_every, ckpt_every=args.ckpt_every,
         tensorboard=args.tensorboard, time_budget_s=args.time_budget,
         threads=args.threads)
 
@@ -123,7 +124,7 @@ def heldout_samples(trainer, count: int):
 
 
 def run(args) -> int:
-    from .evaluate import MOUTH_BAR, evaluate, expression_response
+    from .evaluate import BACK_COVERED_BAR, FOREHEAD_RATIO_BAR, MOUTH_BAR, evaluate, expression_response
     from .trainer import Trainer
 
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
@@ -148,8 +149,9 @@ def run(args) -> int:
                   f"{result['side_back']['ssim']:.3f} ({result['count']} samples)")
             e = result["expression"]
             print(f"[eval] expression: mouth change for a 0.45 rad jaw {e['mouth_min']:.4f} (bar > "
-                  f"{MOUTH_BAR}), forehead / mouth {e['forehead_ratio_max']:.2f} (bar < 0.5), back covered "
-                  f"{e['back_covered_min']:.2f} (bar > 0.9): {'passes' if e['passes'] else 'fails'}")
+                  f"{MOUTH_BAR}), forehead / mouth {e['forehead_ratio_max']:.2f} (bar < {FOREHEAD_RATIO_BAR}), "
+                  f"back covered {e['back_covered_min']:.2f} (bar > {BACK_COVERED_BAR}): "
+                  f"{'passes' if e['passes'] else 'fails'}")
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}")
         return 2

@@ -60,7 +60,8 @@ logger = logging.getLogger("flexrt.training")
 # then fixes the run's total once; the cosine schedule is re-spread over the new total from there on, which is
 # continuous when the lr warm-up is longer than the probe (the H200 runs: 100 warm-up steps).
 BUDGET_PROBE_FROM, BUDGET_PROBE_STEPS = 5, 20
-LOG_FIELDS = ("step", "wall_s", "loss", "l1", "ssim", "expr_l1", "dino", "sam", "lr", "n2d", "n3d", "grad_norm", "sec_per_step")
+LOG_FIELDS = ("step", "wall_s", "loss", "l1", "ssim", "expr_l1", "dino", "sam", "lr", "n2d", "n3d", "grad_norm",
+              "sec_per_step")
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import io
 import threading
+import time
 import urllib.request
 
 import numpy as np
@@ -67,57 +68,69 @@ def test_frame_renderer_refuses_empty_and_oversized_batches(engine):
 
 
 def test_a_flooding_stream_does_not_starve_paced_streams(engine):
-    """Three clients send at a steady rate; then the same three with a fourth that sends 12x faster than they do
-    (far more than the server renders), with no in-flight limit. Each stream has at most ``max_in_flight_per_stream`` frames in the scheduler, so the flooder
-    only loses its own stale frames and the paced streams keep their fair share. Measured against the run without
-    the flooder on the same machine, so the bar holds on a slow or busy CPU too."""
+    """Three clients send at a steady rate next to a fourth that sends 12x faster than they do (far more than the
+    server renders), with no in-flight limit. Each stream has at most ``max_in_flight_per_stream`` frames in the
+    scheduler, so the flooder only loses its own stale frames and the paced streams keep their fair share.
+
+    Fairness is measured as a share of what the renderer rendered while the paced streams ran (max-min fair: each
+    paced stream gets its demand, or a quarter of the renderer when that is less), not as a rate: the flooder's
+    messages cost CPU on a 2-core machine, which slows the renderer for everyone, and a rate bar failed on that
+    (3 x 5 frames with the flooder vs 3 x 10 without, a fair 1:1:1:1 split of a slower renderer)."""
     n_paced, fps = 16, 8.0
+    with start_server(engine, make_config()) as server, FlexAvatarClient(server.address) as client:
+        avatar = client.create_avatar(npy=random_avatar_code(engine, seed=8)).avatar_id
+        out: dict = {}
+        arrivals: dict = {}
+        stop = threading.Event()
 
-    def run_paced(flood: bool) -> tuple[list[int], dict, list]:
-        with start_server(engine, make_config()) as server, FlexAvatarClient(server.address) as client:
-            avatar = client.create_avatar(npy=random_avatar_code(engine, seed=8)).avatar_id
-            out: dict = {}
-            stop = threading.Event()
+        def receive(key, results):
+            out[key], arrivals[key] = [], []
+            for r in results:
+                out[key].append(r)
+                arrivals[key].append(time.monotonic())
 
-            def paced(k):
-                out[k] = list(client.animate(avatar, expressions(n_paced, seed=10 + k), 16, 16, fps=fps,
-                                             max_in_flight=None, timeout=120))
+        def paced(k):
+            receive(k, client.animate(avatar, expressions(n_paced, seed=10 + k), 16, 16, fps=fps,
+                                      max_in_flight=None, timeout=120))
 
-            def flooder():
-                def frames():
-                    for i, e in enumerate(expressions(100_000, seed=9)):
-                        if stop.is_set() and i > 0:
-                            return
-                        yield e
-                out["flood"] = list(client.animate(avatar, frames(), 16, 16, fps=12 * fps, max_in_flight=None,
-                                                   timeout=120))
+        def flooder():
+            def frames():
+                for i, e in enumerate(expressions(100_000, seed=9)):
+                    if stop.is_set() and i > 0:
+                        return
+                    yield e
+            receive("flood", client.animate(avatar, frames(), 16, 16, fps=12 * fps, max_in_flight=None,
+                                            timeout=120))
 
-            threads = [threading.Thread(target=paced, args=(k,)) for k in range(3)]
-            flood_thread = threading.Thread(target=flooder) if flood else None
-            if flood_thread:
-                flood_thread.start()
-                wait_until(lambda: server.stats()["frames_rendered"] > 0, timeout=60, what="the flooder's 1st frame")
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(timeout=180)
-            stop.set()
-            if flood_thread:
-                flood_thread.join(timeout=60)
-            wait_until(lambda: server.stats()["active_streams"] == 0, what="streams to close")
-            stats = server.stats()
-        for k in range(3):
-            seqs = [r.sequence for r in out[k]]
-            assert seqs == sorted(set(seqs)) and seqs[-1] == n_paced - 1  # in order, newest always answered
-        return [len(out[k]) for k in range(3)], stats, out.get("flood", [])
-
-    alone, _, _ = run_paced(flood=False)
-    shared, stats, flood = run_paced(flood=True)
+        threads = [threading.Thread(target=paced, args=(k,)) for k in range(3)]
+        flood_thread = threading.Thread(target=flooder)
+        flood_thread.start()
+        wait_until(lambda: server.stats()["frames_rendered"] > 0, timeout=60, what="the flooder's 1st frame")
+        t0 = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=180)
+        t1 = max(arrivals[k][-1] for k in range(3))
+        stop.set()
+        flood_thread.join(timeout=60)
+        wait_until(lambda: server.stats()["active_streams"] == 0, what="streams to close")
+        stats = server.stats()
+    for k in range(3):
+        seqs = [r.sequence for r in out[k]]
+        assert seqs == sorted(set(seqs)) and seqs[-1] == n_paced - 1  # in order, newest always answered
+    flood = out["flood"]
     assert len(flood) > 0 and flood[-1].dropped > 0  # it really flooded: its stale frames were dropped
     assert stats["frames_received"] == stats["frames_rendered"] + stats["frames_dropped"]  # every frame counted
-    # saturated, four streams of equal demand share the renderer: a fair share for the paced three is 3/4 of what
-    # they got alone (measured 0.69 on a loaded 2-core VM); a flooder that crowded them out would leave far less
-    assert sum(shared) >= 0.6 * sum(alone) and min(shared) >= 0.4 * min(alone), (alone, shared)
+    paced_frames = [len(out[k]) for k in range(3)]
+    flood_in_window = sum(t0 <= t <= t1 for t in arrivals["flood"])
+    rendered = sum(paced_frames) + flood_in_window
+    # max-min fair share of the paced three: all they asked for, or 3/4 of the renderer when that is less. A
+    # first-come scheduler would give the 12x flooder ~12/15 of it (paced share ~0.2); measured share 0.75 on a
+    # loaded 2-core VM
+    fair = min(3 * n_paced, 0.75 * rendered)
+    assert sum(paced_frames) >= 0.8 * fair, (paced_frames, flood_in_window)
+    assert min(paced_frames) >= 0.5 * max(paced_frames), paced_frames  # and the three share it evenly
 
 
 def test_gc_pause_recorder_histogram_adds_up():

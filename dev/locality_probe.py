@@ -1,4 +1,5 @@
-"""Issue 12 probe (CPU, ~10 min): do at-rest twins (``--rest-pairs``) make the jaw code act locally?
+"""Issue 12 probe (CPU, ~10 min): do at-rest twins (``--rest-pairs``, ``--difference-weight``) make the jaw code act
+locally?
 
 The best H200 run moves every decoded Gaussian by 1-6 mm when only the jaw changes (docs/TRAINING.md, section 3).
 This probe freezes the encoder (avatar codes of a few corpus samples computed once), fine-tunes the rest of the
@@ -9,6 +10,7 @@ Same rendered views per step in both arms: 2 target views (off) or 1 view + its 
 
     python dev/locality_probe.py --checkpoint .devdata/init/c3_a_w10_3593.safetensors --corpus-cache CACHE --rest-pairs
     python dev/locality_probe.py --checkpoint .devdata/init/c3_a_w10_3593.safetensors --corpus-cache CACHE
+    python dev/locality_probe.py --checkpoint ... --corpus-cache CACHE --rest-pairs --difference-weight 10
 """
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ from flexrt.corpus.dataset import CachedSplit, CorpusConfig, HeadCorpus
 from flexrt.fitting.losses import photometric_loss
 from flexrt.model.flexavatar import DATASET_ID_3D
 from flexrt.training.evaluate import expression_response
-from flexrt.training.trainer import TrainConfig, build_model, collate, encoder_image, expression_l1, render_batch
+from flexrt.training.trainer import (TrainConfig, build_model, collate, difference_l1, encoder_image, expression_l1,
+                                     render_batch)
 
 
 @torch.no_grad()
@@ -56,6 +59,7 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--expression-weight", type=float, default=10.0)
+    ap.add_argument("--difference-weight", type=float, default=0.0, help="with --rest-pairs (trainer.difference_l1)")
     ap.add_argument("--eval-every", type=int, default=25)
     ap.add_argument("--out", help="write the curve as JSON here")
     args = ap.parse_args()
@@ -90,11 +94,13 @@ def main() -> int:
         idx = rng.choice(len(samples), size=args.batch, replace=False)
         batch = collate([samples[i] for i in idx], 1 if args.rest_pairs else 2, rng, True, args.rest_pairs)
         g = model.animate(codes[idx], batch.target_codes, batch.dataset_ids)
-        pred = render_batch(g, batch.target_cam2world, batch.target_intrinsics, batch.target_images.shape[-1],
-                            "torch").flatten(0, 1)
-        target = batch.target_images.flatten(0, 1)
+        pred_bv = render_batch(g, batch.target_cam2world, batch.target_intrinsics, batch.target_images.shape[-1],
+                               "torch")
+        pred, target = pred_bv.flatten(0, 1), batch.target_images.flatten(0, 1)
         loss = photometric_loss(pred, target)[0] + args.expression_weight * expression_l1(
             pred, target, batch.target_masks.flatten(0, 1))
+        if args.difference_weight > 0:
+            loss = loss + args.difference_weight * difference_l1(pred_bv, batch.target_images)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

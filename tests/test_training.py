@@ -14,7 +14,8 @@ from flexrt.corpus.dataset import CorpusConfig, HeadCorpus, write_cache
 from flexrt.model.checkpoint import load_official
 from flexrt.model.flexavatar import DATASET_ID_2D, DATASET_ID_3D
 from flexrt.training.losses import PerceptualLoss, photometric_loss, psnr, ssim
-from flexrt.training.trainer import (TrainConfig, Trainer, batch_for_step, collate, expression_l1, forward_batch)
+from flexrt.training.trainer import (TrainConfig, Trainer, batch_for_step, collate, difference_l1, expression_l1,
+                                     forward_batch)
 
 SMALL = dict(identities_2d=40, identities_3d=2, identities_heldout=2, image_size=32, input_size=48, template_res=48)
 
@@ -169,6 +170,36 @@ def test_rest_pairs_add_the_at_rest_twin_of_every_view(tmp_path, cache_dir):
     write_cache(HeadCorpus(CorpusConfig(**SMALL, expression_masks=False)), "2d", 2, off, progress=False)
     with pytest.raises(ValueError, match="rest_pairs"):
         Trainer(_cfg(tmp_path / "o", off, data="2d", rest_pairs=True))
+
+
+def test_difference_weight_adds_the_l1_of_the_expression_change(tmp_path, cache_dir):
+    """difference_l1 compares the rendered change from rest with the target's (closed form: zero when the render
+    is the target plus anything the code does not change, the change's error otherwise); the step adds w x it;
+    without rest pairs it is refused."""
+    g = torch.Generator().manual_seed(1)
+    t = torch.rand(2, 4, 3, 8, 8, generator=g)
+    identity_error = torch.rand(2, 2, 3, 8, 8, generator=g)
+    same_change = t + torch.cat([identity_error, identity_error], 1)  # wrong identity, right expression change
+    assert float(difference_l1(same_change, t)) == pytest.approx(0.0, abs=1e-6)
+    wobble = t.clone()
+    wobble[:, :2, :, 0, :] += 0.5  # the code moves the top row, which the target keeps still
+    assert float(difference_l1(wobble, t)) == pytest.approx(0.5 / 8, rel=1e-5)  # one row of 8 moves
+    with pytest.raises(ValueError, match="2V"):
+        difference_l1(t[:, :3], t[:, :3])
+
+    tr = Trainer(_cfg(tmp_path, cache_dir, views_per_sample=1, rest_pairs=True, difference_weight=3.0))
+    b = batch_for_step(tr.source, tr.cfg, 0)
+    with torch.no_grad():
+        pred = forward_batch(tr.model, tr.dino, b, tr.size)
+    base, _ = photometric_loss(pred.flatten(0, 1), b.target_images.flatten(0, 1))
+    d = float(difference_l1(pred, b.target_images))
+    row = tr.train_step(b)
+    assert row["diff_l1"] == pytest.approx(d, rel=1e-4) and d > 0
+    assert row["loss"] == pytest.approx(float(base) + 3.0 * d, rel=1e-4)
+    with pytest.raises(ValueError, match="needs rest_pairs"):
+        _cfg(tmp_path, cache_dir, difference_weight=1.0)
+    with pytest.raises(ValueError, match="difference_weight must be >= 0"):
+        _cfg(tmp_path, cache_dir, rest_pairs=True, difference_weight=-1.0)
 
 
 def test_resume_continues_identically(tmp_path, cache_dir):

@@ -64,6 +64,10 @@ def add_parser(subparsers) -> None:
     o.add_argument("--rest-pairs", action="store_true",
                    help="also train on each target view's at-rest twin (same camera, the face's code at rest): "
                         "pairs that differ only where the expression acts")
+    o.add_argument("--difference-weight", type=float, default=0.0,
+                   help="with --rest-pairs: weight of the L1 between the rendered and the target change from rest "
+                        "to the code (zero outside the expression masks: penalises a head that wobbles with the "
+                        "jaw); 0 = off")
     r = p.add_argument_group("run")
     r.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     r.add_argument("--render-backend", default="auto", choices=("auto", "torch", "gsplat"),
@@ -106,7 +110,8 @@ def _config_from_args(args):
         device=resolve_device(args.device), render_backend=args.render_backend,
         dino_loss_weights=args.dino_loss_weights, sam_module=args.sam_module,
         perceptual_start=args.perceptual_start, expression_weight=args.expression_weight,
-        rest_pairs=args.rest_pairs, log_every=args.log_every, ckpt_every=args.ckpt_every,
+        rest_pairs=args.rest_pairs, difference_weight=args.difference_weight,
+        log_every=args.log_every, ckpt_every=args.ckpt_every,
         tensorboard=args.tensorboard, time_budget_s=args.time_budget,
         threads=args.threads)
 

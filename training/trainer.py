@@ -15,7 +15,13 @@ Per step (batch of B persons, each with one input view and ``views_per_sample`` 
 
 With ``rest_pairs``, every picked target view comes twice: as rendered with its code, and at rest (the corpus's
 at-rest render, driven by ``codes.pose_only`` of the code, same camera). The two differ only inside the expression
-mask, which tells the model directly what the face's code may change and what it must leave alone.
+mask, which tells the model directly what the face's code may change and what it must leave alone. With
+``difference_weight`` w (needs ``rest_pairs``) the step adds w x mean |(R(code) - R(rest)) - (T(code) - T(rest))|
+over all pixels of each pair, R rendered and T target: the change the expression makes must be the target's change.
+Outside the masks that change is zero, so this term is the whole head's response to the code (a head outline
+that wobbles with the jaw), without the identity error that R and R(rest) share: in the plain L1 of the two
+images that error (PSNR ~18 dB) drowns the ~0.5 px wobble, which is why rest pairs alone did not help
+(docs/TRAINING.md, section 3).
 
 DINOv2 is frozen, as in FlexAvatar (it is a fixed feature extractor there; the features of the official data
 pipeline are computed by a pretrained DINOv2 and the checkpoint has no DINOv2 weights). Here this also keeps the
@@ -60,8 +66,8 @@ logger = logging.getLogger("flexrt.training")
 # then fixes the run's total once; the cosine schedule is re-spread over the new total from there on, which is
 # continuous when the lr warm-up is longer than the probe (the H200 runs: 100 warm-up steps).
 BUDGET_PROBE_FROM, BUDGET_PROBE_STEPS = 5, 20
-LOG_FIELDS = ("step", "wall_s", "loss", "l1", "ssim", "expr_l1", "dino", "sam", "lr", "n2d", "n3d", "grad_norm",
-              "sec_per_step")
+LOG_FIELDS = ("step", "wall_s", "loss", "l1", "ssim", "expr_l1", "diff_l1", "dino", "sam", "lr", "n2d", "n3d",
+              "grad_norm", "sec_per_step")
 
 
 @dataclass
@@ -92,6 +98,7 @@ class TrainConfig:
     perceptual_start: int = 0  # step from which the perceptual terms are active
     expression_weight: float = 0.0  # weight of the L1 inside the expression masks (needs a corpus with masks)
     rest_pairs: bool = False  # add each target view's at-rest twin (needs a corpus with at-rest renders)
+    difference_weight: float = 0.0  # weight of the L1 between rendered and target expression changes (rest_pairs)
     log_every: int = 10
     tensorboard: bool = False  # also write <out>/tensorboard (torch.utils.tensorboard; needs `tensorboard`)
     ckpt_every: int = 200
@@ -110,6 +117,11 @@ class TrainConfig:
             raise ValueError("batch_size and views_per_sample must be >= 1 and steps >= 0")
         if self.expression_weight < 0:
             raise ValueError(f"expression_weight must be >= 0, got {self.expression_weight}")
+        if self.difference_weight < 0:
+            raise ValueError(f"difference_weight must be >= 0, got {self.difference_weight}")
+        if self.difference_weight > 0 and not self.rest_pairs:
+            raise ValueError("difference_weight > 0 needs rest_pairs (the at-rest twin of each view is what the "
+                             "change is measured against)")
 
 
 @dataclass
@@ -229,6 +241,16 @@ def expression_l1(pred: torch.Tensor, target: torch.Tensor, masks: torch.Tensor)
     return err / (3.0 * masks.sum()).clamp_min(1.0)
 
 
+def difference_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean |(pred_code - pred_rest) - (target_code - target_rest)| of rest-pair batches: pred, target
+    [B,2V,3,H,W], views [0, V) rendered with their codes and [V, 2V) their at-rest twins (``collate``)."""
+    v = pred.shape[1] // 2
+    if pred.shape[1] != 2 * v or pred.shape != target.shape:
+        raise ValueError(f"expected pred and target [B,2V,3,H,W] of the same shape, got {tuple(pred.shape)} and "
+                         f"{tuple(target.shape)}")
+    return ((pred[:, :v] - pred[:, v:]) - (target[:, :v] - target[:, v:])).abs().mean()
+
+
 def build_model(cfg: TrainConfig):
     """(model in train mode, frozen DINOv2 feature extractor, DINOv2 description)."""
     model = load_official(cfg.preset, cfg.init_checkpoint, cfg.template, seed=DEFAULT_SEED)
@@ -344,6 +366,10 @@ class Trainer:
             e = expression_l1(p, t, batch.target_masks.flatten(0, 1))
             loss = loss + cfg.expression_weight * e
             logs["expr_l1"] = float(e.detach())
+        if cfg.difference_weight > 0:
+            d = difference_l1(pred, batch.target_images)
+            loss = loss + cfg.difference_weight * d
+            logs["diff_l1"] = float(d.detach())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(self.params, cfg.clip_grad if cfg.clip_grad > 0 else math.inf)
@@ -430,4 +456,4 @@ def resume_config(out: str | Path, **overrides) -> TrainConfig:
 
 __all__ = ["TrainConfig", "Trainer", "Batch", "collate", "batch_for_step", "render_batch", "forward_batch",
            "expression_l1",
-           "build_model", "encoder_image", "SampleSource", "resume_config", "LOG_FIELDS"]
+           "build_model", "difference_l1", "encoder_image", "SampleSource", "resume_config", "LOG_FIELDS"]

@@ -146,6 +146,11 @@ class FlexAvatarModel(nn.Module):
                 "initial_gaussian_positions": self._gaussian_decoder._initial_gaussian_positions,
                 "uv_samples": self._gaussian_decoder._uv_samples}
 
+    def animation_parameters(self):
+        """The parameters of stage (b), the Gaussian decoder (expression MLP and transformer, bias-sink
+        embedding, upsampler, Gaussian heads); everything else belongs to stage (a), avatar creation."""
+        return self._gaussian_decoder.parameters()
+
     # ------------------------------------------------------------------ stage (a): avatar creation
     def encode(self, images: torch.Tensor, cam2world: torch.Tensor, intrinsics: torch.Tensor,
                features: torch.Tensor, intermediates: dict | None = None) -> torch.Tensor:

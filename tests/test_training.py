@@ -202,6 +202,25 @@ def test_difference_weight_adds_the_l1_of_the_expression_change(tmp_path, cache_
         _cfg(tmp_path, cache_dir, rest_pairs=True, difference_weight=-1.0)
 
 
+def test_freeze_encoder_trains_only_the_animation_path(tmp_path, cache_dir):
+    """With freeze_encoder a step changes only model.animation_parameters() (stage b) and the optimizer holds only
+    them; without it the encoder's weights change too."""
+    def changed_after_one_step(**kw):
+        tr = Trainer(_cfg(tmp_path / str(len(kw)), cache_dir, **kw))
+        before = {n: p.detach().clone() for n, p in tr.model.named_parameters()}
+        tr.train_step(batch_for_step(tr.source, tr.cfg, 0))
+        animation = {id(p) for p in tr.model.animation_parameters()}
+        names = {n for n, p in tr.model.named_parameters() if id(p) in animation}
+        changed = {n for n, p in tr.model.named_parameters() if not torch.equal(p.detach(), before[n])}
+        return tr, names, changed
+
+    tr, animation, changed = changed_after_one_step(freeze_encoder=True)
+    assert changed and changed <= animation
+    assert {id(p) for p in tr.params} == {id(p) for p in tr.model.animation_parameters()}
+    _, animation, changed = changed_after_one_step()
+    assert changed - animation  # the encoder learns when it is not frozen
+
+
 def test_resume_continues_identically(tmp_path, cache_dir):
     a = Trainer(_cfg(tmp_path / "a", cache_dir))
     rows_a = a.run(progress=False)

@@ -68,6 +68,9 @@ def add_parser(subparsers) -> None:
                    help="with --rest-pairs: weight of the L1 between the rendered and the target change from rest "
                         "to the code (zero outside the expression masks: penalises a head that wobbles with the "
                         "jaw); 0 = off")
+    o.add_argument("--freeze-encoder", action="store_true",
+                   help="train only the animation path (expression MLP and transformer, bias sinks, upsampler, "
+                        "Gaussian heads): a fine-tuning stage that leaves the avatar codes as they are")
     r = p.add_argument_group("run")
     r.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     r.add_argument("--render-backend", default="auto", choices=("auto", "torch", "gsplat"),
@@ -111,6 +114,7 @@ def _config_from_args(args):
         dino_loss_weights=args.dino_loss_weights, sam_module=args.sam_module,
         perceptual_start=args.perceptual_start, expression_weight=args.expression_weight,
         rest_pairs=args.rest_pairs, difference_weight=args.difference_weight,
+        freeze_encoder=args.freeze_encoder,
         log_every=args.log_every, ckpt_every=args.ckpt_every,
         tensorboard=args.tensorboard, time_budget_s=args.time_budget,
         threads=args.threads)

@@ -99,6 +99,7 @@ class TrainConfig:
     expression_weight: float = 0.0  # weight of the L1 inside the expression masks (needs a corpus with masks)
     rest_pairs: bool = False  # add each target view's at-rest twin (needs a corpus with at-rest renders)
     difference_weight: float = 0.0  # weight of the L1 between rendered and target expression changes (rest_pairs)
+    freeze_encoder: bool = False  # train stage (b) only (model.animation_parameters): avatar codes stay as they are
     log_every: int = 10
     tensorboard: bool = False  # also write <out>/tensorboard (torch.utils.tensorboard; needs `tensorboard`)
     ckpt_every: int = 200
@@ -261,12 +262,15 @@ def build_model(cfg: TrainConfig):
     return model, dino.eval().requires_grad_(False), source
 
 
-def forward_batch(model, dino, batch: Batch, size: int, backend: str = "auto") -> torch.Tensor:
-    """Encode the inputs, animate with the target codes and sinks, render -> [B,V,3,size,size]."""
+def forward_batch(model, dino, batch: Batch, size: int, backend: str = "auto", encoder_grad: bool = True
+                  ) -> torch.Tensor:
+    """Encode the inputs, animate with the target codes and sinks, render -> [B,V,3,size,size].
+    ``encoder_grad=False``: the avatar codes are computed without a graph (a frozen encoder)."""
     images = encoder_image(batch.images)  # [B,3,512,512], on the device: 16x fewer bytes cross PCIe per step
     with torch.no_grad():
         feats = dino(images)  # [B,C,16,16]
-    code = model.encode(images[:, None], batch.cam2world[:, None], batch.intrinsics[:, None], feats[:, None])
+    with torch.set_grad_enabled(encoder_grad and torch.is_grad_enabled()):
+        code = model.encode(images[:, None], batch.cam2world[:, None], batch.intrinsics[:, None], feats[:, None])
     g = model.animate(code, batch.target_codes, batch.dataset_ids)
     return render_batch(g, batch.target_cam2world, batch.target_intrinsics, size, backend)
 
@@ -286,6 +290,10 @@ class Trainer:
         if cfg.views_per_sample > self.source.corpus_config.views:
             raise ValueError(f"views_per_sample={cfg.views_per_sample} but the corpus has "
                              f"{self.source.corpus_config.views} target views per sample")
+        if cfg.freeze_encoder:
+            self.model.requires_grad_(False)
+            for p in self.model.animation_parameters():
+                p.requires_grad_(True)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(self.params, lr=cfg.lr)
         self.perceptual = PerceptualLoss(cfg.dino_loss_weights, cfg.sam_module, cfg.perceptual_start).to(self.device)
@@ -354,7 +362,8 @@ class Trainer:
         batch = batch.to(self.device)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.step)
-        pred = forward_batch(self.model, self.dino, batch, self.size, cfg.render_backend)  # [B,V,3,H,W]
+        pred = forward_batch(self.model, self.dino, batch, self.size, cfg.render_backend,
+                             encoder_grad=not cfg.freeze_encoder)  # [B,V,3,H,W]
         p, t = pred.flatten(0, 1), batch.target_images.flatten(0, 1)
         loss, logs = photometric_loss(p, t)
         extra, plogs = self.perceptual(p, t, self.step)

@@ -6,7 +6,8 @@
 #   bash dev/demo_h200.sh                 (carry .whl and .devdata; ~DEMO_END_S seconds)
 #   PREP_ONLY=1 bash dev/demo_h200.sh     (corpus + gsplat build only, for a following call on the warm machine)
 # Environment: DEMO_END_S (530), DEMO_INIT, W_A / W_B (expression weights, 4 / 10), LR (1e-3), BATCH (16),
-# EXTRA_A / EXTRA_B (more train options per recipe, e.g. EXTRA_B=--rest-pairs).
+# EXTRA_A / EXTRA_B (more train options per recipe, e.g. EXTRA_B="--rest-pairs --difference-weight 40": the
+# locality term, docs/TRAINING.md section 3).
 set -uo pipefail
 source dev/device_env.sh
 cd /tmp

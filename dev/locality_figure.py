@@ -1,5 +1,5 @@
 """Issue 12 figure: does the jaw code act on the mouth only? For held-out persons, the corpus rig (truth) and each
-checkpoint given, front view with the jaw closed and at JAW_PROBE_RAD, and 4 x |open - closed| (the difference a
+checkpoint given, front view with the jaw closed and open (``evaluate.jaw_probe_codes``), and 4 x |open - closed| (the difference a
 local jaw leaves black outside the mouth and chin). Prints the shipping bar's numbers per checkpoint.
 
     python dev/locality_figure.py --out docs/training_locality.png --persons 1,4,5 \\
@@ -14,10 +14,9 @@ import torch
 from PIL import Image, ImageDraw
 
 from flexrt.corpus import cameras
-from flexrt.corpus.codes import euler_matrix, neutral_code, with_rotation
 from flexrt.corpus.dataset import CorpusConfig, HeadCorpus
-from flexrt.training.evaluate import JAW_PROBE_RAD
-from flexrt.training.showcase import model_frames, mouth_change, truth_frames
+from flexrt.training.evaluate import jaw_probe_codes
+from flexrt.training.showcase import forehead_change, model_frames, mouth_change, truth_frames
 from flexrt.training.trainer import TrainConfig, build_model
 
 
@@ -32,8 +31,7 @@ def main() -> int:
     torch.set_flush_denormal(True)
     persons = [int(p) for p in args.persons.split(",")]
     corpus = HeadCorpus(CorpusConfig(pose_scale=0.35))
-    codes = with_rotation(neutral_code(2), "jaw", euler_matrix(torch.tensor(0.0), torch.tensor([0.0, JAW_PROBE_RAD]),
-                                                               torch.tensor(0.0)))
+    codes = jaw_probe_codes()
     c2w, K = cameras.eval_views(("front", "front"))
     triple = lambda f: torch.cat([f[0], f[1], ((f[1] - f[0]).abs() * 4).clamp(0, 1)], 2)  # noqa: E731
     columns = {"truth": [triple(truth_frames(corpus, corpus.identity("heldout", corpus.sample("heldout", p).identity),
@@ -48,8 +46,7 @@ def main() -> int:
             with torch.no_grad():
                 f = model_frames(model, dino, s.input_image, s.input_cam2world, s.input_intrinsics, codes, c2w, K, 64)
             frames.append(triple(f))
-            print(f"{name} person {p}: mouth {mouth_change(f, 0, 1):.4f}, forehead "
-                  f"{float((f[1, :, :30] - f[0, :, :30]).abs().mean()):.4f}")
+            print(f"{name} person {p}: mouth {mouth_change(f, 0, 1):.4f}, forehead {forehead_change(f, 0, 1):.4f}")
         columns[name] = frames
     gap = torch.ones(3, 64, 4)
     rows = [torch.cat([x for name in columns for x in (columns[name][i], gap)], 2) for i in range(len(persons))]

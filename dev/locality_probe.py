@@ -21,11 +21,10 @@ import time
 import numpy as np
 import torch
 
-from flexrt.corpus.codes import euler_matrix, neutral_code, with_rotation
 from flexrt.corpus.dataset import CachedSplit, CorpusConfig, HeadCorpus
 from flexrt.fitting.losses import photometric_loss
 from flexrt.model.flexavatar import DATASET_ID_3D
-from flexrt.training.evaluate import expression_response
+from flexrt.training.evaluate import expression_response, jaw_probe_codes
 from flexrt.training.trainer import (TrainConfig, build_model, collate, difference_l1, encoder_image, expression_l1,
                                      render_batch)
 
@@ -73,8 +72,7 @@ def main() -> int:
     codes = torch.cat([avatar_code(model, dino, s) for s in samples])  # frozen: [N, HT, D]
     heldout = HeadCorpus(CorpusConfig(pose_scale=0.35))
     codes_heldout = [avatar_code(model, dino, heldout.sample("heldout", i)) for i in (0, 1, 4)]
-    jaw = with_rotation(neutral_code(2), "jaw", euler_matrix(torch.tensor(0.0), torch.tensor([0.0, 0.45]),
-                                                             torch.tensor(0.0)))
+    jaw = jaw_probe_codes()
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.lr)
     curve = []
 

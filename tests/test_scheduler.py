@@ -134,8 +134,6 @@ def test_a_flooding_stream_does_not_starve_paced_streams(engine):
 
 
 def test_gc_pause_recorder_histogram_adds_up():
-    import gc
-
     from flexrt.runtime.gc_pauses import GcPauseRecorder
 
     rec = GcPauseRecorder(buckets=(0.5, 10.0)).install()

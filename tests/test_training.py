@@ -4,6 +4,7 @@ the perceptual switches, the CLI (a few minutes on 2 cores)."""
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 
 import numpy as np
@@ -14,8 +15,8 @@ from flexrt.corpus.dataset import CorpusConfig, HeadCorpus, write_cache
 from flexrt.model.checkpoint import load_official
 from flexrt.model.flexavatar import DATASET_ID_2D, DATASET_ID_3D
 from flexrt.training.losses import PerceptualLoss, photometric_loss, psnr, ssim
-from flexrt.training.trainer import (TrainConfig, Trainer, batch_for_step, collate, difference_l1, expression_l1,
-                                     forward_batch)
+from flexrt.training.trainer import (LOG_FIELDS, TrainConfig, Trainer, batch_for_step, collate, difference_l1,
+                                     expression_l1, forward_batch)
 
 SMALL = dict(identities_2d=40, identities_3d=2, identities_heldout=2, image_size=32, input_size=48, template_res=48)
 
@@ -234,6 +235,21 @@ def test_resume_continues_identically(tmp_path, cache_dir):
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     log = (tmp_path / "b" / "log.csv").read_text().splitlines()
     assert log[0].startswith("step,") and len(log) == 5  # header + steps 1..4 across the resume
+
+    # a log written before a column existed (here without diff_l1): the resumed rows follow its own header
+    old_fields = [f for f in LOG_FIELDS if f != "diff_l1"]
+    c = Trainer(_cfg(tmp_path / "c", cache_dir, steps=2))
+    c.run(progress=False)
+    log_c = tmp_path / "c" / "log.csv"
+    rows = list(csv.DictReader(log_c.open()))
+    with log_c.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=old_fields, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    Trainer(_cfg(tmp_path / "c", cache_dir, steps=4), resume=True).run(progress=False)
+    lines = list(csv.reader(log_c.open()))
+    assert lines[0] == old_fields and all(len(x) == len(old_fields) for x in lines)
+    assert [int(x[0]) for x in lines[1:]] == [1, 2, 3, 4]
 
 
 def test_checkpoint_loads_in_load_official_export_and_serve(tmp_path, cache_dir):

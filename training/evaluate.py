@@ -61,19 +61,25 @@ BAR_PERSONS = (0, 1, 2, 3, 4, 5)
 
 
 @torch.no_grad()
+def jaw_probe_codes() -> torch.Tensor:
+    """[2,135]: the neutral expression code, then the same with the jaw opened by JAW_PROBE_RAD."""
+    from flexrt.corpus.codes import euler_matrix, neutral_code, with_rotation
+
+    return with_rotation(neutral_code(2), "jaw", euler_matrix(torch.tensor(0.0), torch.tensor([0.0, JAW_PROBE_RAD]),
+                                                              torch.tensor(0.0)))
+
+
 def expression_response(model, dino, corpus_cfg, persons=BAR_PERSONS, device="cpu", backend: str = "torch") -> dict:
     """Held-out ``persons`` of the corpus (config ``corpus_cfg``), neutral code vs the same with the jaw at
     JAW_PROBE_RAD -> {"persons": [{"person", "mouth", "forehead", "back_covered"}], "mouth_min",
     "forehead_ratio_max", "back_covered_min", "passes"}."""
     from flexrt.corpus import cameras
-    from flexrt.corpus.codes import euler_matrix, neutral_code, with_rotation
     from flexrt.corpus.dataset import HeadCorpus
 
-    from .showcase import model_frames, mouth_change
+    from .showcase import forehead_change, model_frames, mouth_change
 
     corpus = HeadCorpus(corpus_cfg)
-    codes = with_rotation(neutral_code(2), "jaw", euler_matrix(torch.tensor(0.0), torch.tensor([0.0, JAW_PROBE_RAD]),
-                                                                torch.tensor(0.0)))
+    codes = jaw_probe_codes()
     fc2w, fK = cameras.eval_views(("front", "front"))
     bc2w, bK = cameras.eval_views(("back",))
     rows = []
@@ -85,7 +91,7 @@ def expression_response(model, dino, corpus_cfg, persons=BAR_PERSONS, device="cp
         back = run(codes[:1], bc2w, bK)
         rows.append({"person": person,
                      "mouth": mouth_change(front, 0, 1),
-                     "forehead": float((front[1, :, :30] - front[0, :, :30]).abs().mean()),
+                     "forehead": forehead_change(front, 0, 1),
                      "back_covered": float((back[0, :, 16:48, 20:44] < 0.9).any(0).float().mean())})
     mouth = min(x["mouth"] for x in rows)
     ratio = max(x["forehead"] / max(x["mouth"], 1e-9) for x in rows)
@@ -94,5 +100,5 @@ def expression_response(model, dino, corpus_cfg, persons=BAR_PERSONS, device="cp
             "passes": bool(mouth > MOUTH_BAR and ratio < FOREHEAD_RATIO_BAR and covered > BACK_COVERED_BAR)}
 
 
-__all__ = ["evaluate", "expression_response", "FRONT", "SIDE_BACK", "MOUTH_BAR", "FOREHEAD_RATIO_BAR",
+__all__ = ["evaluate", "expression_response", "jaw_probe_codes", "FRONT", "SIDE_BACK", "MOUTH_BAR", "FOREHEAD_RATIO_BAR",
            "BACK_COVERED_BAR", "JAW_PROBE_RAD", "BAR_PERSONS"]

@@ -26,6 +26,7 @@ from flexrt.model.flexavatar import DATASET_ID_3D
 from .trainer import Batch, build_model, encoder_image, forward_batch, TrainConfig
 
 MOUTH_BOX = (slice(38, 54), slice(22, 42))  # rows, cols of the mouth in a 64x64 front view
+FOREHEAD_ROWS = slice(0, 30)  # rows of a 64x64 front view above the eyes: the jaw must not change them
 
 
 def load_codes(sequence: str | None, frames: int) -> tuple[torch.Tensor, str]:
@@ -64,6 +65,11 @@ def mouth_change(frames: torch.Tensor, lo: int, hi: int) -> float:
     """Mean |frame[hi] - frame[lo]| over the mouth box of front views [T,3,64,64] (0..1 scale)."""
     r, c = MOUTH_BOX
     return float((frames[hi, :, r, c] - frames[lo, :, r, c]).abs().mean())
+
+
+def forehead_change(frames: torch.Tensor, lo: int, hi: int) -> float:
+    """Mean |frame[hi] - frame[lo]| over the FOREHEAD_ROWS of front views [T,3,64,64] (0..1 scale)."""
+    return float((frames[hi, :, FOREHEAD_ROWS] - frames[lo, :, FOREHEAD_ROWS]).abs().mean())
 
 
 def showcase(checkpoint: str | None, out: str | Path, sequence: str | None = None, persons=(0,),

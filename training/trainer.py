@@ -398,6 +398,10 @@ class Trainer:
         (self.out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
         log_path = self.out / "log.csv"
         new_log = not log_path.is_file() or self.step == 0
+        fields = list(LOG_FIELDS)
+        if not new_log:  # a resumed run appends under the header its log already has (maybe an older LOG_FIELDS)
+            with log_path.open(newline="") as f:
+                fields = next(csv.reader(f), fields)
         logger.info("%s", self.perceptual.describe())
         logger.info("encoder DINOv2: %s (frozen)", self.dino_source)
         rows = []
@@ -410,7 +414,7 @@ class Trainer:
             tb = SummaryWriter(str(self.out / "tensorboard"))
         t0 = time.perf_counter()
         with open(log_path, "w" if new_log else "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=LOG_FIELDS, extrasaction="ignore")
+            writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
             if new_log:
                 writer.writeheader()
             bar = tqdm(total=total, initial=self.step, desc="train", unit="step", disable=not progress)
@@ -440,7 +444,7 @@ class Trainer:
                     row.update(step=self.step, wall_s=round(now - t0, 2),
                                sec_per_step=round((now - t_last) / max(1, self.step - s_last), 3))
                     t_last, s_last = now, self.step
-                    writer.writerow({k: row.get(k, "") for k in LOG_FIELDS})
+                    writer.writerow({k: row.get(k, "") for k in fields})
                     f.flush()
                     if tb is not None:
                         for k in ("loss", "l1", "ssim", "dino", "sam", "lr", "grad_norm"):

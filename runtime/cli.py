@@ -35,6 +35,8 @@ from .sequences import (  # noqa: F401  (re-exported: flexrt.runtime.cli.load_se
     neutral_expression,
     save_sequence,
     synthetic_sequence,
+    turntable_sequence,
+    widest_jaw_frame,
 )
 
 logger = logging.getLogger("flexrt.runtime.cli")
@@ -651,6 +653,8 @@ def cmd_demo(args) -> int:
     for path, flag in ((args.engines, "--engines"), (args.checkpoint, "--checkpoint"), (args.dinov2, "--dinov2"),
                        (args.template, "--template")):
         _need_file(path, flag)
+    if args.turntable < 0:
+        raise SystemExit(f"error: --turntable is a number of frames (0 = none), got {args.turntable}")
 
     # 1. inputs first (a mistake there costs no export): the photo and driving sequence given, the reference
     #    data's examples, or synthetic ones
@@ -711,6 +715,9 @@ def cmd_demo(args) -> int:
         engine_dir = out / "engines"
         config = args.config or ("flex1" if args.checkpoint else "tiny")
         checkpoint = args.checkpoint or shipped_weights
+        if shipped_weights is not None and args.dinov2 is None:
+            print("[demo] the shipped model was trained with the seeded random tiny DINOv2 (docs/TRAINING.md), so "
+                  "the RANDOM DINOv2 warning below is expected for it")
         what = ("the shipped model trained on the procedural head corpus (docs/TRAINING.md)" if shipped_weights
                 else f"checkpoint {checkpoint}" if checkpoint else "random weights")
         print(f"[demo] exporting the {config!r} model to {engine_dir} ({what})")
@@ -736,6 +743,15 @@ def cmd_demo(args) -> int:
                 client, avatar.avatar_id, sequence, out / "frames", width=args.width, height=args.height,
                 fps=args.fps, encoding="png", camera=args.camera, frames=frames,
                 max_in_flight=args.max_in_flight or None, progress=not args.no_progress)
+            spin_results = []
+            if args.turntable > 0 and results:  # 4. the 3D shape: one orbit at the sequence's widest jaw
+                jaw = widest_jaw_frame(Sequence(sequence.expressions[:frames], None, None, sequence.name))
+                spin = turntable_sequence(sequence.expressions[jaw], args.turntable)
+                print(f"[demo] turntable: {args.turntable} frames around the head at frame {jaw} (widest jaw)")
+                spin_results, _ = stream_sequence(
+                    client, avatar.avatar_id, spin, out / "turntable", width=args.width, height=args.height,
+                    fps=args.fps, encoding="png", camera="sequence", frames=None,
+                    max_in_flight=args.max_in_flight or None, progress=not args.no_progress)
             info = client.server_info()
     report = {
         "summary": summary,
@@ -748,9 +764,46 @@ def cmd_demo(args) -> int:
     }
     (out / "latency.json").write_text(json.dumps(report, indent=2))
     print(format_latency_table(summary))
-    print(f"[demo] wrote {len(results)} frames to {out / 'frames'} and {out / 'latency.json'} "
-          f"({report['wall_s']:.1f} s)")
+    pictures = write_demo_pictures(out, [r.image for r in results], [r.image for r in spin_results], args.fps)
+    print(f"[demo] wrote {len(results)} frames to {out / 'frames'}"
+          + (f", {len(spin_results)} to {out / 'turntable'}" if spin_results else "")
+          + f", {' and '.join(str(p) for p in pictures)}, and {out / 'latency.json'} ({report['wall_s']:.1f} s)")
     return 0 if results else 1
+
+
+def write_demo_pictures(out: Path, frames: list, spin: list, fps: float, tile: int = 256) -> list[Path]:
+    """The demo at a glance: ``contact_sheet.png`` (six frames of the sequence over six of the turntable) and
+    ``demo.gif`` (the sequence, at most 60 frames, then the turntable), tiles at most ``tile`` pixels.
+    frames, spin: uint8 [H,W,3] images."""
+    from PIL import Image
+
+    if not frames:
+        return []
+
+    def tiles(images, n):
+        picks = np.linspace(0, len(images) - 1, num=min(n, len(images))).round().astype(int)
+        out_tiles = []
+        for i in picks:
+            im = Image.fromarray(images[i])
+            scale = min(1.0, tile / max(im.size))
+            out_tiles.append(im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))),
+                                       Image.BILINEAR) if scale < 1.0 else im)
+        return out_tiles
+
+    rows = [tiles(frames, 6)] + ([tiles(spin, 6)] if spin else [])
+    w, h = rows[0][0].size
+    sheet = Image.new("RGB", (w * 6, h * len(rows)), "white")
+    for r, row in enumerate(rows):
+        for c, im in enumerate(row):
+            sheet.paste(im, (c * w, r * h))
+    sheet_path = out / "contact_sheet.png"
+    sheet.save(sheet_path)
+    gif = tiles(frames, 60) + tiles(spin, 60)
+    gif_path = out / "demo.gif"
+    step = max(1, len(frames) // 60)  # the sequence is subsampled: keep its real speed
+    gif[0].save(gif_path, save_all=True, append_images=gif[1:], loop=0,
+                duration=round(1000 * step / (fps if fps and fps > 0 else 30.0)))
+    return [sheet_path, gif_path]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -980,7 +1033,8 @@ def add_parser(subparsers) -> None:
                 "driving sequence, save frames and latency.\n\nWithout --checkpoint the tiny preset has seeded "
                 "RANDOM weights: the frames show the head template's silhouette as a flat grey-green oval on white "
                 "that barely moves, not a face. The photo must be a square head crop (PNG/JPEG).")
-    p.add_argument("--out", default="demo_out", help="output folder (engines/, avatars/, frames/, latency.json)")
+    p.add_argument("--out", default="demo_out", help="output folder (engines/, avatars/, frames/, turntable/, "
+                                                     "contact_sheet.png, demo.gif, latency.json)")
     p.add_argument("--checkpoint", help="FLEX-1 weights; without it the tiny preset with the shipped weights "
                                         "(trained on the procedural head corpus, docs/TRAINING.md) is used")
     p.add_argument("--random-weights", action="store_true",
@@ -1005,6 +1059,9 @@ def add_parser(subparsers) -> None:
                    help="frames sent but not yet answered; 1 = lossless (see `flexavatar stream --help`)")
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--camera", default="default", choices=("default", "sequence"))
+    p.add_argument("--turntable", type=int, default=48,
+                   help="after the sequence, this many frames of one orbit around the head at the sequence's widest "
+                        "jaw opening (turntable/), so the 3D shape is visible; 0 = none")
     p.add_argument("--image", help="square head photo, PNG or JPEG (default: the reference example, or a drawing)")
     p.add_argument("--sequence", help="driving sequence .npz or 'synthetic' (default: the reference EMO-1, or the "
                                       "synthetic one); format: docs/SEQUENCES.md")

@@ -62,6 +62,37 @@ def synthetic_sequence(frames: int, fps: float = 30.0, cameras: bool = False) ->
     return Sequence(codes.astype(np.float32), cam2world, intrinsics, SYNTHETIC)
 
 
+def rotation_6d_angle(rows: np.ndarray) -> np.ndarray:
+    """Rotation angle (radians) of 6D rotation codes [...,6] (two rows, unnormalised as a tracker writes them;
+    Gram-Schmidt as in Zhou et al. 2019, spec §10) -> [...]."""
+    a, b = rows[..., 0:3].astype(np.float64), rows[..., 3:6].astype(np.float64)
+    r1 = a / np.linalg.norm(a, axis=-1, keepdims=True).clip(1e-12)
+    b = b - (r1 * b).sum(-1, keepdims=True) * r1
+    r2 = b / np.linalg.norm(b, axis=-1, keepdims=True).clip(1e-12)
+    r3 = np.cross(r1, r2)
+    trace = r1[..., 0] + r2[..., 1] + r3[..., 2]
+    return np.arccos(np.clip((trace - 1.0) / 2.0, -1.0, 1.0))
+
+
+def widest_jaw_frame(sequence: Sequence) -> int:
+    """Index of the frame whose jaw (code [120:126]) is rotated the most: the open mouth of a sequence."""
+    return int(np.argmax(rotation_6d_angle(sequence.expressions[:, 120:126])))
+
+
+def turntable_sequence(expression: np.ndarray, frames: int = 48, name: str = "turntable") -> Sequence:
+    """One expression code [135] seen by ``frames`` cameras orbiting the head once (yaw 0 .. 360 degrees, the
+    flexrt.model.camera.default_camera distance and focal length), so the 3D shape is visible (imports torch)."""
+    if frames < 1:
+        raise ValueError(f"a turntable needs at least 1 frame, got {frames}")
+    from flexrt.model.camera import default_camera
+
+    pairs = [default_camera(yaw_deg=360.0 * i / frames) for i in range(frames)]
+    cam2world = np.stack([c2w.numpy() for c2w, _ in pairs]).astype(np.float32)  # [T,4,4]
+    intrinsics = np.stack([K.numpy() for _, K in pairs]).astype(np.float32)  # [T,3,3] normalised
+    codes = np.repeat(np.asarray(expression, np.float32).reshape(1, EXPRESSION_DIM), frames, axis=0)
+    return Sequence(codes, cam2world, intrinsics, name)
+
+
 def load_sequence(path: str | Path, frames: int | None = None, cameras: bool = False) -> Sequence:
     """A driving-sequence .npz (module docstring), or ``"synthetic"`` for synthetic_sequence(frames or 121,
     cameras=cameras). Raises ValueError with one line saying what is wrong with the file."""

@@ -156,3 +156,17 @@ def test_tiny_default_template_animates(tiny_model):
     torch.testing.assert_close(q, torch.ones_like(q))
     assert float(g.scales.max()) <= 0.01 and float(g.scales.min()) >= 0.0
     assert float((g.positions - tiny_model._gaussian_decoder._initial_gaussian_positions).abs().max()) < 0.1
+
+
+def test_small_preset_shapes_and_size():
+    """The `small` preset (docs/TRAINING.md, section 3): tiny at 16x16 tokens, 96 wide, a 128x128 Gaussian grid."""
+    from flexrt.model import load_official
+
+    cfg = parse_config("small")
+    assert (cfg.res_head_tokens, cfg.d_hidden, cfg.res_uv_map, cfg.res_gaussian_grid) == (16, 96, 64, 128)
+    model = load_official("small", None, None, seed=0)
+    assert sum(p.numel() for p in model.parameters()) * 4 < 7_000_000  # 6.9 MB of fp32 weights
+    code = torch.randn(1, model.num_head_tokens, model.hidden_dim)
+    g = model.animate(code, torch.randn(1, 2, 135))
+    assert model.num_head_tokens == 256 and g.positions.shape == (1, 2, model.num_gaussians, 3)
+    assert model.num_gaussians == (128 - 2) ** 2  # G = (R - 2)^2 on the default template (test_template.py)

@@ -192,3 +192,31 @@ def test_synthetic_inputs_and_sequence_loading(tmp_path):
     loaded = load_sequence(tmp_path / "seq.npz")
     np.testing.assert_allclose(loaded.intrinsics[0], [[1500 / 512, 0, 256.5 / 512], [0, 1500 / 512, 256.5 / 512],
                                                       [0, 0, 1]], rtol=1e-6)
+
+
+def test_jaw_angle_and_turntable():
+    from flexrt.runtime.sequences import Sequence, rotation_6d_angle, turntable_sequence, widest_jaw_frame
+
+    # closed form: the 6D code of a rotation by a about x is rows (1,0,0), (0,cos a,-sin a); row lengths and a
+    # component of row 2 along row 1 (as a tracker writes them) do not change the rotation
+    a = np.array([0.0, 0.1, 0.45, 1.2])
+    rows = np.stack([np.ones_like(a), 0 * a, 0 * a, 0 * a, np.cos(a), -np.sin(a)], axis=1)
+    np.testing.assert_allclose(rotation_6d_angle(rows), a, atol=1e-7)
+    skewed = rows * np.array([2.0, 2.0, 2.0, 0.5, 0.5, 0.5]) + np.array([0, 0, 0, 0.3, 0, 0])
+    np.testing.assert_allclose(rotation_6d_angle(skewed), a, atol=1e-7)
+    seq = synthetic_sequence(60)  # its jaw opens to 0.3 rad at t = 1 s (frame 30)
+    assert widest_jaw_frame(seq) == 30
+    assert widest_jaw_frame(Sequence(seq.expressions[:10], None, None, "first ten")) == 9
+
+    spin = turntable_sequence(seq.expressions[30], frames=8)
+    assert spin.expressions.shape == (8, 135) and (spin.expressions == seq.expressions[30]).all()
+    centres = spin.cam2world[:, :3, 3]
+    np.testing.assert_allclose(np.linalg.norm(centres, axis=1), 1.0, atol=1e-6)  # default_camera's distance
+    np.testing.assert_allclose(centres[0], [0, 0, 1], atol=1e-6)  # frame 0: the front view
+    np.testing.assert_allclose(centres[4], [0, 0, -1], atol=1e-6)  # half way: behind the head
+    np.testing.assert_allclose(centres[2], [1, 0, 0], atol=1e-6)  # a quarter: yaw 90 degrees to +x
+    forward = spin.cam2world[:, :3, 2]  # OpenCV: the camera looks along its +z, at the head's origin
+    np.testing.assert_allclose(forward, -centres, atol=1e-6)
+    np.testing.assert_allclose(spin.intrinsics, np.tile(default_camera()[1].numpy(), (8, 1, 1)))
+    with pytest.raises(ValueError, match="at least 1 frame"):
+        turntable_sequence(seq.expressions[0], frames=0)

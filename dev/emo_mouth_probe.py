@@ -20,6 +20,9 @@ p.add_argument("checkpoints", nargs="+", help="weights (official layout, tiny pr
 p.add_argument("--sequence", required=True, help="driving .npz (EMO-1)")
 p.add_argument("--frames", default="24,59", help="the two frames compared")
 p.add_argument("--persons", default="0,1,2,3,4,5")
+p.add_argument("--in-corpus-range", action="store_true",
+               help="bring the codes into the training corpus's range first: the exp coefficients the rig ignores "
+                    "(all but 0, 1, 3) clipped to +-2.5 std of corpus.codes.sample_codes, the translation t set to 0")
 args = p.parse_args()
 torch.set_num_threads(2)
 torch.set_flush_denormal(True)
@@ -27,6 +30,12 @@ corpus = HeadCorpus(CorpusConfig(pose_scale=0.35))
 codes, _ = load_codes(args.sequence, 121)
 lo, hi = (int(f) for f in args.frames.split(","))
 pair = torch.stack([codes[lo], codes[hi]])
+if args.in_corpus_range:
+    k = torch.arange(100)
+    lim = 0.9 * (k + 1.0) ** -0.35 * 2.5  # sample_codes' exp std, 2.5 of it
+    lim[[0, 1, 3]] = float("inf")  # smile, brows, cheeks: the rig uses them, their range is covered
+    pair[:, :100] = torch.maximum(torch.minimum(pair[:, :100], lim), -lim)
+    pair[:, 132:135] = 0.0
 fc2w, fK = cameras.eval_views(("front", "front"))
 samples = [corpus.sample("heldout", int(i)) for i in args.persons.split(",")]
 result = {"truth": [round(mouth_change(truth_frames(corpus, corpus.identity("heldout", s.identity), pair, fc2w, fK,
@@ -39,4 +48,5 @@ for ck in args.checkpoints:
         result[ck] = [round(mouth_change(model_frames(model, dino, s.input_image, s.input_cam2world, s.input_intrinsics,
                                                       pair, fc2w, fK, 64), 0, 1), 4) for s in samples]
     print(ck, result[ck], flush=True)
-print(json.dumps({"frames": [lo, hi], "persons": args.persons, "mouth_change": result}))
+print(json.dumps({"frames": [lo, hi], "persons": args.persons, "in_corpus_range": args.in_corpus_range,
+                  "mouth_change": result}))

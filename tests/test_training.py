@@ -386,3 +386,24 @@ def test_shipped_model_animates():
         assert p["forehead"] < FOREHEAD_RATIO_BAR * p["mouth"], p
         assert p["back_covered"] > BACK_COVERED_BAR, p
     assert r["passes"]
+
+def test_jaw_probe_codes_in_context():
+    """The in-context jaw probe: pairs that differ only in the jaw (shut, then JAW_PROBE_RAD open), on top of
+    sampled expressions with the head pose at rest; deterministic."""
+    from flexrt.corpus.codes import JAW, NECK, ROT, TRANS
+    from flexrt.runtime.sequences import rotation_6d_angle
+    from flexrt.training.evaluate import JAW_CONTEXTS, JAW_PROBE_RAD, jaw_context_codes, jaw_probe_codes
+
+    codes = jaw_context_codes()
+    assert codes.shape == (2 * JAW_CONTEXTS, 135) and torch.equal(codes, jaw_context_codes())
+    shut, opened = codes[0::2], codes[1::2]
+    outside = torch.ones(135, dtype=torch.bool)
+    outside[JAW] = False
+    assert torch.equal(shut[:, outside], opened[:, outside])  # only the jaw differs within a pair
+    np.testing.assert_allclose(rotation_6d_angle(shut[:, JAW].numpy()), 0.0, atol=1e-6)
+    np.testing.assert_allclose(rotation_6d_angle(opened[:, JAW].numpy()), JAW_PROBE_RAD, atol=1e-6)
+    for slot in (NECK, ROT):  # head pose at rest
+        np.testing.assert_allclose(rotation_6d_angle(shut[:, slot].numpy()), 0.0, atol=1e-6)
+    assert float(shut[:, TRANS].abs().max()) == 0.0
+    assert float(shut[:, :100].abs().max()) > 0.5  # a real expression around the jaw, unlike the neutral probe
+    assert float(jaw_probe_codes()[:, :100].abs().max()) == 0.0

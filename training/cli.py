@@ -161,6 +161,8 @@ def run(args) -> int:
                   f"{MOUTH_BAR}), forehead / mouth {e['forehead_ratio_max']:.2f} (bar < {FOREHEAD_RATIO_BAR}), "
                   f"back covered {e['back_covered_min']:.2f} (bar > {BACK_COVERED_BAR}): "
                   f"{'passes' if e['passes'] else 'fails'}")
+            print(f"[eval] the jaw in sampled expressions (not in the bar): mouth change / the rig's "
+                  f"{e['context_ratio_min']:.2f} on the weakest person")
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}")
         return 2

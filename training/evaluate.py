@@ -69,10 +69,35 @@ def jaw_probe_codes() -> torch.Tensor:
                                                               torch.tensor(0.0)))
 
 
-def expression_response(model, dino, corpus_cfg, persons=BAR_PERSONS, device="cpu", backend: str = "torch") -> dict:
+JAW_CONTEXTS = 4  # sampled expression contexts of the in-context jaw probe
+
+
+def jaw_context_codes(count: int = JAW_CONTEXTS, seed: int = 0) -> torch.Tensor:
+    """[2*count,135]: ``count`` sampled codes (corpus.codes.sample_codes; eyes, eyelids, brows, smile, cheeks as in
+    training; head pose at rest, so the mouth stays in its box), each with the jaw shut, then opened by
+    JAW_PROBE_RAD. The jaw in the context of a real expression, which EMO-1 drives (docs/TRAINING.md, section 3)."""
+    import numpy as np
+
+    from flexrt.corpus.codes import NECK, ROT, TRANS, euler_matrix, neutral_code, sample_codes, with_rotation
+
+    ctx = torch.from_numpy(sample_codes(np.random.default_rng(seed), count, pose_scale=0.0))
+    for slot in (NECK, ROT, TRANS):  # exactly at rest (sample_codes' raw rows tilt them by a few degrees)
+        ctx[:, slot] = neutral_code().to(ctx.dtype)[slot]
+    zero = torch.zeros(count)
+    shut = with_rotation(ctx, "jaw", euler_matrix(zero, zero, zero))
+    opened = with_rotation(ctx, "jaw", euler_matrix(zero, zero + JAW_PROBE_RAD, zero))
+    return torch.stack([shut, opened], dim=1).reshape(2 * count, -1)
+
+
+def expression_response(model, dino, corpus_cfg, persons=BAR_PERSONS, device="cpu", backend: str = "torch",
+                        context: bool = True) -> dict:
     """Held-out ``persons`` of the corpus (config ``corpus_cfg``), neutral code vs the same with the jaw at
     JAW_PROBE_RAD -> {"persons": [{"person", "mouth", "forehead", "back_covered"}], "mouth_min",
-    "forehead_ratio_max", "back_covered_min", "passes"}."""
+    "forehead_ratio_max", "back_covered_min", "passes"}.
+
+    ``context``: also the jaw probed on top of JAW_CONTEXTS sampled expressions (``jaw_context_codes``), for the
+    model and for the corpus rig (the truth): per person "mouth_in_context" and "truth_in_context" (means over the
+    contexts), and "context_ratio_min" (model / truth, the weakest person). Reported, not part of the bar."""
     from flexrt.corpus import cameras
     from flexrt.corpus.dataset import HeadCorpus
 
@@ -93,12 +118,25 @@ def expression_response(model, dino, corpus_cfg, persons=BAR_PERSONS, device="cp
                      "mouth": mouth_change(front, 0, 1),
                      "forehead": forehead_change(front, 0, 1),
                      "back_covered": float((back[0, :, 16:48, 20:44] < 0.9).any(0).float().mean())})
+        if context:
+            from .showcase import truth_frames
+
+            ctx = jaw_context_codes()
+            n = ctx.shape[0] // 2
+            c2w, K = fc2w[:1].expand(2 * n, 4, 4), fK[:1].expand(2 * n, 3, 3)
+            pred = run(ctx, c2w, K)
+            truth = truth_frames(corpus, corpus.identity("heldout", s.identity), ctx, c2w, K, 64)
+            rows[-1]["mouth_in_context"] = sum(mouth_change(pred, 2 * i, 2 * i + 1) for i in range(n)) / n
+            rows[-1]["truth_in_context"] = sum(mouth_change(truth, 2 * i, 2 * i + 1) for i in range(n)) / n
     mouth = min(x["mouth"] for x in rows)
     ratio = max(x["forehead"] / max(x["mouth"], 1e-9) for x in rows)
     covered = min(x["back_covered"] for x in rows)
-    return {"persons": rows, "mouth_min": mouth, "forehead_ratio_max": ratio, "back_covered_min": covered,
-            "passes": bool(mouth > MOUTH_BAR and ratio < FOREHEAD_RATIO_BAR and covered > BACK_COVERED_BAR)}
+    out = {"persons": rows, "mouth_min": mouth, "forehead_ratio_max": ratio, "back_covered_min": covered,
+           "passes": bool(mouth > MOUTH_BAR and ratio < FOREHEAD_RATIO_BAR and covered > BACK_COVERED_BAR)}
+    if context:
+        out["context_ratio_min"] = min(x["mouth_in_context"] / max(x["truth_in_context"], 1e-9) for x in rows)
+    return out
 
 
-__all__ = ["evaluate", "expression_response", "jaw_probe_codes", "FRONT", "SIDE_BACK", "MOUTH_BAR", "FOREHEAD_RATIO_BAR",
+__all__ = ["evaluate", "expression_response", "jaw_probe_codes", "jaw_context_codes", "JAW_CONTEXTS", "FRONT", "SIDE_BACK", "MOUTH_BAR", "FOREHEAD_RATIO_BAR",
            "BACK_COVERED_BAR", "JAW_PROBE_RAD", "BAR_PERSONS"]

@@ -119,14 +119,24 @@ def _euler_np(yaw, pitch, roll) -> np.ndarray:
                         torch.from_numpy(np.asarray(roll, dtype=np.float64))).numpy()
 
 
-def sample_codes(rng: np.random.Generator, n: int, pose_scale: float = 1.0) -> np.ndarray:
+RIG_EXP = (0, 1, 3)  # the exp coefficients the rig uses: smile, brows, cheeks
+
+
+def sample_codes(rng: np.random.Generator, n: int, pose_scale: float = 1.0, exp_scale: float = 1.0,
+                 translation_scale: float = 1.0) -> np.ndarray:
     """n procedural expression codes [n, 135] float32 (see the module docstring). ``pose_scale`` scales the spread
     of the head pose (R: yaw std 18 degrees clipped at 2.5 std, pitch 10, roll 6; neck 6/6/4; t 12-15 mm); 1 covers
-    the shipped sequences, smaller values give an easier corpus."""
+    the shipped sequences' rotations, smaller values give an easier corpus. ``exp_scale`` scales the spread of the
+    exp coefficients the rig ignores (std 0.9 (k+1)^-0.35 at 1; the tracker's in the shipped sequences are ~1.7x
+    that: median |x| 1.1 std, 15-18 % beyond 2.5 std, up to 7.7), ``translation_scale`` that of t on top of
+    ``pose_scale`` (the shipped sequences move t by up to 4-8 cm). Neither changes the random draws, so at 1 the
+    codes are those of earlier corpora."""
     d = math.radians
     codes = np.zeros((n, CODE_DIM), dtype=np.float64)
     k = np.arange(100)
-    codes[:, EXP] = rng.standard_normal((n, 100)) * (0.9 * (k + 1.0) ** -0.35)[None]
+    spread = 0.9 * (k + 1.0) ** -0.35
+    spread[[i for i in range(100) if i not in RIG_EXP]] *= float(exp_scale)
+    codes[:, EXP] = rng.standard_normal((n, 100)) * spread[None]
     laugh = rng.random(n) < 0.25  # smiles / laughs: exp[0] far out, as in EMO-1
     codes[laugh, 0] = rng.uniform(1.5, 3.2, size=int(laugh.sum()))
     codes[:, 1] = rng.normal(0.0, 0.7, size=n)  # brows
@@ -153,7 +163,7 @@ def sample_codes(rng: np.random.Generator, n: int, pose_scale: float = 1.0) -> n
     yaw = np.clip(rng.normal(0, ps * d(18), n), -2.5 * ps * d(18), 2.5 * ps * d(18))
     pitch = np.clip(rng.normal(0, ps * d(10), n), -ps * d(25), ps * d(25))
     codes[:, ROT] = _raw_6d(rng, _euler_np(yaw, pitch, rng.normal(0, ps * d(6), n)), 0.8, 1.5)
-    codes[:, TRANS] = rng.normal(0.0, 1.0, (n, 3)) * np.array([0.012, 0.012, 0.015]) * ps
+    codes[:, TRANS] = rng.normal(0.0, 1.0, (n, 3)) * np.array([0.012, 0.012, 0.015]) * ps * float(translation_scale)
     return codes.astype(np.float32)
 
 
@@ -176,6 +186,6 @@ def with_rotation(codes: torch.Tensor, slot: str, matrix: torch.Tensor) -> torch
 
 __all__ = [
     "CODE_DIM", "EXP", "EYE_LEFT", "EYE_RIGHT", "EYELIDS", "NECK", "JAW", "ROT", "TRANS", "ROTATION_SLOTS",
-    "CODE_STATS", "neutral_code", "rotation_6d_to_matrix", "matrix_to_rotation_6d", "euler_matrix",
+    "CODE_STATS", "RIG_EXP", "neutral_code", "rotation_6d_to_matrix", "matrix_to_rotation_6d", "euler_matrix",
     "matrix_to_yaw_pitch", "rig_controls", "sample_codes", "pose_only", "with_rotation",
 ]

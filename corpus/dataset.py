@@ -62,7 +62,12 @@ class CorpusConfig:
     input_cone_deg: float = 20.0  # half-angle of the input-view cone (all splits)
     leak: float = 1.0  # 2D: share of the camera's offset from frontal that the tracked head rotation absorbs
     pose_scale: float = 1.0  # spread of the head pose in the codes (1: the shipped sequences' range)
+    exp_scale: float = 1.0  # spread of the exp coefficients the rig ignores (the shipped sequences: ~1.7)
+    translation_scale: float = 1.0  # spread of t on top of pose_scale (sample_codes)
     expression_masks: bool = True  # also render each target with the expression at rest -> Sample.target_masks
+
+    def code_spread(self) -> dict:
+        return {"exp_scale": self.exp_scale, "translation_scale": self.translation_scale}
 
     def num_identities(self, split: str) -> int:
         return {"2d": self.identities_2d, "3d": self.identities_3d, "heldout": self.identities_heldout}[_check(split)]
@@ -156,25 +161,26 @@ class HeadCorpus:
         rng = np.random.default_rng([cfg.seed, _SPLIT_KEYS[split], 1, int(index)])
 
         # 1. the input view: a frontal-ish photo of the person with a mild head pose and its own expression
-        in_code = torch.from_numpy(sample_codes(rng, 1, pose_scale=0.45 * cfg.pose_scale))  # a calm photo
+        spread = cfg.code_spread()
+        in_code = torch.from_numpy(sample_codes(rng, 1, pose_scale=0.45 * cfg.pose_scale, **spread))  # a calm photo
         in_c2w, in_K = cameras.frontal_cone(rng, 1, cfg.input_cone_deg)
         in_img = self._render_frames(ident, in_code, in_c2w, in_K, cfg.input_size, True)[0]
 
         # 2. targets
         if split == "3d":
-            code = torch.from_numpy(sample_codes(rng, 1, pose_scale=cfg.pose_scale))
+            code = torch.from_numpy(sample_codes(rng, 1, pose_scale=cfg.pose_scale, **spread))
             c2w, K = cameras.sphere(rng, cfg.views)
             imgs = self._render_frames(ident, code, c2w, K, cfg.image_size, False)
             masks, rest = self._expression_masks(ident, code, c2w, K, False, imgs)
             codes = code.expand(cfg.views, -1).clone()
         elif split == "2d":
-            true_codes = torch.from_numpy(sample_codes(rng, cfg.views, pose_scale=cfg.pose_scale))
+            true_codes = torch.from_numpy(sample_codes(rng, cfg.views, pose_scale=cfg.pose_scale, **spread))
             c2w, K = cameras.frontal_cone(rng, cfg.views, cfg.cone_deg)
             imgs = self._render_frames(ident, true_codes, c2w, K, cfg.image_size, True)
             masks, rest = self._expression_masks(ident, true_codes, c2w, K, True, imgs)
             codes = tracked_rotation(true_codes, c2w, cfg.leak)
         else:  # held-out: one frame, the fixed evaluation views
-            code = torch.from_numpy(sample_codes(rng, 1, pose_scale=0.45 * cfg.pose_scale))
+            code = torch.from_numpy(sample_codes(rng, 1, pose_scale=0.45 * cfg.pose_scale, **spread))
             c2w, K = cameras.eval_views()
             imgs = self._render_frames(ident, code, c2w, K, cfg.image_size, False)
             masks, rest = self._expression_masks(ident, code, c2w, K, False, imgs)

@@ -10,7 +10,8 @@
 #   RECIPES='a tiny .devdata/init/cpu_c_e30_d80_unfrozen_303.safetensors 5e-4 30 --rest-pairs --difference-weight 80
 #            b small scratch 1e-3 30 --rest-pairs --difference-weight 80' bash dev/demo_h200.sh
 # Environment: DEMO_END_S (530, seconds from the start of this script to the end of training + evaluation),
-# BATCH (16), VIEWS (2), LR_MIN (1e-4).
+# BATCH (16), VIEWS (2), LR_MIN (1e-4), CORPUS_EXTRA (more corpus options, e.g. "--exp-scale 1.7
+# --translation-scale 4": the tracker's spread of the codes, docs/TRAINING.md section 3; its own cache folder).
 set -uo pipefail
 source dev/device_env.sh
 cd /tmp
@@ -19,14 +20,15 @@ mkdir -p "$W/keep"
 LOG=$OUT/demo_h200.log
 say() { echo "[$(date +%T) +${SECONDS}s] $*" | tee -a "$LOG"; }
 END=${DEMO_END_S:-530}
-CORPUS_DIR=$W/corpus-rest  # masks + at-rest renders
+CORPUS_EXTRA=${CORPUS_EXTRA:-}
+CORPUS_DIR=$W/corpus-rest$(printf '%s' "$CORPUS_EXTRA" | tr -c 'a-z0-9.' '_')  # masks + at-rest renders
 RECIPES=${RECIPES:-"a tiny .devdata/init/c3_a_w10_3593.safetensors 5e-4 30 --rest-pairs --difference-weight 80"}
 
 # 1. corpus (same config and counts as dev/train_h200.sh, plus expression masks) in the background; gsplat's JIT
 #    build in the foreground (both resume / load from cache on a warm machine)
 say "corpus build (background) + gsplat build"
 python3 -m flexrt.corpus build --out $CORPUS_DIR --count-2d 6000 --count-3d 1500 --count-heldout 64 --pose-scale 0.35 \
-  --jobs 6 --device cuda --shard-size 250 > $W/corpus.log 2>&1 &
+  --jobs 6 --device cuda --shard-size 250 $CORPUS_EXTRA > $W/corpus.log 2>&1 &
 CORPUS=$!
 MAX_JOBS=10 TORCH_CUDA_ARCH_LIST=9.0 timeout 330 python3 -m flexrt.benchmarks.bench_e2e build-gsplat > $W/gsplat.log 2>&1
 RB=gsplat; grep -q "ready in" $W/gsplat.log || RB=torch  # said in the log: never a silent fallback

@@ -75,6 +75,36 @@ def test_sampled_codes_cover_the_shipped_ranges():
     assert float(codes[:, JAW][:, :3].norm(dim=-1).max()) > 1.5  # raw, unnormalised rows like the tracker's
 
 
+def test_code_spread_options_cover_the_trackers_tails():
+    """exp_scale / translation_scale scale exactly what they name and leave the random draws alone (at 1: the codes
+    of earlier corpora); at 1.7 the unused exp coefficients spread like the tracker's in the shipped sequences."""
+    from flexrt.corpus.codes import RIG_EXP
+    from flexrt.runtime.cli import find_shared_dir
+
+    base = sample_codes(np.random.default_rng(3), 500, pose_scale=0.35)
+    assert np.array_equal(base, sample_codes(np.random.default_rng(3), 500, pose_scale=0.35, exp_scale=1.0,
+                                             translation_scale=1.0))
+    wide = sample_codes(np.random.default_rng(3), 500, pose_scale=0.35, exp_scale=1.7, translation_scale=4.0)
+    unused = [k for k in range(100) if k not in RIG_EXP]
+    np.testing.assert_allclose(wide[:, unused], 1.7 * base[:, unused], rtol=1e-6, atol=1e-7)
+    assert np.array_equal(wide[:, list(RIG_EXP)], base[:, list(RIG_EXP)])  # smile, brows, cheeks unchanged
+    np.testing.assert_allclose(wide[:, TRANS], 4.0 * base[:, TRANS], rtol=1e-6, atol=1e-9)
+    assert np.array_equal(wide[:, 100:132], base[:, 100:132])  # eyes, eyelids, neck, jaw, R unchanged
+
+    std = 0.9 * (np.arange(100) + 1.0) ** -0.35
+    for codes, lo, hi in ((base, 0.0, 0.03), (wide, 0.09, 0.25)):
+        beyond = float((np.abs(codes[:, unused]) / std[unused] > 2.5).mean())
+        assert lo <= beyond <= hi, beyond
+    shared = find_shared_dir()  # the part on the reference data runs where ../shared is present
+    seqs = shared / "reference/assets/expressions" if shared else None
+    if seqs is not None and seqs.is_dir():  # the shipped sequences: 15-18 % of their unused exp coefficients lie beyond 2.5 std
+        for f in sorted(seqs.glob("*.npz")):
+            exp = np.load(f)["expression_codes"][:, unused]
+            assert 0.09 <= float((np.abs(exp) / std[unused] > 2.5).mean()) <= 0.25, f.name
+    cfg = CorpusConfig(exp_scale=1.7, translation_scale=4.0)
+    assert cfg.code_spread() == {"exp_scale": 1.7, "translation_scale": 4.0}
+
+
 def test_rig_layout(rig, ident):
     out = rig.gaussians(ident, neutral_code(2))
     g = out.gaussians

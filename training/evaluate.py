@@ -138,5 +138,6 @@ def expression_response(model, dino, corpus_cfg, persons=BAR_PERSONS, device="cp
     return out
 
 
-__all__ = ["evaluate", "expression_response", "jaw_probe_codes", "jaw_context_codes", "JAW_CONTEXTS", "FRONT", "SIDE_BACK", "MOUTH_BAR", "FOREHEAD_RATIO_BAR",
+__all__ = ["evaluate", "expression_response", "jaw_probe_codes", "jaw_context_codes", "JAW_CONTEXTS", "FRONT",
+           "SIDE_BACK", "MOUTH_BAR", "FOREHEAD_RATIO_BAR",
            "BACK_COVERED_BAR", "JAW_PROBE_RAD", "BAR_PERSONS"]

@@ -10,7 +10,7 @@
 #   RECIPES='a tiny .devdata/init/cpu_c_e30_d80_unfrozen_303.safetensors 5e-4 30 --rest-pairs --difference-weight 80
 #            b small scratch 1e-3 30 --rest-pairs --difference-weight 80' bash dev/demo_h200.sh
 # Environment: DEMO_END_S (530, seconds from the start of this script to the end of training + evaluation),
-# BATCH (16), VIEWS (2), LR_MIN (1e-4), CORPUS_EXTRA (more corpus options, e.g. "--exp-scale 1.7
+# BATCH (16), VIEWS (2), LR_MIN (1e-4), COUNT_2D / COUNT_3D (6000 / 1500 corpus samples), CORPUS_EXTRA (more corpus options, e.g. "--exp-scale 1.7
 # --translation-scale 4": the tracker's spread of the codes, docs/TRAINING.md section 3; its own cache folder).
 set -uo pipefail
 source dev/device_env.sh
@@ -27,7 +27,7 @@ RECIPES=${RECIPES:-"a tiny .devdata/init/c3_a_w10_3593.safetensors 5e-4 30 --res
 # 1. corpus (same config and counts as dev/train_h200.sh, plus expression masks) in the background; gsplat's JIT
 #    build in the foreground (both resume / load from cache on a warm machine)
 say "corpus build (background) + gsplat build"
-python3 -m flexrt.corpus build --out $CORPUS_DIR --count-2d 6000 --count-3d 1500 --count-heldout 64 --pose-scale 0.35 \
+python3 -m flexrt.corpus build --out $CORPUS_DIR --count-2d ${COUNT_2D:-6000} --count-3d ${COUNT_3D:-1500} --count-heldout 64 --pose-scale 0.35 \
   --jobs 6 --device cuda --shard-size 250 $CORPUS_EXTRA > $W/corpus.log 2>&1 &
 CORPUS=$!
 MAX_JOBS=10 TORCH_CUDA_ARCH_LIST=9.0 timeout 330 python3 -m flexrt.benchmarks.bench_e2e build-gsplat > $W/gsplat.log 2>&1

@@ -122,6 +122,14 @@ def _euler_np(yaw, pitch, roll) -> np.ndarray:
 RIG_EXP = (0, 1, 3)  # the exp coefficients the rig uses: smile, brows, cheeks
 
 
+def exp_spread(exp_scale: float = 1.0) -> np.ndarray:
+    """[100]: the std of each exp coefficient in ``sample_codes`` (0.9 (k+1)^-0.35), the ones the rig ignores (all
+    but RIG_EXP) times ``exp_scale``. (RIG_EXP's own draws are overridden or added to: smile, brows, cheeks.)"""
+    spread = 0.9 * (np.arange(100) + 1.0) ** -0.35
+    spread[[k for k in range(100) if k not in RIG_EXP]] *= float(exp_scale)
+    return spread
+
+
 def sample_codes(rng: np.random.Generator, n: int, pose_scale: float = 1.0, exp_scale: float = 1.0,
                  translation_scale: float = 1.0) -> np.ndarray:
     """n procedural expression codes [n, 135] float32 (see the module docstring). ``pose_scale`` scales the spread
@@ -133,10 +141,7 @@ def sample_codes(rng: np.random.Generator, n: int, pose_scale: float = 1.0, exp_
     codes are those of earlier corpora."""
     d = math.radians
     codes = np.zeros((n, CODE_DIM), dtype=np.float64)
-    k = np.arange(100)
-    spread = 0.9 * (k + 1.0) ** -0.35
-    spread[[i for i in range(100) if i not in RIG_EXP]] *= float(exp_scale)
-    codes[:, EXP] = rng.standard_normal((n, 100)) * spread[None]
+    codes[:, EXP] = rng.standard_normal((n, 100)) * exp_spread(exp_scale)[None]
     laugh = rng.random(n) < 0.25  # smiles / laughs: exp[0] far out, as in EMO-1
     codes[laugh, 0] = rng.uniform(1.5, 3.2, size=int(laugh.sum()))
     codes[:, 1] = rng.normal(0.0, 0.7, size=n)  # brows
@@ -186,6 +191,6 @@ def with_rotation(codes: torch.Tensor, slot: str, matrix: torch.Tensor) -> torch
 
 __all__ = [
     "CODE_DIM", "EXP", "EYE_LEFT", "EYE_RIGHT", "EYELIDS", "NECK", "JAW", "ROT", "TRANS", "ROTATION_SLOTS",
-    "CODE_STATS", "RIG_EXP", "neutral_code", "rotation_6d_to_matrix", "matrix_to_rotation_6d", "euler_matrix",
+    "CODE_STATS", "RIG_EXP", "exp_spread", "neutral_code", "rotation_6d_to_matrix", "matrix_to_rotation_6d", "euler_matrix",
     "matrix_to_yaw_pitch", "rig_controls", "sample_codes", "pose_only", "with_rotation",
 ]

@@ -11,6 +11,7 @@ import json
 import torch
 
 from flexrt.corpus import cameras
+from flexrt.corpus.codes import RIG_EXP, exp_spread
 from flexrt.corpus.dataset import CorpusConfig, HeadCorpus
 from flexrt.training.showcase import load_codes, model_frames, mouth_change, truth_frames
 from flexrt.training.trainer import TrainConfig, build_model
@@ -31,9 +32,8 @@ codes, _ = load_codes(args.sequence, 121)
 lo, hi = (int(f) for f in args.frames.split(","))
 pair = torch.stack([codes[lo], codes[hi]])
 if args.in_corpus_range:
-    k = torch.arange(100)
-    lim = 0.9 * (k + 1.0) ** -0.35 * 2.5  # sample_codes' exp std, 2.5 of it
-    lim[[0, 1, 3]] = float("inf")  # smile, brows, cheeks: the rig uses them, their range is covered
+    lim = torch.from_numpy(2.5 * exp_spread()).float()  # 2.5 std of sample_codes' exp coefficients
+    lim[list(RIG_EXP)] = float("inf")  # smile, brows, cheeks: the rig uses them, their range is covered
     pair[:, :100] = torch.maximum(torch.minimum(pair[:, :100], lim), -lim)
     pair[:, 132:135] = 0.0
 fc2w, fK = cameras.eval_views(("front", "front"))

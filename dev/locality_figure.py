@@ -1,6 +1,6 @@
 """Issue 12 figure: does the jaw code act on the mouth only? For held-out persons, the corpus rig (truth) and each
-checkpoint given, front view with the jaw closed and open (``evaluate.jaw_probe_codes``), and 4 x |open - closed| (the difference a
-local jaw leaves black outside the mouth and chin). Prints the shipping bar's numbers per checkpoint.
+checkpoint given, front view with the jaw closed and open (``evaluate.jaw_probe_codes``), and 4 x |open - closed|
+(the difference a local jaw leaves black outside the mouth and chin). Prints the shipping bar's numbers per checkpoint.
 
     python dev/locality_figure.py --out docs/training_locality.png --persons 1,4,5 \\
         c3_a=.devdata/init/c3_a_w10_3593.safetensors cpu_d=RUN/checkpoints/step_N.safetensors

@@ -63,14 +63,14 @@ def synthetic_sequence(frames: int, fps: float = 30.0, cameras: bool = False) ->
 
 
 def rotation_6d_angle(rows: np.ndarray) -> np.ndarray:
-    """Rotation angle (radians) of 6D rotation codes [...,6] (two rows, unnormalised as a tracker writes them;
-    Gram-Schmidt as in Zhou et al. 2019, spec §10) -> [...]."""
-    a, b = rows[..., 0:3].astype(np.float64), rows[..., 3:6].astype(np.float64)
-    r1 = a / np.linalg.norm(a, axis=-1, keepdims=True).clip(1e-12)
-    b = b - (r1 * b).sum(-1, keepdims=True) * r1
-    r2 = b / np.linalg.norm(b, axis=-1, keepdims=True).clip(1e-12)
-    r3 = np.cross(r1, r2)
-    trace = r1[..., 0] + r2[..., 1] + r3[..., 2]
+    """Rotation angle (radians) of 6D rotation codes [...,6] (two rows, unnormalised as a tracker writes them),
+    decoded by flexrt.corpus.codes.rotation_6d_to_matrix (spec §10) -> [...] (imports torch)."""
+    import torch
+
+    from flexrt.corpus.codes import rotation_6d_to_matrix
+
+    m = rotation_6d_to_matrix(torch.from_numpy(np.asarray(rows, dtype=np.float64)))
+    trace = m.diagonal(dim1=-2, dim2=-1).sum(-1).numpy()
     return np.arccos(np.clip((trace - 1.0) / 2.0, -1.0, 1.0))
 
 

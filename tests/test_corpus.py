@@ -78,7 +78,7 @@ def test_sampled_codes_cover_the_shipped_ranges():
 def test_code_spread_options_cover_the_trackers_tails():
     """exp_scale / translation_scale scale exactly what they name and leave the random draws alone (at 1: the codes
     of earlier corpora); at 1.7 the unused exp coefficients spread like the tracker's in the shipped sequences."""
-    from flexrt.corpus.codes import RIG_EXP
+    from flexrt.corpus.codes import RIG_EXP, exp_spread
     from flexrt.runtime.cli import find_shared_dir
 
     base = sample_codes(np.random.default_rng(3), 500, pose_scale=0.35)
@@ -91,7 +91,9 @@ def test_code_spread_options_cover_the_trackers_tails():
     np.testing.assert_allclose(wide[:, TRANS], 4.0 * base[:, TRANS], rtol=1e-6, atol=1e-9)
     assert np.array_equal(wide[:, 100:132], base[:, 100:132])  # eyes, eyelids, neck, jaw, R unchanged
 
-    std = 0.9 * (np.arange(100) + 1.0) ** -0.35
+    std = exp_spread()
+    np.testing.assert_allclose(exp_spread(1.7)[unused], 1.7 * std[unused])
+    assert np.array_equal(exp_spread(1.7)[list(RIG_EXP)], std[list(RIG_EXP)])
     for codes, lo, hi in ((base, 0.0, 0.03), (wide, 0.09, 0.25)):
         beyond = float((np.abs(codes[:, unused]) / std[unused] > 2.5).mean())
         assert lo <= beyond <= hi, beyond

@@ -385,6 +385,7 @@ def test_shipped_model_animates():
         assert p["mouth"] > MOUTH_BAR, p
         assert p["forehead"] < FOREHEAD_RATIO_BAR * p["mouth"], p
         assert p["back_covered"] > BACK_COVERED_BAR, p
+        assert p["truth_in_context"] > 0.02 and p["mouth_in_context"] > 0.0, p  # reported, not in the bar
     assert r["passes"]
 
 def test_jaw_probe_codes_in_context():

@@ -44,6 +44,8 @@ class BackendSpec:
     graphs: str = "none"
     note: str = ""
     compile: bool = False  # TorchEngine(compile=True): inductor-fused decoder under CUDA graphs
+    fp8: str = "off"  # TorchEngine(fp8=...): "static" = FP8 sample-stream GEMMs with calibrated activation scales
+    residual: str = "fp32"  # TorchEngine(residual=...): the sample stream's residual dtype
 
 
 DECODER_BACKENDS: dict[str, BackendSpec] = {
@@ -53,6 +55,8 @@ DECODER_BACKENDS: dict[str, BackendSpec] = {
     "torch-graphs-bf16": BackendSpec("torch", "bf16", "cuda", note="CUDA graphs, bf16 autocast"),
     "torch-compiled-bf16": BackendSpec("torch", "bf16", "cuda", compile=True,
                                        note="torch.compile + CUDA graphs, bf16 autocast (the GPU default)"),
+    "torch-compiled-fp8": BackendSpec("torch", "bf16", "cuda", compile=True, fp8="static", residual="bf16",
+                                      note="as torch-compiled-bf16, + FP8 GEMMs (static scales), bf16 residual"),
     "ort-fp32": BackendSpec("onnxruntime", "fp32"),
     "ort-fp16": BackendSpec("onnxruntime", "fp16"),
     "tensorrt-fp16": BackendSpec("tensorrt", "fp16"),
@@ -245,8 +249,10 @@ class BenchContext:
 
             if spec.graphs == "cuda" and dev.type != "cuda":
                 raise Unavailable(f"CUDA graphs need a CUDA device (this run's device is {dev})")
+            if spec.fp8 != "off" and not (dev.type == "cuda" and torch.cuda.get_device_capability(dev) >= (8, 9)):
+                raise Unavailable("FP8 GEMMs need a CUDA GPU of compute capability >= 8.9 (Ada, Hopper)")
             return TorchEngine(self.pipeline(), device=dev, precision=spec.precision, graphs=spec.graphs,
-                               compile=spec.compile)
+                               compile=spec.compile, fp8=spec.fp8, residual=spec.residual)
         if spec.kind == "compile":
             return CompiledDecoder(self.pipeline(), dev)
         if spec.kind == "onnxruntime":

@@ -9,8 +9,11 @@ EMO-1-shout+laugh. Variants (all torch.compile + one CUDA graph per batch size, 
                  weights stored in bf16, upsampler fp32, compiled per batch size (static shapes)
   bf16           ``model.deploy_decoder("bf16")``: fused q|k|v projections, constant bias-sink token
   bf16-up16      + StyleGAN upsampler in bf16 (channels-last)
-  fp8            + FP8 sample-stream GEMMs (torch._scaled_mm), upsampler fp32
+  fp8            + FP8 sample-stream GEMMs (torch._scaled_mm), activations scaled per row at run time, upsampler fp32
   fp8-up16       + FP8 and the bf16 upsampler
+  Any name is read as "-"-separated parts: "fp8" (row scales) or "fp8s" (static scales, calibrated once:
+  ``fp8_calibration_inputs``), "up16" (bf16 upsampler), "res16" (bf16 residual stream), "cudnnb" (cuDNN picks its
+  convolution algorithms by timing them: torch.backends.cudnn.benchmark, set from then on), e.g. fp8s-res16-up16.
 
 For each: compile + capture time, median / p99 ms per call (CUDA events, 10 warm-up, 40 timed, inputs rotating),
 per-frame ms, and the accuracy against the fp32 eager decoder: max|diff|/max|ref| per output and the PSNR of the
@@ -203,8 +206,13 @@ def main(argv=None) -> int:
                 eng = PreviousPath(model, 1)
                 decode = eng.decode
             else:
-                eng = TorchEngine(model, device="cuda", precision="bf16", graphs="cuda", compile=True,
-                                  fp8=name.startswith("fp8"), upsampler="bf16" if name.endswith("up16") else "fp32")
+                parts = set(name.split("-"))
+                if "cudnnb" in parts:
+                    torch.backends.cudnn.benchmark = True
+                fp8 = "static" if "fp8s" in parts else "row" if "fp8" in parts else "off"
+                eng = TorchEngine(model, device="cuda", precision="bf16", graphs="cuda", compile=True, fp8=fp8,
+                                  upsampler="bf16" if "up16" in parts else "fp32",
+                                  residual="bf16" if "res16" in parts else "fp32")
                 decode = eng.decode
             with torch.no_grad():
                 for b in sorted(set(batches) | {8}):

@@ -1,7 +1,9 @@
 """The per-frame decoder specialised for serving: the same function as ``FlexAvatarModel.decode_frames``, rearranged.
 
-    decoder = model.deploy_decoder(precision="bf16", fp8=False, upsampler="fp32")   # a new module; model unchanged
+    decoder = model.deploy_decoder(precision="bf16", fp8="off", upsampler="fp32")   # a new module; model unchanged
     g = decoder(avatar_code, expression_codes)   # [B,HT,D], [B,135] -> Gaussians [B,G,*] (3D bias sink)
+    decoder = model.deploy_decoder("bf16", fp8="static", upsampler="bf16", residual="bf16")
+    decoder.calibrate_fp8(avatar_codes, expression_codes)   # once, before use: the static activation scales
 
 What differs from ``decode_frames`` (spec §5; each choice measured in docs/BENCHMARKS.md):
 
@@ -13,10 +15,17 @@ What differs from ``decode_frames`` (spec §5; each choice measured in docs/BENC
    (linear maps commute with it), so 14 channels are sampled per Gaussian instead of 48.
 4. Precision. ``"fp32"``: the official inference setting. ``"bf16"``: bf16 autocast (the official training
    setting) with the per-frame Linear weights stored in bf16; LayerNorm / RMSNorm and the residual stream stay fp32
-   as autocast decides. ``fp8=True`` (bf16 only, Hopper or Ada GPUs): the sample-stream GEMMs (q|k|v, out, feed
-   forward) take float8 e4m3 weights (one scale per output channel) and activations quantised per row at run time,
+   as autocast decides; ``residual="bf16"`` keeps the sample stream's residual in bf16 too (half the bytes of the
+   per-layer norms and residual adds, which are memory-bound). ``fp8`` (bf16 only, Hopper or Ada GPUs): the
+   sample-stream GEMMs (q|k|v, out, feed forward) take float8 e4m3 weights (one scale per output channel),
    multiplied by ``torch._scaled_mm`` with bf16 output (FP8 inference as in Micikevicius et al. 2022, "FP8 Formats
-   for Deep Learning"). ``upsampler="bf16"`` runs the StyleGAN upsampler in bf16 channels-last instead of fp32.
+   for Deep Learning"); their activations are quantised either per row at run time (``fp8="row"``: a row max over
+   every activation, which inductor runs as a slow looped reduction) or with one static scale per GEMM
+   (``fp8="static"``: a plain multiply + saturating cast that fuses into the kernel producing the activation; the
+   scales come from :meth:`DeployedFrameDecoder.calibrate_fp8`, post-training calibration as in TensorRT). Static
+   scales are robust here because every one of these GEMMs reads a normalised activation (LayerNorm output, the
+   GELU of a projection of one, or attention over RMS-normed q/k), whose range does not grow with the avatar code.
+   ``upsampler="bf16"`` runs the StyleGAN upsampler in bf16 channels-last instead of fp32.
 
 The StyleGAN modulation is folded into static weights (ws is always zero, spec §5.5). Everything here is a plain
 nn.Module of torch ops: ``torch.compile`` and CUDA graphs apply as to the model itself.
@@ -34,7 +43,12 @@ from .gaussians import Gaussians
 from .layers import JointAttention, JointTransformerBlock
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+FP8_MODES = ("off", "row", "static")
 FP8_MAX = 448.0  # largest finite float8 e4m3fn value
+# static activation scale = FP8_CALIBRATION_MARGIN x the calibration's amax / FP8_MAX: headroom for inputs beyond
+# the calibration set (saturated, not overflowed, past it); e4m3's relative precision is the same over its normal
+# range (2^-6 .. 448), so the margin costs only values below amax * margin / 2^15
+FP8_CALIBRATION_MARGIN = 4.0
 
 
 def fused_linear(linears: list[nn.Linear]) -> nn.Linear:
@@ -48,20 +62,28 @@ def fused_linear(linears: list[nn.Linear]) -> nn.Linear:
 
 
 class Fp8Linear(nn.Module):
-    """y = x W^T + b with W in float8 e4m3 (scale per output channel) and x quantised per row at run time.
+    """y = x W^T + b with W in float8 e4m3 (scale per output channel) and x quantised to e4m3 at run time.
 
-    weight_fp8 [out,in] e4m3fn, weight_scale [1,out] fp32, bias [out] bf16. ``forward`` needs a GPU with FP8 tensor
-    cores (``torch._scaled_mm``); ``forward_reference`` computes the same quantised product in fp32 with plain ops
-    on any device (what the tests compare against)."""
+    weight_fp8 [out,in] e4m3fn, weight_scale [1,out] fp32, bias [out] bf16. ``scaling``: "row" (x's scale per row,
+    computed from the row's max at run time) or "static" (one scale for every row, ``input_scale``, set by
+    :meth:`calibrate`; until then the layer observes its inputs' max and computes per row). ``forward`` needs a GPU
+    with FP8 tensor cores (``torch._scaled_mm``); ``forward_reference`` computes the same quantised product in fp32
+    with plain ops on any device (what the tests compare against)."""
 
-    def __init__(self, linear: nn.Linear):
+    def __init__(self, linear: nn.Linear, scaling: str = "row"):
         super().__init__()
+        if scaling not in ("row", "static"):
+            raise ValueError(f"scaling must be 'row' or 'static', got {scaling!r}")
         w = linear.weight.detach().float()
         scale = w.abs().amax(dim=1).clamp_min(1e-12) / FP8_MAX  # [out]
         self.register_buffer("weight_fp8", (w / scale[:, None]).to(torch.float8_e4m3fn))
         self.register_buffer("weight_scale", scale[None, :].contiguous())
         self.register_buffer("bias", linear.bias.detach().to(torch.bfloat16))
+        self.register_buffer("input_scale", None)  # [] fp32, static scaling once calibrated
+        self.register_buffer("_one", torch.ones((), dtype=torch.float32), persistent=False)
         self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.scaling = scaling
+        self.observed_amax: torch.Tensor | None = None  # static scaling, before calibrate(): running max of |x|
 
     @staticmethod
     def quantize_rows(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,18 +91,54 @@ class Fp8Linear(nn.Module):
         scale = x2.abs().amax(dim=1, keepdim=True).float().clamp_min(1e-12) / FP8_MAX
         return (x2.float() / scale).to(torch.float8_e4m3fn), scale
 
+    def quantize_static(self, x2: torch.Tensor) -> torch.Tensor:
+        """x2 [M,K] -> float8 e4m3 [M,K] with x2 ~= q * input_scale (saturating at +-FP8_MAX)."""
+        return (x2.float() / self.input_scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+
+    @torch.no_grad()
+    def calibrate(self, margin: float = FP8_CALIBRATION_MARGIN) -> None:
+        """Fix the static input scale from the inputs seen since construction (``scaling="static"`` only)."""
+        if self.scaling != "static":
+            raise RuntimeError("calibrate() applies to scaling='static' only")
+        if self.observed_amax is None:
+            raise RuntimeError("Fp8Linear.calibrate: no input observed yet; run the decoder on calibration inputs")
+        self.input_scale = (self.observed_amax.float().clamp_min(1e-12) * margin / FP8_MAX).reshape(())
+        self.observed_amax = None
+
+    def _observe(self, x2: torch.Tensor) -> None:  # calibration pass: keep the running max of |x|
+        amax = x2.detach().abs().amax().float()
+        self.observed_amax = amax if self.observed_amax is None else torch.maximum(self.observed_amax, amax)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [..., in] -> [..., out] bf16
         x2 = x.reshape(-1, self.in_features)
-        q, scale = self.quantize_rows(x2)
-        y = torch._scaled_mm(q, self.weight_fp8.t(), scale_a=scale, scale_b=self.weight_scale,
-                             out_dtype=torch.bfloat16, use_fast_accum=True)
-        return (y + self.bias).reshape(*x.shape[:-1], self.out_features)
+        if self.scaling == "row":
+            q, scale = self.quantize_rows(x2)
+            y = torch._scaled_mm(q, self.weight_fp8.t(), scale_a=scale, scale_b=self.weight_scale,
+                                 out_dtype=torch.bfloat16, use_fast_accum=True) + self.bias
+        elif self.input_scale is None:  # calibration pass: observe, compute with the dequantised weight
+            self._observe(x2)
+            y = (x2.float() @ self.dequantized_weight().t() + self.bias.float()).to(torch.bfloat16)
+        else:
+            # tensor-wise scales on both operands (scale_b = 1); the per-channel weight scale joins the bias add
+            y = torch._scaled_mm(self.quantize_static(x2), self.weight_fp8.t(), scale_a=self.input_scale,
+                                 scale_b=self._one, out_dtype=torch.bfloat16, use_fast_accum=True)
+            y = (y.float() * self.weight_scale + self.bias).to(torch.bfloat16)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def dequantized_weight(self) -> torch.Tensor:  # [out,in] fp32
+        return self.weight_fp8.float() * self.weight_scale.t()
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)
-        q, scale = self.quantize_rows(x2)
-        w = self.weight_fp8.float() * self.weight_scale.t()  # [out,in]
-        y = (q.float() * scale) @ w.t() + self.bias.float()
+        if self.scaling == "row":
+            q, scale = self.quantize_rows(x2)
+            xq = q.float() * scale
+        elif self.input_scale is None:
+            self._observe(x2)
+            xq = x2.float()
+        else:
+            xq = self.quantize_static(x2).float() * self.input_scale
+        y = xq @ self.dequantized_weight().t() + self.bias.float()
         return y.to(torch.bfloat16).reshape(*x.shape[:-1], self.out_features)
 
 
@@ -130,17 +188,24 @@ class DeployedJointBlock(nn.Module):
 class DeployedFrameDecoder(nn.Module):
     """avatar_code [B,HT,D], expression_codes [B,135] -> Gaussians [B,G,*] (fp32), 3D bias sink."""
 
-    def __init__(self, model: FlexAvatarModel, precision: str = "fp32", fp8: bool = False, upsampler: str = "fp32"):
+    def __init__(self, model: FlexAvatarModel, precision: str = "fp32", fp8: str = "off", upsampler: str = "fp32",
+                 residual: str = "fp32"):
         super().__init__()
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
         if upsampler not in ("fp32", "bf16"):
             raise ValueError(f"upsampler must be 'fp32' or 'bf16', got {upsampler!r}")
-        if fp8 and precision != "bf16":
-            raise ValueError("fp8=True needs precision='bf16' (FP8 GEMMs produce bf16)")
+        if fp8 not in FP8_MODES:
+            raise ValueError(f"fp8 must be one of {list(FP8_MODES)}, got {fp8!r}")
+        if fp8 != "off" and precision != "bf16":
+            raise ValueError(f"fp8={fp8!r} needs precision='bf16' (FP8 GEMMs produce bf16), got {precision!r}")
+        if residual not in ("fp32", "bf16"):
+            raise ValueError(f"residual must be 'fp32' or 'bf16', got {residual!r}")
+        if residual == "bf16" and precision != "bf16":
+            raise ValueError(f"residual='bf16' needs precision='bf16', got {precision!r}")
         model = copy.deepcopy(model)  # the deployed copy owns its (fused, cast) weights; the caller's stays fp32
         self.cfg = cfg = model.cfg
-        self.precision, self.fp8, self.upsampler_precision = precision, fp8, upsampler
+        self.precision, self.fp8, self.upsampler_precision, self.residual = precision, fp8, upsampler, residual
         self.dtype = PRECISIONS[precision]
         htm, gd = model._head_transformer, model._gaussian_decoder
         self.expression_mlp = htm._expression_mlp
@@ -173,10 +238,10 @@ class DeployedFrameDecoder(nn.Module):
                     if isinstance(sub, nn.Linear):
                         sub.to(self.dtype)
             self.sink_token = self.sink_token.to(self.dtype)
-        if fp8:
+        if fp8 != "off":
             for block in self.blocks:
                 for name, linear in block.sample_linears().items():
-                    setattr(block, name, Fp8Linear(linear))
+                    setattr(block, name, Fp8Linear(linear, scaling=fp8))
         if upsampler == "bf16":
             self.upsampler.to(torch.bfloat16).to(memory_format=torch.channels_last)
         self.eval().requires_grad_(False)
@@ -184,6 +249,31 @@ class DeployedFrameDecoder(nn.Module):
     @property
     def num_gaussians(self) -> int:
         return self.uv_samples.shape[1]
+
+    def fp8_linears(self) -> list[Fp8Linear]:
+        return [m for m in self.modules() if isinstance(m, Fp8Linear)]
+
+    @property
+    def needs_calibration(self) -> bool:
+        """True until calibrate_fp8 has run (fp8="static" only)."""
+        return any(m.scaling == "static" and m.input_scale is None for m in self.fp8_linears())
+
+    @torch.no_grad()
+    def calibrate_fp8(self, avatar_codes: torch.Tensor, expression_codes: torch.Tensor,
+                      margin: float = FP8_CALIBRATION_MARGIN) -> dict[str, float]:
+        """fp8="static": run the decoder on calibration inputs (avatar_codes [N,HT,D], expression_codes [N,135])
+        with every FP8 GEMM observing its input's max (computed unquantised), then fix each GEMM's activation scale
+        to margin x max / FP8_MAX. Returns {layer name: observed max}. Call once, before compiling or capturing."""
+        if self.fp8 != "static":
+            raise RuntimeError(f"calibrate_fp8 applies to fp8='static', this decoder has fp8={self.fp8!r}")
+        for m in self.fp8_linears():
+            m.input_scale, m.observed_amax = None, None
+        self(avatar_codes, expression_codes)
+        names = {m: n for n, m in self.named_modules() if isinstance(m, Fp8Linear)}
+        amax = {names[m]: float(m.observed_amax) for m in self.fp8_linears()}
+        for m in self.fp8_linears():
+            m.calibrate(margin)
+        return amax
 
     def forward(self, avatar_code: torch.Tensor, expression_codes: torch.Tensor) -> Gaussians:
         cfg = self.cfg
@@ -193,7 +283,8 @@ class DeployedFrameDecoder(nn.Module):
             tokens = self.expression_mlp(expression_codes.to(avatar_code.dtype)).reshape(b, cfg.n_expression_tokens, d)
             context = torch.cat([self.sink_token.expand(b, -1, -1).to(tokens.dtype), tokens], 1) if self.use_sink else tokens
             # 2. expression transformer over the avatar code (sample stream) -> [B,HT,D]
-            x, c = avatar_code, self.linear_cond_proj(context)
+            x = avatar_code.to(self.dtype) if self.residual == "bf16" else avatar_code  # the sample stream
+            c = self.linear_cond_proj(context)
             for block in self.blocks:
                 x, c = block(x, c)
             x = self.norm(x)
@@ -217,4 +308,5 @@ class DeployedFrameDecoder(nn.Module):
         )
 
 
-__all__ = ["DeployedFrameDecoder", "DeployedJointBlock", "Fp8Linear", "fused_linear", "FP8_MAX"]
+__all__ = ["DeployedFrameDecoder", "DeployedJointBlock", "Fp8Linear", "fused_linear", "FP8_MAX", "FP8_MODES",
+           "FP8_CALIBRATION_MARGIN"]

@@ -230,12 +230,14 @@ class FlexAvatarModel(nn.Module):
         ids = torch.full((b, 1), DATASET_ID_3D, dtype=torch.long, device=avatar_code.device)
         return self._decode(avatar_code, expression_codes, ids, 1, None)
 
-    def deploy_decoder(self, precision: str = "fp32", fp8: bool = False, upsampler: str = "fp32") -> nn.Module:
+    def deploy_decoder(self, precision: str = "fp32", fp8: str = "off", upsampler: str = "fp32",
+                       residual: str = "fp32") -> nn.Module:
         """The per-frame decoder specialised for serving (model/deploy.py): same function as ``decode_frames``, fused
-        projections, weights in ``precision`` (optionally FP8 GEMMs and a bf16 upsampler). This model is unchanged."""
+        projections, weights in ``precision`` (optionally FP8 GEMMs "row" / "static", a bf16 upsampler, a bf16
+        residual stream). This model is unchanged."""
         from .deploy import DeployedFrameDecoder
 
-        return DeployedFrameDecoder(self, precision=precision, fp8=fp8, upsampler=upsampler)
+        return DeployedFrameDecoder(self, precision=precision, fp8=fp8, upsampler=upsampler, residual=residual)
 
     def _dataset_ids(self, dataset_ids, b: int, device) -> torch.Tensor:
         if dataset_ids is None:

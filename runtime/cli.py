@@ -363,7 +363,12 @@ def stream_sequence(client, avatar_id: str, sequence: Sequence, out: str | Path,
 
 def build_engine(args):
     """--engines DIR -> load_engine(DIR, backend, device); --model NAME -> TorchEngine(load_official(NAME))."""
+    import torch
+
     device = resolve_device(args.device)
+    if args.engines and (getattr(args, "fp8", "off") != "off" or getattr(args, "residual", "fp32") != "fp32"):
+        raise SystemExit("error: --fp8 / --residual shape the PyTorch decoder built with --model; an engine directory "
+                         "(--engines) keeps its exported precision")
     if args.engines:
         from flexrt.runtime.engines import load_engine
 
@@ -379,9 +384,16 @@ def build_engine(args):
     pipeline = build_pipeline(args.model, args.checkpoint, args.dinov2, args.template)  # model + DINOv2 encoder
     on_cuda = device == "cuda"
     precision = ("bf16" if on_cuda else "fp32") if args.precision == "auto" else args.precision
+    fp8, residual = getattr(args, "fp8", "off"), getattr(args, "residual", "fp32")
+    if (fp8 != "off" or residual != "fp32") and precision != "bf16":
+        raise SystemExit(f"error: --fp8 {fp8} / --residual {residual} need the bf16 decoder (--precision bf16 or auto "
+                         f"on a GPU); this engine is {precision}")
+    if fp8 != "off" and not (on_cuda and torch.cuda.get_device_capability() >= (8, 9)):
+        raise SystemExit("error: --fp8 static needs a CUDA GPU with FP8 tensor cores (compute capability >= 8.9: Ada, "
+                         "Hopper); use --fp8 off")
     # on a GPU: CUDA graphs replay the decoder, torch.compile fuses its small kernels (see docs/BENCHMARKS.md)
     return TorchEngine(pipeline, device=device, precision=precision, graphs="cuda" if on_cuda else "none",
-                       compile=on_cuda)
+                       compile=on_cuda, fp8=fp8, residual=residual)
 
 
 def _server_config(args):
@@ -850,6 +862,13 @@ def add_parser(subparsers) -> None:
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
                    help="engine precision (onnxruntime: fp32/fp16, torch: fp32/bf16); auto = bf16 for the torch "
                         "backend on a GPU (render PSNR vs fp32 in docs/BENCHMARKS.md), else fp32")
+    p.add_argument("--fp8", default="off", choices=("off", "static"),
+                   help="with --model on a GPU with FP8 tensor cores (Ada, Hopper): static = the decoder's sample-stream "
+                        "GEMMs in float8 e4m3 with activation scales calibrated at start-up (docs/SERVING.md section 5, "
+                        "render PSNR vs fp32 in docs/BENCHMARKS.md); off = bf16")
+    p.add_argument("--residual", default="fp32", choices=("fp32", "bf16"),
+                   help="with --model and bf16: the dtype of the decoder's residual stream (bf16 moves half the bytes "
+                        "through the per-layer norms; docs/SERVING.md section 5)")
     p.add_argument("--rasterizer", default="auto", choices=("auto", "cpu", "cupy"),
                    help="auto = the CuPy kernel when the engine runs on CUDA, else the CPU reference")
     p.add_argument("--jpeg", default="auto", choices=("auto", "cuda", "cpu"),

@@ -2,8 +2,10 @@
 
 precision: "fp32" (the official inference setting) or "bf16" (autocast, the official training setting). The
 per-frame decoder is ``model.deploy_decoder(...)`` (model/deploy.py: fused q|k|v projections, weights stored in the
-compute dtype, optional FP8 GEMMs ``fp8=True`` and bf16 upsampler ``upsampler="bf16"``, each measured against fp32 in
-docs/BENCHMARKS.md). ``compile=True`` runs it through ``torch.compile`` (inductor fuses the many small elementwise
+compute dtype, optional FP8 GEMMs ``fp8="row"`` / ``fp8="static"``, bf16 upsampler ``upsampler="bf16"`` and bf16
+residual stream ``residual="bf16"``, each measured against fp32 in docs/BENCHMARKS.md). ``fp8="static"`` calibrates
+its activation scales once, here, on seeded calibration inputs (``fp8_calibration_inputs``) before any compile or
+capture. ``compile=True`` runs it through ``torch.compile`` (inductor fuses the many small elementwise
 kernels; the batch axis is compiled once as a dynamic size) before CUDA-graph capture.
 
 CUDA graphs (``graphs="cuda"``) are captured per batch *bucket* (``BATCH_BUCKETS``); a batch is padded up to its
@@ -36,7 +38,7 @@ def batch_bucket(b: int) -> int:
 class TorchEngine(Engine):
     def __init__(self, pipeline: Pipeline | FlexAvatarModel, device: str | torch.device = "cpu",
                  precision: str = "fp32", graphs: str = "none", identity: dict | None = None,
-                 upsampler: str = "auto", compile: bool = False, fp8: bool = False):
+                 upsampler: str = "auto", compile: bool = False, fp8: str = "off", residual: str = "fp32"):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
         if graphs not in GRAPH_MODES:
@@ -46,9 +48,12 @@ class TorchEngine(Engine):
             raise RuntimeError("TorchEngine: device 'cuda' requested but torch sees no CUDA device")
         if graphs == "cuda" and device.type != "cuda":
             raise ValueError("graphs='cuda' needs a CUDA device")
-        if fp8 and not (device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)):
-            raise RuntimeError("fp8=True needs a CUDA GPU with FP8 tensor cores (compute capability >= 8.9, e.g. "
-                               "Ada or Hopper); use fp8=False")
+        if fp8 == "row" and not (device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)):
+            raise RuntimeError("fp8='row' needs a CUDA GPU with FP8 tensor cores (compute capability >= 8.9, e.g. "
+                               "Ada or Hopper); use fp8='off' (or 'static', which also runs on a CPU)")
+        if fp8 == "static" and device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
+            raise RuntimeError("fp8='static' on CUDA needs FP8 tensor cores (compute capability >= 8.9, e.g. Ada or "
+                               "Hopper); use fp8='off'")
         if isinstance(pipeline, Pipeline):
             self.model, self.encoder = pipeline.model, pipeline.encoder
             identity = identity or pipeline.identity
@@ -58,7 +63,10 @@ class TorchEngine(Engine):
         if upsampler == "auto":  # bf16 with bf16: 0.74 -> 0.59 ms a frame at batch 32, render PSNR 84.5 dB vs fp32
             upsampler = "bf16" if precision == "bf16" else "fp32"
         # the per-frame decoder: its own copy of the weights (fused, cast); the model stays fp32 for avatar creation
-        self.decoder = self.model.deploy_decoder(precision=precision, fp8=fp8, upsampler=upsampler).to(device)
+        self.decoder = self.model.deploy_decoder(precision=precision, fp8=fp8, upsampler=upsampler,
+                                                 residual=residual).to(device)
+        if fp8 == "static":  # the activation scales, fixed before anything is compiled or captured
+            self.decoder.calibrate_fp8(*fp8_calibration_inputs(self.model, device))
         self.model.to(device).eval()
         if self.encoder is not None:
             self.encoder.to(device).eval()
@@ -75,8 +83,11 @@ class TorchEngine(Engine):
             self._decode_fn = torch.compile(self._decode_eager, dynamic=None)
         else:
             self._decode_fn = self._decode_eager
-        self.info = EngineInfo(backend="torch", device=dev, precision=precision + ("+fp8" if fp8 else ""),
+        self.info = EngineInfo(backend="torch", device=dev,
+                               precision=precision + ("" if fp8 == "off" else f"+fp8-{fp8}")
+                               + ("+bf16-residual" if residual == "bf16" else ""),
                                detail={"graphs": graphs, "upsampler": upsampler, "compile": compile, "fp8": fp8,
+                                       "residual": residual,
                                        "torch": torch.__version__, **{k: v for k, v in identity.items()
                                                                       if k in ("weights", "preset")}})
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, tuple, tuple]] = {}
@@ -151,6 +162,24 @@ class TorchEngine(Engine):
         with torch.cuda.graph(graph, pool=self._pool):
             outs = self._decode_fn(s_code, s_expr)
         self._graphs[b] = (graph, (s_code, s_expr), outs)
+
+
+FP8_CALIBRATION_COUNT = 8
+
+
+@torch.no_grad()
+def fp8_calibration_inputs(model: FlexAvatarModel, device, count: int = FP8_CALIBRATION_COUNT, seed: int = 0):
+    """Calibration inputs of fp8="static": ``count`` seeded random avatar codes [count,HT,D] (every FP8 GEMM reads a
+    normalised activation, so their scale does not matter) and expression codes [count,135] sampled as the training
+    corpus samples them at the tracker's spread (corpus.codes.sample_codes: jaw, eyes, eyelids, head pose, exp)."""
+    import numpy as np
+
+    from flexrt.corpus.codes import sample_codes
+
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randn(count, model.num_head_tokens, model.hidden_dim, generator=g)
+    expr = torch.from_numpy(sample_codes(np.random.default_rng(seed), count, exp_scale=1.7)).float()
+    return codes.to(device), expr.to(device)
 
 
 def _raise_recompile_limit() -> None:

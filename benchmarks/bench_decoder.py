@@ -54,9 +54,10 @@ DECODER_BACKENDS: dict[str, BackendSpec] = {
     "torch-graphs-fp32": BackendSpec("torch", "fp32", "cuda", note="CUDA graphs"),
     "torch-graphs-bf16": BackendSpec("torch", "bf16", "cuda", note="CUDA graphs, bf16 autocast"),
     "torch-compiled-bf16": BackendSpec("torch", "bf16", "cuda", compile=True,
-                                       note="torch.compile + CUDA graphs, bf16 autocast (the GPU default)"),
+                                       note="torch.compile + CUDA graphs, bf16 autocast (the default on GPUs without FP8)"),
     "torch-compiled-fp8": BackendSpec("torch", "bf16", "cuda", compile=True, fp8="static", residual="bf16",
-                                      note="as torch-compiled-bf16, + FP8 GEMMs (static scales), bf16 residual"),
+                                      note="as torch-compiled-bf16, + FP8 GEMMs (static scales), bf16 residual (the GPU default "
+                                           "where FP8 tensor cores exist)"),
     "ort-fp32": BackendSpec("onnxruntime", "fp32"),
     "ort-fp16": BackendSpec("onnxruntime", "fp16"),
     "tensorrt-fp16": BackendSpec("tensorrt", "fp16"),

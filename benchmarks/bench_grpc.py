@@ -141,7 +141,9 @@ def resolve_backend(ctx, requested: str, best: dict | None = None) -> str:
     if requested == "best" and best:
         return best["decoder"]
     if requested in ("best", "auto"):
-        order = ("tensorrt-fp16", "torch-compiled-bf16") if ctx.device.type == "cuda" else ("ort-fp32", "torch-eager-fp32")
+        # what `flexavatar serve` picks: FP8 GEMMs where the GPU has FP8 tensor cores (--fp8 auto), else bf16
+        order = (("tensorrt-fp16", "torch-compiled-fp8", "torch-compiled-bf16") if ctx.device.type == "cuda"
+                 else ("ort-fp32", "torch-eager-fp32"))
         for name in order:
             try:
                 ctx.make_engine(name)

@@ -35,7 +35,7 @@ PAIRS = {
     "ort-fp16 vs ort-fp32": ("ort-fp32", "ort-fp16"),
     "torch-bf16 vs torch-fp32": ("torch-eager-fp32", "torch-eager-bf16"),
     "served-bf16 vs torch-fp32": ("torch-eager-fp32", "torch-compiled-bf16"),
-    "served-fp8 vs torch-fp32": ("torch-eager-fp32", "torch-compiled-fp8"),
+    "served-fp8 vs torch-fp32": ("torch-eager-fp32", "torch-compiled-fp8"),  # the default on FP8 GPUs
     "tensorrt-fp16 vs torch-fp32": ("torch-eager-fp32", "tensorrt-fp16"),
 }
 BAR_DB = 45.0

@@ -13,7 +13,8 @@ EMO-1-shout+laugh. Variants (all torch.compile + one CUDA graph per batch size, 
   fp8-up16       + FP8 and the bf16 upsampler
   Any name is read as "-"-separated parts: "fp8" (row scales) or "fp8s" (static scales, calibrated once:
   ``fp8_calibration_inputs``), "up16" (bf16 upsampler), "res16" (bf16 residual stream), "cudnnb" (cuDNN picks its
-  convolution algorithms by timing them: torch.backends.cudnn.benchmark, set from then on), e.g. fp8s-res16-up16.
+  convolution algorithms by timing them: torch.backends.cudnn.benchmark, set from then on), "cdt" (inductor's
+  coordinate-descent tuning of its generated kernels), "mat" (inductor's max-autotune), e.g. fp8s-res16-up16.
 
 For each: compile + capture time, median / p99 ms per call (CUDA events, 10 warm-up, 40 timed, inputs rotating),
 per-frame ms, and the accuracy against the fp32 eager decoder: max|diff|/max|ref| per output and the PSNR of the
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib
 import json
 import math
 import os
@@ -141,7 +143,7 @@ def _accuracy(decode, ref_out, ref_rgb, code, exprs) -> dict:
     return rel
 
 
-def _profile(decode, codes, exprs, batch: int, top: int = 20) -> list[dict]:
+def _profile(decode, codes, exprs, batch: int, top: int = 45) -> list[dict]:
     from torch.profiler import ProfilerActivity, profile
 
     torch.cuda.synchronize()
@@ -209,6 +211,12 @@ def main(argv=None) -> int:
                 parts = set(name.split("-"))
                 if "cudnnb" in parts:
                     torch.backends.cudnn.benchmark = True
+                inductor = importlib.import_module("torch._inductor.config")
+                torch._dynamo.reset()  # compiled code is shared by engines of one structure: compile each afresh
+                if "cdt" in parts:  # inductor tunes its generated kernels' block sizes (from then on)
+                    inductor.coordinate_descent_tuning = True
+                if "mat" in parts:  # inductor benchmarks Triton templates against the library GEMMs / convs
+                    inductor.max_autotune = True
                 fp8 = "static" if "fp8s" in parts else "row" if "fp8" in parts else "off"
                 eng = TorchEngine(model, device="cuda", precision="bf16", graphs="cuda", compile=True, fp8=fp8,
                                   upsampler="bf16" if "up16" in parts else "fp32",

@@ -363,20 +363,21 @@ def stream_sequence(client, avatar_id: str, sequence: Sequence, out: str | Path,
 
 def build_engine(args):
     """--engines DIR -> load_engine(DIR, backend, device); --model NAME -> TorchEngine(load_official(NAME))."""
-    import torch
-
     device = resolve_device(args.device)
-    if args.engines and (getattr(args, "fp8", "off") != "off" or getattr(args, "residual", "fp32") != "fp32"):
-        raise SystemExit("error: --fp8 / --residual shape the PyTorch decoder built with --model; an engine directory "
-                         "(--engines) keeps its exported precision")
+    fp8, residual = getattr(args, "fp8", "auto"), getattr(args, "residual", "auto")
     if args.engines:
         from flexrt.runtime.engines import load_engine
 
-        return load_engine(args.engines, backend=args.backend, device=device, precision=args.precision)
+        try:
+            return load_engine(args.engines, backend=args.backend, device=device, precision=args.precision, fp8=fp8,
+                               residual=residual)
+        except ValueError as e:
+            raise SystemExit(f"error: {e}") from None
     if args.backend not in ("auto", "torch"):
         raise SystemExit(f"error: --model builds a PyTorch engine; --backend {args.backend} needs --engines DIR")
     from flexrt.model.pipeline import build_pipeline
     from flexrt.runtime.engines import TorchEngine
+    from flexrt.runtime.engines.torch_engine import fp8_capable, resolve_decoder_options
 
     if args.checkpoint is None:
         logger.warning("no --checkpoint: the %s model has seeded RANDOM weights (renders are not a real avatar)",
@@ -384,11 +385,13 @@ def build_engine(args):
     pipeline = build_pipeline(args.model, args.checkpoint, args.dinov2, args.template)  # model + DINOv2 encoder
     on_cuda = device == "cuda"
     precision = ("bf16" if on_cuda else "fp32") if args.precision == "auto" else args.precision
-    fp8, residual = getattr(args, "fp8", "off"), getattr(args, "residual", "fp32")
+    fp8, residual, why = resolve_decoder_options(device, precision, fp8, residual)
+    if why:
+        logger.info("decoder: %s", why)
     if (fp8 != "off" or residual != "fp32") and precision != "bf16":
         raise SystemExit(f"error: --fp8 {fp8} / --residual {residual} need the bf16 decoder (--precision bf16 or auto "
                          f"on a GPU); this engine is {precision}")
-    if fp8 != "off" and not (on_cuda and torch.cuda.get_device_capability() >= (8, 9)):
+    if fp8 != "off" and not fp8_capable(device):
         raise SystemExit("error: --fp8 static needs a CUDA GPU with FP8 tensor cores (compute capability >= 8.9: Ada, "
                          "Hopper); use --fp8 off")
     # on a GPU: CUDA graphs replay the decoder, torch.compile fuses its small kernels (see docs/BENCHMARKS.md)
@@ -862,13 +865,14 @@ def add_parser(subparsers) -> None:
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
                    help="engine precision (onnxruntime: fp32/fp16, torch: fp32/bf16); auto = bf16 for the torch "
                         "backend on a GPU (render PSNR vs fp32 in docs/BENCHMARKS.md), else fp32")
-    p.add_argument("--fp8", default="off", choices=("off", "static"),
-                   help="with --model on a GPU with FP8 tensor cores (Ada, Hopper): static = the decoder's sample-stream "
-                        "GEMMs in float8 e4m3 with activation scales calibrated at start-up (docs/SERVING.md section 5, "
-                        "render PSNR vs fp32 in docs/BENCHMARKS.md); off = bf16")
-    p.add_argument("--residual", default="fp32", choices=("fp32", "bf16"),
-                   help="with --model and bf16: the dtype of the decoder's residual stream (bf16 moves half the bytes "
-                        "through the per-layer norms; docs/SERVING.md section 5)")
+    p.add_argument("--fp8", default="auto", choices=("auto", "off", "static"),
+                   help="the PyTorch decoder (--model, or --engines with the torch backend): static = the decoder's sample-stream GEMMs in float8 e4m3 with activation scales "
+                        "calibrated at start-up (needs FP8 tensor cores: Ada, Hopper; 10 %% faster than bf16 on the "
+                        "H200, rendered PSNR vs fp32 66 dB on EMO-1: docs/SERVING.md section 5); off = bf16 GEMMs; "
+                        "auto = static on such a GPU with the bf16 decoder, else off (the log says which)")
+    p.add_argument("--residual", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="the PyTorch decoder: the dtype of its residual stream (bf16 moves half the bytes through "
+                        "the per-layer norms); auto = bf16 with the bf16 decoder, else fp32")
     p.add_argument("--rasterizer", default="auto", choices=("auto", "cpu", "cupy"),
                    help="auto = the CuPy kernel when the engine runs on CUDA, else the CPU reference")
     p.add_argument("--jpeg", default="auto", choices=("auto", "cuda", "cpu"),

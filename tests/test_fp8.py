@@ -123,3 +123,27 @@ def test_gpu_fp8_static_compiled_graphs_match_eager():
     for k in ref.keys():
         rel = lambda x: float((x[k] - ref[k]).abs().max() / ref[k].abs().max())  # noqa: E731
         assert rel(b) <= max(1.5 * rel(a), 2e-3), (k, rel(b), rel(a))
+
+
+def test_auto_options_say_what_runs_and_refuse_what_cannot():
+    from flexrt.export import export_engines
+    from flexrt.runtime.engines.torch_engine import resolve_decoder_options
+
+    fp8, residual, why = resolve_decoder_options("cpu", "bf16")
+    assert (fp8, residual) == ("off", "bf16") and "no FP8 tensor cores" in why
+    fp8, residual, why = resolve_decoder_options("cpu", "fp32")
+    assert (fp8, residual) == ("off", "fp32") and "the decoder is fp32" in why
+    assert resolve_decoder_options("cpu", "bf16", "static", "fp32") == ("static", "fp32", "")  # explicit: kept
+    if torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9):
+        assert resolve_decoder_options("cuda", "bf16")[:2] == ("static", "bf16")
+    # an exported graph (onnxruntime) has no PyTorch decoder to shape: refused, not ignored
+    import tempfile
+
+    from flexrt.runtime.engines import load_engine
+
+    with tempfile.TemporaryDirectory() as d:
+        export_engines("tiny", out_dir=d, progress=False, log=lambda *a: None)
+        with pytest.raises(ValueError, match="onnxruntime backend runs its exported graph"):
+            load_engine(d, backend="onnxruntime", device="cpu", fp8="static")
+        eng = load_engine(d, backend="torch", device="cpu", precision="bf16")
+        assert eng.info.precision == "bf16+bf16-residual"  # auto on a CPU: no FP8, bf16 residual

@@ -65,10 +65,11 @@ class Fp8Linear(nn.Module):
     """y = x W^T + b with W in float8 e4m3 (scale per output channel) and x quantised to e4m3 at run time.
 
     weight_fp8 [out,in] e4m3fn, weight_scale [1,out] fp32, bias [out] bf16. ``scaling``: "row" (x's scale per row,
-    computed from the row's max at run time) or "static" (one scale for every row, ``input_scale``, set by
-    :meth:`calibrate`; until then the layer observes its inputs' max and computes per row). ``forward`` needs a GPU
-    with FP8 tensor cores (``torch._scaled_mm``); ``forward_reference`` computes the same quantised product in fp32
-    with plain ops on any device (what the tests compare against)."""
+    computed from the row's max at run time) or "static" (one scale for every row, ``input_scale`` [], set by
+    :meth:`calibrate`; until then the layer records its inputs' max and multiplies them unquantised by the
+    dequantised weight). ``forward`` multiplies with ``torch._scaled_mm``: row scaling needs a GPU with FP8 tensor
+    cores, static (tensor-wise) scaling also runs on a CPU; ``forward_reference`` computes the same quantised product
+    in fp32 with plain ops on any device (what the tests compare against)."""
 
     def __init__(self, linear: nn.Linear, scaling: str = "row"):
         super().__init__()

@@ -48,10 +48,10 @@ class TorchEngine(Engine):
             raise RuntimeError("TorchEngine: device 'cuda' requested but torch sees no CUDA device")
         if graphs == "cuda" and device.type != "cuda":
             raise ValueError("graphs='cuda' needs a CUDA device")
-        if fp8 == "row" and not (device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)):
+        if fp8 == "row" and not fp8_capable(device):
             raise RuntimeError("fp8='row' needs a CUDA GPU with FP8 tensor cores (compute capability >= 8.9, e.g. "
                                "Ada or Hopper); use fp8='off' (or 'static', which also runs on a CPU)")
-        if fp8 == "static" and device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
+        if fp8 == "static" and device.type == "cuda" and not fp8_capable(device):
             raise RuntimeError("fp8='static' on CUDA needs FP8 tensor cores (compute capability >= 8.9, e.g. Ada or "
                                "Hopper); use fp8='off'")
         if isinstance(pipeline, Pipeline):

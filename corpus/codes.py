@@ -122,6 +122,9 @@ def _euler_np(yaw, pitch, roll) -> np.ndarray:
 RIG_EXP = (0, 1, 3)  # the exp coefficients the rig uses: smile, brows, cheeks
 
 
+TRANSLATION_STD = np.array([0.012, 0.012, 0.015])  # metres: std of t in ``sample_codes`` at pose_scale 1
+
+
 def exp_spread(exp_scale: float = 1.0) -> np.ndarray:
     """[100]: the std of each exp coefficient in ``sample_codes`` (0.9 (k+1)^-0.35), the ones the rig ignores (all
     but RIG_EXP) times ``exp_scale``. (RIG_EXP's own draws are overridden or added to: smile, brows, cheeks.)"""
@@ -168,8 +171,25 @@ def sample_codes(rng: np.random.Generator, n: int, pose_scale: float = 1.0, exp_
     yaw = np.clip(rng.normal(0, ps * d(18), n), -2.5 * ps * d(18), 2.5 * ps * d(18))
     pitch = np.clip(rng.normal(0, ps * d(10), n), -ps * d(25), ps * d(25))
     codes[:, ROT] = _raw_6d(rng, _euler_np(yaw, pitch, rng.normal(0, ps * d(6), n)), 0.8, 1.5)
-    codes[:, TRANS] = rng.normal(0.0, 1.0, (n, 3)) * np.array([0.012, 0.012, 0.015]) * ps * float(translation_scale)
+    codes[:, TRANS] = rng.normal(0.0, 1.0, (n, 3)) * TRANSLATION_STD * ps * float(translation_scale)
     return codes.astype(np.float32)
+
+
+def codes_beyond_range(codes: np.ndarray, pose_scale: float = 1.0, exp_scale: float = 1.0,
+                       translation_scale: float = 1.0, k: float = 2.5) -> dict:
+    """How far driving codes [T,135] (e.g. a tracked sequence) go beyond what ``sample_codes`` draws with these
+    options, where a model trained on the corpus has seen nothing: the exp coefficients the rig ignores (all but
+    RIG_EXP) and the translation t, each in units of its std there. Returns {"exp_beyond": fraction of those exp
+    values beyond ``k`` std, "exp_max_std", "translation_beyond": the same for t, "translation_max_m",
+    "within": both fractions <= 3 % (a normal draw puts 1.2 % beyond 2.5 std)}."""
+    codes = np.asarray(codes, dtype=np.float64).reshape(-1, CODE_DIM)
+    unused = [i for i in range(100) if i not in RIG_EXP]
+    exp_std = np.abs(codes[:, EXP][:, unused]) / exp_spread(exp_scale)[unused]
+    t_std = np.abs(codes[:, TRANS]) / (TRANSLATION_STD * float(pose_scale) * float(translation_scale))
+    out = {"exp_beyond": float((exp_std > k).mean()), "exp_max_std": float(exp_std.max()),
+           "translation_beyond": float((t_std > k).mean()), "translation_max_m": float(np.abs(codes[:, TRANS]).max())}
+    out["within"] = out["exp_beyond"] <= 0.03 and out["translation_beyond"] <= 0.03
+    return out
 
 
 def pose_only(codes: torch.Tensor) -> torch.Tensor:
@@ -192,5 +212,6 @@ def with_rotation(codes: torch.Tensor, slot: str, matrix: torch.Tensor) -> torch
 __all__ = [
     "CODE_DIM", "EXP", "EYE_LEFT", "EYE_RIGHT", "EYELIDS", "NECK", "JAW", "ROT", "TRANS", "ROTATION_SLOTS",
     "CODE_STATS", "RIG_EXP", "exp_spread", "neutral_code", "rotation_6d_to_matrix", "matrix_to_rotation_6d", "euler_matrix",
-    "matrix_to_yaw_pitch", "rig_controls", "sample_codes", "pose_only", "with_rotation",
+    "matrix_to_yaw_pitch", "rig_controls", "sample_codes", "pose_only", "with_rotation", "codes_beyond_range",
+    "TRANSLATION_STD",
 ]

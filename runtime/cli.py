@@ -704,6 +704,8 @@ def cmd_demo(args) -> int:
     if args.camera == "sequence" and sequence.intrinsics is None:
         raise SystemExit(f"error: --camera sequence: {sequence.name} has no cameras with intrinsics; "
                          "use --camera default")
+    if shipped_weights is not None:  # say it when the sequence drives codes the shipped model has never seen
+        print(shipped_model_range_note(sequence.expressions[:frames], sequence.name) or "", end="")
 
     from flexrt.runtime.engines import load_engine  # torch and the model: after the inputs are checked
 
@@ -784,6 +786,23 @@ def cmd_demo(args) -> int:
           + (f", {len(spin_results)} to {out / 'turntable'}" if spin_results else "")
           + f", {' and '.join(str(p) for p in pictures)}, and {out / 'latency.json'} ({report['wall_s']:.1f} s)")
     return 0 if results else 1
+
+
+def shipped_model_range_note(expressions, name: str) -> str | None:
+    """One line (with its newline) when driving codes [T,135] go beyond what the shipped model's training corpus
+    drew (``corpus.codes.codes_beyond_range`` with the model card's corpus options), else None."""
+    from flexrt.corpus.codes import codes_beyond_range
+    from flexrt.corpus.dataset import CorpusConfig
+    from flexrt.training.shipped import shipped_card
+
+    cfg = CorpusConfig(**shipped_card().get("corpus", {}))
+    r = codes_beyond_range(expressions, cfg.pose_scale, cfg.exp_scale, cfg.translation_scale)
+    if r["within"]:
+        return None
+    return (f"[demo] note: {name} drives codes beyond what the shipped model was trained on ({r['exp_beyond']:.0%} "
+            f"of the exp values its corpus rig ignores lie beyond 2.5 std, up to {r['exp_max_std']:.1f} std; head "
+            f"translation up to {100 * r['translation_max_m']:.0f} cm): expect its mouth to follow the jaw only "
+            f"faintly (docs/TRAINING.md, section 3)\n")
 
 
 def write_demo_pictures(out: Path, frames: list, spin: list, fps: float, tile: int = 256) -> list[Path]:

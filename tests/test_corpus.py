@@ -334,3 +334,32 @@ def test_shipped_sequence_drives_the_rig(rig, ident, shared_dir):
     assert len(rows) > 20 and float(rows.float().mean()) > 40 and float(diff[:30].max()) < 1e-6
     frames = _render_codes(rig, ident, codes[::30], names=("front",))[:, 0]  # the head moves over the sequence
     assert float((frames[1:] - frames[:1]).abs().amax(-1).gt(0.1).float().mean()) > 0.02
+
+
+def test_codes_beyond_range_tells_tracked_sequences_from_corpus_codes():
+    """``codes_beyond_range``: the corpus's own draws are within its range (a normal draw puts ~1.2 % beyond 2.5
+    std); codes pushed out (exp x3, the head moved 5 cm) are not; the demo's note fires for EMO-1 only."""
+    from flexrt.corpus.codes import TRANS, codes_beyond_range
+    from flexrt.runtime.cli import find_shared_dir, shipped_model_range_note
+
+    c = sample_codes(np.random.default_rng(3), 200, pose_scale=0.35)
+    r = codes_beyond_range(c, pose_scale=0.35)
+    assert r["within"] and r["exp_beyond"] < 0.03 and r["translation_beyond"] < 0.03, r
+    wide = c.copy()
+    wide[:, :100] *= 3.0
+    r = codes_beyond_range(wide, pose_scale=0.35)
+    assert not r["within"] and r["exp_beyond"] > 0.3 and r["translation_beyond"] < 0.03, r
+    assert codes_beyond_range(wide, pose_scale=0.35, exp_scale=3.0)["within"]  # a corpus drawn that wide covers it
+    moved = c.copy()
+    moved[:, TRANS] += np.array([0.0, 0.0, 0.05], dtype=np.float32)
+    r = codes_beyond_range(moved, pose_scale=0.35)
+    assert not r["within"] and r["translation_beyond"] > 0.3 and r["translation_max_m"] > 0.04, r
+    assert shipped_model_range_note(c, "procedural") is None
+    shared = find_shared_dir()
+    seq = shared / "reference/assets/expressions/EMO-1-shout+laugh.npz" if shared else None
+    if seq is not None and seq.is_file():
+        emo = np.load(seq)["expression_codes"]
+        r = codes_beyond_range(emo, pose_scale=0.35)
+        assert not r["within"] and r["exp_max_std"] > 5.0, r  # measured: 18 % beyond, up to 7.6 std; t up to 8 cm
+        note = shipped_model_range_note(emo, "EMO-1")
+        assert note.startswith("[demo] note: EMO-1 drives codes beyond") and note.count("\n") == 1

@@ -45,8 +45,11 @@ def gpu_memory_summary(device: torch.device) -> str | None:
 
 
 class ServerMetrics:
-    def __init__(self, active_streams, dropped_frames, jpeg_fallbacks, device: torch.device):
-        """``active_streams``, ``dropped_frames``, ``jpeg_fallbacks``: () -> current value (read at scrape time)."""
+    def __init__(self, active_streams, dropped_frames, jpeg_fallbacks, device: torch.device,
+                 engine_info: dict | None = None):
+        """``active_streams``, ``dropped_frames``, ``jpeg_fallbacks``: () -> current value (read at scrape time).
+        ``engine_info``: labels of ``flexrt_engine_info`` (backend, device, precision, rasterizer, jpeg): which
+        decoder and precision this replica runs (e.g. "bf16+fp8-static+bf16-residual"), to tell replicas apart."""
         try:
             import prometheus_client as prom
         except ImportError:
@@ -60,6 +63,9 @@ class ServerMetrics:
                                       buckets=LATENCY_BUCKETS, registry=reg)
         self.batch_size = prom.Histogram("flexrt_batch_size", "frames per batch", buckets=BATCH_BUCKETS, registry=reg)
         prom.Gauge("flexrt_active_streams", "open Animate streams", registry=reg).set_function(active_streams)
+        if engine_info:
+            prom.Info("flexrt_engine", "the engine this server runs", registry=reg).info(
+                {k: str(v) for k, v in engine_info.items()})
         reg.register(_Counters(prom, {
             "flexrt_frames_dropped": ("frames replaced by a newer one of the same stream (latest wins)", dropped_frames),
             "flexrt_jpeg_cpu_fallback": ("GPU-JPEG frames too large for the capacity, encoded on the CPU",

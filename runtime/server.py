@@ -611,7 +611,10 @@ class _RunningServer:
                 active_streams=lambda: len(self.service.sessions),
                 dropped_frames=lambda: self.service.frames_dropped_closed + sum(
                     s.counters.dropped for s in list(self.service.sessions.values())),
-                jpeg_fallbacks=lambda: self.service.renderer.jpeg_overflows, device=self.engine.device)
+                jpeg_fallbacks=lambda: self.service.renderer.jpeg_overflows, device=self.engine.device,
+                engine_info={"backend": self.engine.info.backend, "device": self.engine.info.device,
+                             "precision": self.engine.info.precision, "rasterizer": self.rasterizer,
+                             "jpeg": cfg.jpeg})
         self.service = FlexAvatarService(self.engine, cfg, self.store, self.rasterizer, metrics=self.metrics)
         self._forced = asyncio.Event()
         self.server = grpc.aio.server(options=server_options(cfg), interceptors=[RequestGuard(cfg.auth_token)])

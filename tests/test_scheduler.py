@@ -181,3 +181,5 @@ def test_prometheus_metrics(engine):
                  'flexrt_frame_latency_seconds_count{stage="server"} 5.0', "flexrt_batch_size_count",
                  "flexrt_jpeg_cpu_fallback_total 0.0"):
         assert line in text, line
+    info = next(x for x in text.splitlines() if x.startswith("flexrt_engine_info{"))  # which engine, as labels
+    assert f'backend="{engine.info.backend}"' in info and f'precision="{engine.info.precision}"' in info, info

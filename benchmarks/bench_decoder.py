@@ -247,10 +247,11 @@ class BenchContext:
         dev = self.device
         if spec.kind == "torch":
             from flexrt.runtime.engines import TorchEngine
+            from flexrt.runtime.engines.torch_engine import fp8_capable
 
             if spec.graphs == "cuda" and dev.type != "cuda":
                 raise Unavailable(f"CUDA graphs need a CUDA device (this run's device is {dev})")
-            if spec.fp8 != "off" and not (dev.type == "cuda" and torch.cuda.get_device_capability(dev) >= (8, 9)):
+            if spec.fp8 != "off" and not fp8_capable(dev):
                 raise Unavailable("FP8 GEMMs need a CUDA GPU of compute capability >= 8.9 (Ada, Hopper)")
             return TorchEngine(self.pipeline(), device=dev, precision=spec.precision, graphs=spec.graphs,
                                compile=spec.compile, fp8=spec.fp8, residual=spec.residual)

@@ -705,7 +705,9 @@ def cmd_demo(args) -> int:
         raise SystemExit(f"error: --camera sequence: {sequence.name} has no cameras with intrinsics; "
                          "use --camera default")
     if shipped_weights is not None:  # say it when the sequence drives codes the shipped model has never seen
-        print(shipped_model_range_note(sequence.expressions[:frames], sequence.name) or "", end="")
+        note = shipped_model_range_note(sequence.expressions[:frames], sequence.name)
+        if note:
+            print(note)
 
     from flexrt.runtime.engines import load_engine  # torch and the model: after the inputs are checked
 
@@ -789,7 +791,7 @@ def cmd_demo(args) -> int:
 
 
 def shipped_model_range_note(expressions, name: str) -> str | None:
-    """One line (with its newline) when driving codes [T,135] go beyond what the shipped model's training corpus
+    """One line when driving codes [T,135] go beyond what the shipped model's training corpus
     drew (``corpus.codes.codes_beyond_range`` with the model card's corpus options), else None."""
     from flexrt.corpus.codes import codes_beyond_range
     from flexrt.corpus.dataset import CorpusConfig
@@ -802,7 +804,7 @@ def shipped_model_range_note(expressions, name: str) -> str | None:
     return (f"[demo] note: {name} drives codes beyond what the shipped model was trained on ({r['exp_beyond']:.0%} "
             f"of the exp values its corpus rig ignores lie beyond 2.5 std, up to {r['exp_max_std']:.1f} std; head "
             f"translation up to {100 * r['translation_max_m']:.0f} cm): expect its mouth to follow the jaw only "
-            f"faintly (docs/TRAINING.md, section 3)\n")
+            f"faintly (docs/TRAINING.md, section 3)")
 
 
 def write_demo_pictures(out: Path, frames: list, spin: list, fps: float, tile: int = 256) -> list[Path]:

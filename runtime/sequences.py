@@ -75,8 +75,10 @@ def rotation_6d_angle(rows: np.ndarray) -> np.ndarray:
 
 
 def widest_jaw_frame(sequence: Sequence) -> int:
-    """Index of the frame whose jaw (code [120:126]) is rotated the most: the open mouth of a sequence."""
-    return int(np.argmax(rotation_6d_angle(sequence.expressions[:, 120:126])))
+    """Index of the frame whose jaw (code [120:126], spec §10) is rotated the most: the open mouth of a sequence."""
+    from flexrt.corpus.codes import JAW
+
+    return int(np.argmax(rotation_6d_angle(sequence.expressions[:, JAW])))
 
 
 def turntable_sequence(expression: np.ndarray, frames: int = 48, name: str = "turntable") -> Sequence:

@@ -14,7 +14,10 @@ EMO-1-shout+laugh. Variants (all torch.compile + one CUDA graph per batch size, 
   Any name is read as "-"-separated parts: "fp8" (row scales) or "fp8s" (static scales, calibrated once:
   ``fp8_calibration_inputs``), "up16" (bf16 upsampler), "res16" (bf16 residual stream), "cudnnb" (cuDNN picks its
   convolution algorithms by timing them: torch.backends.cudnn.benchmark, set from then on), "cdt" (inductor's
-  coordinate-descent tuning of its generated kernels), "mat" (inductor's max-autotune), e.g. fp8s-res16-up16.
+  coordinate-descent tuning of its generated kernels), "mat" (inductor's max-autotune), "bhsd" (the joint blocks'
+  attention as before 2026-12-02 evening: q/k/v transposed head-major before the join, fp32 q/k into attention;
+  ``previous_block_forward``, which also has the GELU below), "tgelu" (the feed forward's GELU as ``F.gelu(...,
+  approximate="tanh")``, libdevice's tanh, instead of ``deploy.gelu_tanh``'s sigmoid form), e.g. fp8s-res16-up16.
 
 For each: compile + capture time, median / p99 ms per call (CUDA events, 10 warm-up, 40 timed, inputs rotating),
 per-frame ms, and the accuracy against the fp32 eager decoder: max|diff|/max|ref| per output and the PSNR of the
@@ -54,6 +57,40 @@ def _expressions(n: int) -> torch.Tensor:
 
         e = synthetic_sequence(121).expressions
     return torch.from_numpy(e[np.arange(n) % len(e)])
+
+
+def previous_block_forward(self, x, c):
+    """DeployedJointBlock.forward before the token-major rewrite (kept here to measure against it): q/k/v are
+    transposed to [B,H,N,hd] before the sample|context join, q/k enter attention in fp32 (autocast casts them)."""
+    import torch.nn.functional as F
+
+    def qkv(linear, t, norm_q, norm_k):
+        b, n, d = t.shape
+        q, k, v = linear(t).view(b, n, 3, self.n_heads, d // self.n_heads).unbind(2)
+        return norm_q(q).transpose(1, 2), norm_k(k).transpose(1, 2), v.transpose(1, 2)
+
+    d, n = self.dim, x.shape[1]
+    q, k, v = qkv(self.to_qkv, self.norm1(x), self.norm_q, self.norm_k)
+    qc, kc, vc = qkv(self.add_qkv, self.norm1_context(c), self.norm_added_q, self.norm_added_k)
+    y = F.scaled_dot_product_attention(torch.cat([q, qc], 2), torch.cat([k, kc], 2), torch.cat([v, vc], 2))
+    b, h, s, hd = y.shape
+    y = y.transpose(1, 2).reshape(b, s, h * hd)
+    x = x + self.to_out(y[:, :n])
+    x = x + self.ff_out(F.gelu(self.ff_in(F.layer_norm(x, (d,), eps=1e-6)), approximate="tanh"))
+    if self.context_pre_only:
+        return x, None
+    c = c + self.to_add_out(y[:, n:])
+    c = c + self.ff_context_out(F.gelu(self.ff_context_in(F.layer_norm(c, (d,), eps=1e-6)), approximate="tanh"))
+    return x, c
+
+
+def _tanh_gelu(x):
+    import torch.nn.functional as F
+
+    return F.gelu(x, approximate="tanh")
+
+
+_GELU_TANH = importlib.import_module("flexrt.model.deploy").gelu_tanh
 
 
 class PreviousPath:
@@ -221,6 +258,13 @@ def main(argv=None) -> int:
                 eng = TorchEngine(model, device="cuda", precision="bf16", graphs="cuda", compile=True, fp8=fp8,
                                   upsampler="bf16" if "up16" in parts else "fp32",
                                   residual="bf16" if "res16" in parts else "fp32")
+                deploy = importlib.import_module("flexrt.model.deploy")
+                deploy.gelu_tanh = _tanh_gelu if "tgelu" in parts else _GELU_TANH  # looked up when traced
+                if "bhsd" in parts:  # before compiling: TorchEngine compiles lazily, at the first call
+                    import types
+
+                    for block in eng.decoder.blocks:
+                        block.forward = types.MethodType(previous_block_forward, block)
                 decode = eng.decode
             with torch.no_grad():
                 for b in sorted(set(batches) | {8}):

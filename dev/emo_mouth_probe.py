@@ -11,7 +11,7 @@ import json
 import torch
 
 from flexrt.corpus import cameras
-from flexrt.corpus.codes import RIG_EXP, exp_spread
+from flexrt.corpus.codes import RIG_EXP, TRANSLATION_STD, exp_spread
 from flexrt.corpus.dataset import CorpusConfig, HeadCorpus
 from flexrt.training.showcase import load_codes, model_frames, mouth_change, truth_frames
 from flexrt.training.trainer import TrainConfig, build_model
@@ -24,6 +24,8 @@ p.add_argument("--persons", default="0,1,2,3,4,5")
 p.add_argument("--in-corpus-range", action="store_true",
                help="bring the codes into the training corpus's range first: the exp coefficients the rig ignores "
                     "(all but 0, 1, 3) clipped to +-2.5 std of corpus.codes.sample_codes, the translation t set to 0")
+p.add_argument("--translation", choices=("zero", "clip"), default="zero",
+               help="with --in-corpus-range: t set to 0 (default) or clipped to +-2.5 std of the corpus's t")
 args = p.parse_args()
 torch.set_num_threads(2)
 torch.set_flush_denormal(True)
@@ -35,7 +37,11 @@ if args.in_corpus_range:
     lim = torch.from_numpy(2.5 * exp_spread()).float()  # 2.5 std of sample_codes' exp coefficients
     lim[list(RIG_EXP)] = float("inf")  # smile, brows, cheeks: the rig uses them, their range is covered
     pair[:, :100] = torch.maximum(torch.minimum(pair[:, :100], lim), -lim)
-    pair[:, 132:135] = 0.0
+    if args.translation == "zero":
+        pair[:, 132:135] = 0.0
+    else:  # the corpus's t: std TRANSLATION_STD x pose_scale 0.35
+        t_lim = torch.as_tensor(2.5 * 0.35 * TRANSLATION_STD, dtype=torch.float32)
+        pair[:, 132:135] = torch.maximum(torch.minimum(pair[:, 132:135], t_lim), -t_lim)
 fc2w, fK = cameras.eval_views(("front", "front"))
 samples = [corpus.sample("heldout", int(i)) for i in args.persons.split(",")]
 result = {"truth": [round(mouth_change(truth_frames(corpus, corpus.identity("heldout", s.identity), pair, fc2w, fK,
@@ -49,4 +55,5 @@ for ck in args.checkpoints:
                                                       pair, fc2w, fK, 64), 0, 1), 4) for s in samples]
     print(ck, result[ck], flush=True)
 print(json.dumps({"frames": [lo, hi], "persons": args.persons, "in_corpus_range": args.in_corpus_range,
+                  "translation": args.translation if args.in_corpus_range else "as driven",
                   "mouth_change": result}))

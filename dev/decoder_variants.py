@@ -16,8 +16,8 @@ EMO-1-shout+laugh. Variants (all torch.compile + one CUDA graph per batch size, 
   convolution algorithms by timing them: torch.backends.cudnn.benchmark, set from then on), "cdt" (inductor's
   coordinate-descent tuning of its generated kernels), "mat" (inductor's max-autotune), "bhsd" (the joint blocks'
   attention as before 2026-12-02 evening: q/k/v transposed head-major before the join, fp32 q/k into attention;
-  ``previous_block_forward``, which also has the GELU below), "tgelu" (the feed forward's GELU as ``F.gelu(...,
-  approximate="tanh")``, libdevice's tanh, instead of ``deploy.gelu_tanh``'s sigmoid form), e.g. fp8s-res16-up16.
+  ``previous_block_forward``), e.g. fp8s-res16-up16. (A "tgelu" part measured the feed forward's GELU in sigmoid
+  form against F.gelu's tanh on 2026-12-02, commit f22bb18: slower, removed.)
 
 For each: compile + capture time, median / p99 ms per call (CUDA events, 10 warm-up, 40 timed, inputs rotating),
 per-frame ms, and the accuracy against the fp32 eager decoder: max|diff|/max|ref| per output and the PSNR of the
@@ -82,15 +82,6 @@ def previous_block_forward(self, x, c):
     c = c + self.to_add_out(y[:, n:])
     c = c + self.ff_context_out(F.gelu(self.ff_context_in(F.layer_norm(c, (d,), eps=1e-6)), approximate="tanh"))
     return x, c
-
-
-def _tanh_gelu(x):
-    import torch.nn.functional as F
-
-    return F.gelu(x, approximate="tanh")
-
-
-_GELU_TANH = importlib.import_module("flexrt.model.deploy").gelu_tanh
 
 
 class PreviousPath:
@@ -258,8 +249,6 @@ def main(argv=None) -> int:
                 eng = TorchEngine(model, device="cuda", precision="bf16", graphs="cuda", compile=True, fp8=fp8,
                                   upsampler="bf16" if "up16" in parts else "fp32",
                                   residual="bf16" if "res16" in parts else "fp32")
-                deploy = importlib.import_module("flexrt.model.deploy")
-                deploy.gelu_tanh = _tanh_gelu if "tgelu" in parts else _GELU_TANH  # looked up when traced
                 if "bhsd" in parts:  # before compiling: TorchEngine compiles lazily, at the first call
                     import types
 

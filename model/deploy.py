@@ -29,8 +29,7 @@ What differs from ``decode_frames`` (spec §5; each choice measured in docs/BENC
 
 5. Attention token-major: the joint blocks keep q, k, v as [B,S,H,hd] (S = sample + context tokens) from the
    projection to the attention kernel and back, with the q/k RMS norms cast to the stream's dtype in the kernel
-   that joins the two streams; the feed forward's tanh GELU is written in its sigmoid form (``gelu_tanh``) for
-   16-bit activations. Same function; fewer and cheaper memory-bound kernels around the GEMMs.
+   that joins the two streams: the same function with one transposing copy fewer per block (-2 % at batch 64).
 
 The StyleGAN modulation is folded into static weights (ws is always zero, spec §5.5). Everything here is a plain
 nn.Module of torch ops: ``torch.compile`` and CUDA graphs apply as to the model itself.
@@ -64,21 +63,6 @@ def fused_linear(linears: list[nn.Linear]) -> nn.Linear:
     out.weight.data.copy_(w)
     out.bias.data.copy_(b)
     return out
-
-
-def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
-    """The feed forward's GELU, tanh approximation (spec §5.3). fp32 input: ``F.gelu`` itself (the official
-    numerics). bf16 / fp16 input: the same function written as x * sigmoid(2u) (= x * (1 + tanh(u)) / 2 with
-    u = sqrt(2/pi) (x + 0.044715 x^3)), computed in fp32 and rounded once: on the GPU the generated kernel then uses
-    a fast exp instead of libdevice's accurate tanh, in a kernel that runs once per feed-forward element
-    (agrees with ``F.gelu`` to 5e-7 in fp32, so to within one rounding of the 16-bit result)."""
-    if x.dtype == torch.float32:
-        return F.gelu(x, approximate="tanh")
-    xf = x.float()
-    return (xf * torch.sigmoid(GELU_TANH_2U * (xf + 0.044715 * xf * xf * xf))).to(x.dtype)
-
-
-GELU_TANH_2U = 2.0 * (2.0 / 3.141592653589793) ** 0.5  # 2 sqrt(2/pi)
 
 
 class Fp8Linear(nn.Module):
@@ -199,11 +183,11 @@ class DeployedJointBlock(nn.Module):
         y = y.transpose(1, 2).reshape(b, s, d)  # [B,S,D], sample tokens first
         # 3. output projections, feed forward (LayerNorm without affine, eps 1e-6, tanh GELU), residuals
         x = x + self.to_out(y[:, :n])
-        x = x + self.ff_out(gelu_tanh(self.ff_in(F.layer_norm(x, (d,), eps=1e-6))))
+        x = x + self.ff_out(F.gelu(self.ff_in(F.layer_norm(x, (d,), eps=1e-6)), approximate="tanh"))
         if self.context_pre_only:
             return x, None
         c = c + self.to_add_out(y[:, n:])
-        c = c + self.ff_context_out(gelu_tanh(self.ff_context_in(F.layer_norm(c, (d,), eps=1e-6))))
+        c = c + self.ff_context_out(F.gelu(self.ff_context_in(F.layer_norm(c, (d,), eps=1e-6)), approximate="tanh"))
         return x, c
 
     def sample_linears(self) -> dict[str, nn.Linear]:
@@ -334,5 +318,5 @@ class DeployedFrameDecoder(nn.Module):
         )
 
 
-__all__ = ["DeployedFrameDecoder", "DeployedJointBlock", "Fp8Linear", "fused_linear", "gelu_tanh", "FP8_MAX", "FP8_MODES",
+__all__ = ["DeployedFrameDecoder", "DeployedJointBlock", "Fp8Linear", "fused_linear", "FP8_MAX", "FP8_MODES",
            "FP8_CALIBRATION_MARGIN"]

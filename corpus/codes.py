@@ -192,6 +192,23 @@ def codes_beyond_range(codes: np.ndarray, pose_scale: float = 1.0, exp_scale: fl
     return out
 
 
+def clip_ignored_exp(codes: np.ndarray, exp_scale: float = 1.0, k: float = 2.5) -> tuple[np.ndarray, float]:
+    """Driving codes [T,135] -> (a copy whose exp coefficients that the rig ignores (all but RIG_EXP) are clipped to
+    +-k std of what ``sample_codes`` draws for them, the fraction of those values that changed). The rig never
+    reads them, so it renders the clipped codes exactly as the given ones: for a model trained on the corpus this
+    keeps inputs that carry nothing for it inside the range it was trained on (beyond it, they move the face in
+    ways it never learnt; docs/TRAINING.md, section 3), and leaves its truth unchanged."""
+    codes = np.array(codes, dtype=np.float32).reshape(-1, CODE_DIM)
+    lim = np.nextafter((k * exp_spread(exp_scale)).astype(np.float32), np.float32(0))  # a clipped value is <= k std
+    lim[list(RIG_EXP)] = np.inf
+    exp = codes[:, EXP]
+    clipped = np.clip(exp, -lim, lim)
+    unused = [i for i in range(100) if i not in RIG_EXP]
+    changed = float((clipped[:, unused] != exp[:, unused]).mean())
+    codes[:, EXP] = clipped
+    return codes, changed
+
+
 def pose_only(codes: torch.Tensor) -> torch.Tensor:
     """Copy of codes [..., 135] with everything the face does set to rest (exp 0, eyes and jaw identity rows,
     eyelids 0 = open) and the head pose kept (neck, R, t): the same head, same place, no expression."""
@@ -213,5 +230,6 @@ __all__ = [
     "CODE_DIM", "EXP", "EYE_LEFT", "EYE_RIGHT", "EYELIDS", "NECK", "JAW", "ROT", "TRANS", "ROTATION_SLOTS",
     "CODE_STATS", "RIG_EXP", "exp_spread", "neutral_code", "rotation_6d_to_matrix", "matrix_to_rotation_6d", "euler_matrix",
     "matrix_to_yaw_pitch", "rig_controls", "sample_codes", "pose_only", "with_rotation", "codes_beyond_range",
+    "clip_ignored_exp",
     "TRANSLATION_STD",
 ]

@@ -24,8 +24,8 @@ p.add_argument("--persons", default="0,1,2,3,4,5")
 p.add_argument("--in-corpus-range", action="store_true",
                help="bring the codes into the training corpus's range first: the exp coefficients the rig ignores "
                     "(all but 0, 1, 3) clipped to +-2.5 std of corpus.codes.sample_codes, the translation t set to 0")
-p.add_argument("--translation", choices=("zero", "clip"), default="zero",
-               help="with --in-corpus-range: t set to 0 (default) or clipped to +-2.5 std of the corpus's t")
+p.add_argument("--translation", choices=("zero", "clip", "keep"), default="zero",
+               help="with --in-corpus-range: t set to 0 (default), clipped to +-2.5 std of the corpus's t, or kept")
 args = p.parse_args()
 torch.set_num_threads(2)
 torch.set_flush_denormal(True)
@@ -39,7 +39,7 @@ if args.in_corpus_range:
     pair[:, :100] = torch.maximum(torch.minimum(pair[:, :100], lim), -lim)
     if args.translation == "zero":
         pair[:, 132:135] = 0.0
-    else:  # the corpus's t: std TRANSLATION_STD x pose_scale 0.35
+    elif args.translation == "clip":  # the corpus's t: std TRANSLATION_STD x pose_scale 0.35
         t_lim = torch.as_tensor(2.5 * 0.35 * TRANSLATION_STD, dtype=torch.float32)
         pair[:, 132:135] = torch.maximum(torch.minimum(pair[:, 132:135], t_lim), -t_lim)
 fc2w, fK = cameras.eval_views(("front", "front"))

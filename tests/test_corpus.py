@@ -363,3 +363,45 @@ def test_codes_beyond_range_tells_tracked_sequences_from_corpus_codes():
         assert not r["within"] and r["exp_max_std"] > 5.0, r  # measured: 18 % beyond, up to 7.6 std; t up to 8 cm
         note = shipped_model_range_note(emo, "EMO-1")
         assert note.startswith("[demo] note: EMO-1 drives codes beyond") and "\n" not in note  # one line
+        assert "exp values" in note and "head translation" in note
+
+
+def test_clip_ignored_exp_keeps_what_the_rig_renders():
+    """``clip_ignored_exp``: the exp coefficients the rig ignores end within +-2.5 std of sample_codes' spread, the
+    rig's controls (all it renders from) are bit for bit those of the given codes, codes already in range come back
+    unchanged; the demo's ``clip_for_shipped_model`` clips EMO-1 (one line) so that only its head translation stays
+    beyond the shipped model's corpus."""
+    import dataclasses
+
+    from flexrt.corpus.codes import EXP, RIG_EXP, clip_ignored_exp, exp_spread, rig_controls
+    from flexrt.runtime.cli import clip_for_shipped_model, find_shared_dir, shipped_model_range_note
+    from flexrt.runtime.sequences import Sequence
+
+    c = sample_codes(np.random.default_rng(5), 300, pose_scale=0.35)
+    same, changed = clip_ignored_exp(c)
+    assert changed < 0.03 and np.array_equal(clip_ignored_exp(same)[0], same)
+    wide = c.copy()
+    wide[:, :100] *= 4.0
+    clipped, changed = clip_ignored_exp(wide)
+    unused = [i for i in range(100) if i not in RIG_EXP]
+    lim = 2.5 * exp_spread()
+    assert changed > 0.3 and np.all(np.abs(clipped[:, unused]) <= lim[unused] + 1e-6)
+    assert np.array_equal(clipped[:, list(RIG_EXP)], wide[:, list(RIG_EXP)])
+    assert np.array_equal(clipped[:, 100:], wide[:, 100:])
+    inside = np.abs(wide[:, unused]) <= lim[unused]
+    assert np.array_equal(clipped[:, unused][inside], wide[:, unused][inside])  # values in range untouched
+    a, b = rig_controls(torch.from_numpy(wide)), rig_controls(torch.from_numpy(clipped))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert wide[:, EXP].shape == (300, 100)
+    seq = Sequence(c, None, None, "procedural")
+    out, line = clip_for_shipped_model(seq)
+    assert out is seq and line is None  # the corpus's own codes: nothing to clip, nothing said
+    shared = find_shared_dir()
+    path = shared / "reference/assets/expressions/EMO-1-shout+laugh.npz" if shared else None
+    if path is not None and path.is_file():
+        emo = Sequence(np.load(path)["expression_codes"].astype(np.float32), None, None, "EMO-1")
+        out, line = clip_for_shipped_model(emo)
+        assert line.startswith("[demo] EMO-1: ") and "\n" not in line and "--raw-codes" in line
+        assert dataclasses.replace(out, expressions=emo.expressions).name == "EMO-1"
+        note = shipped_model_range_note(out.expressions, "EMO-1")
+        assert "exp values" not in note and "head translation" in note

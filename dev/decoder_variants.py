@@ -14,7 +14,8 @@ EMO-1-shout+laugh. Variants (all torch.compile + one CUDA graph per batch size, 
   Any name is read as "-"-separated parts: "fp8" (row scales) or "fp8s" (static scales, calibrated once:
   ``fp8_calibration_inputs``), "up16" (bf16 upsampler), "res16" (bf16 residual stream), "cudnnb" (cuDNN picks its
   convolution algorithms by timing them: torch.backends.cudnn.benchmark, set from then on), "cdt" (inductor's
-  coordinate-descent tuning of its generated kernels), "mat" (inductor's max-autotune), "bhsd" (the joint blocks'
+  coordinate-descent tuning of its generated kernels), "mat" (inductor's max-autotune), "matg" (max-autotune of
+  the GEMMs only: Triton templates, FP8 ones included, with their epilogues fused, against cuBLAS), "bhsd" (the joint blocks'
   attention as before 2026-12-02 evening: q/k/v transposed head-major before the join, fp32 q/k into attention;
   ``previous_block_forward``), e.g. fp8s-res16-up16. (A "tgelu" part measured the feed forward's GELU in sigmoid
   form against F.gelu's tanh on 2026-12-02, commit f22bb18: slower, removed.)
@@ -245,6 +246,8 @@ def main(argv=None) -> int:
                     inductor.coordinate_descent_tuning = True
                 if "mat" in parts:  # inductor benchmarks Triton templates against the library GEMMs / convs
                     inductor.max_autotune = True
+                if "matg" in parts:  # the same for the GEMMs only (convolutions stay cuDNN's)
+                    inductor.max_autotune_gemm = True
                 fp8 = "static" if "fp8s" in parts else "row" if "fp8" in parts else "off"
                 eng = TorchEngine(model, device="cuda", precision="bf16", graphs="cuda", compile=True, fp8=fp8,
                                   upsampler="bf16" if "up16" in parts else "fp32",

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from flexrt.corpus import cameras
-from flexrt.corpus.codes import matrix_to_yaw_pitch, rig_controls, sample_codes
+from flexrt.corpus.codes import clip_ignored_exp, matrix_to_yaw_pitch, rig_controls, sample_codes
 from flexrt.corpus.dataset import CorpusConfig, HeadCorpus
 from flexrt.corpus.render import render
 from flexrt.model.flexavatar import DATASET_ID_3D
@@ -73,15 +73,18 @@ def forehead_change(frames: torch.Tensor, lo: int, hi: int) -> float:
 
 
 def showcase(checkpoint: str | None, out: str | Path, sequence: str | None = None, persons=(0,),
-             columns: int = 6, size: int = 64, corpus_cfg: CorpusConfig | None = None) -> dict:
-    """Write the PNG (one block of rows per held-out person, stacked) and return the metrics per person."""
+             columns: int = 6, size: int = 64, corpus_cfg: CorpusConfig | None = None,
+             clip_ignored: bool = False) -> dict:
+    """Write the PNG (one block of rows per held-out person, stacked) and return the metrics per person.
+    ``clip_ignored``: drive with the exp coefficients the rig ignores clipped to the corpus's range, as
+    ``flexavatar demo`` does for the shipped model (``corpus.codes.clip_ignored_exp``; the truth row is unchanged)."""
     from PIL import Image
 
     torch.set_flush_denormal(True)
     corpus = HeadCorpus(corpus_cfg or CorpusConfig())
     blocks, metrics = [], {}
     for person in persons:
-        img, m = _person_block(corpus, checkpoint, sequence, person, columns, size)
+        img, m = _person_block(corpus, checkpoint, sequence, person, columns, size, clip_ignored)
         blocks.append(np.asarray(img))
         metrics[f"person_{person}"] = m
     width = max(b.shape[1] for b in blocks)
@@ -91,12 +94,15 @@ def showcase(checkpoint: str | None, out: str | Path, sequence: str | None = Non
     return metrics
 
 
-def _person_block(corpus: HeadCorpus, checkpoint, sequence, person: int, columns: int, size: int):
+def _person_block(corpus: HeadCorpus, checkpoint, sequence, person: int, columns: int, size: int,
+                  clip_ignored: bool = False):
     from PIL import Image, ImageDraw
 
     sample = corpus.sample("heldout", person)
     ident = corpus.identity("heldout", sample.identity)
     codes, seq_name = load_codes(sequence, 64)
+    if clip_ignored:
+        codes = torch.from_numpy(clip_ignored_exp(codes.numpy(), corpus.cfg.exp_scale)[0])
     jaw = matrix_to_yaw_pitch(rig_controls(codes)["jaw"])[1]
     lo, hi = int(jaw.argmin()), int(jaw.argmax())
     picks = sorted(set(np.linspace(0, len(codes) - 1, columns - 2).round().astype(int).tolist()) | {lo, hi})
@@ -109,7 +115,7 @@ def _person_block(corpus: HeadCorpus, checkpoint, sequence, person: int, columns
     spin = codes[hi:hi + 1].expand(columns, -1)
 
     rows, labels = [truth_frames(corpus, ident, c, fc2w, fK, size)], ["truth"]
-    metrics = {"sequence": seq_name, "frames": picks, "jaw_closed_frame": lo, "jaw_open_frame": hi}
+    metrics = {"sequence": seq_name, "clip_ignored_exp": clip_ignored, "frames": picks, "jaw_closed_frame": lo, "jaw_open_frame": hi}
     lo_i, hi_i = picks.index(lo), picks.index(hi)
     metrics["mouth_change_truth"] = mouth_change(rows[0], lo_i, hi_i)
     for name, ckpt in (("random", None), ("trained", checkpoint)):
@@ -159,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--persons", default="0,1", help="held-out person indices, comma-separated")
     p.add_argument("--corpus-cache", help="take the corpus config (seed, pose_scale, ...) from this cache")
     p.add_argument("--columns", type=int, default=6)
+    p.add_argument("--clip-ignored-exp", action="store_true",
+                   help="clip the exp coefficients the rig ignores to the corpus's range, as the demo does for the "
+                        "shipped model (the truth is unchanged by it)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     seq = args.sequence
@@ -174,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg = read_cache_config(args.corpus_cache)
     persons = [int(x) for x in args.persons.split(",") if x.strip()]
-    metrics = showcase(args.checkpoint, args.out, seq, persons, args.columns, corpus_cfg=cfg)
+    metrics = showcase(args.checkpoint, args.out, seq, persons, args.columns, corpus_cfg=cfg,
+                       clip_ignored=args.clip_ignored_exp)
     print(json.dumps(metrics, indent=2))
     print(f"wrote {args.out}")
     return 0

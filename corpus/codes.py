@@ -175,24 +175,30 @@ def sample_codes(rng: np.random.Generator, n: int, pose_scale: float = 1.0, exp_
     return codes.astype(np.float32)
 
 
+# A model trained on the corpus has seen codes up to RANGE_STD std of ``sample_codes``' draws; a sequence with more
+# than RANGE_BEYOND of its values past that lies beyond the corpus (a normal draw puts 1.2 % beyond 2.5 std).
+RANGE_STD = 2.5
+RANGE_BEYOND = 0.03
+
+
 def codes_beyond_range(codes: np.ndarray, pose_scale: float = 1.0, exp_scale: float = 1.0,
-                       translation_scale: float = 1.0, k: float = 2.5) -> dict:
+                       translation_scale: float = 1.0, k: float = RANGE_STD) -> dict:
     """How far driving codes [T,135] (e.g. a tracked sequence) go beyond what ``sample_codes`` draws with these
     options, where a model trained on the corpus has seen nothing: the exp coefficients the rig ignores (all but
     RIG_EXP) and the translation t, each in units of its std there. Returns {"exp_beyond": fraction of those exp
     values beyond ``k`` std, "exp_max_std", "translation_beyond": the same for t, "translation_max_m",
-    "within": both fractions <= 3 % (a normal draw puts 1.2 % beyond 2.5 std)}."""
+    "within": both fractions <= RANGE_BEYOND}."""
     codes = np.asarray(codes, dtype=np.float64).reshape(-1, CODE_DIM)
     unused = [i for i in range(100) if i not in RIG_EXP]
     exp_std = np.abs(codes[:, EXP][:, unused]) / exp_spread(exp_scale)[unused]
     t_std = np.abs(codes[:, TRANS]) / (TRANSLATION_STD * float(pose_scale) * float(translation_scale))
     out = {"exp_beyond": float((exp_std > k).mean()), "exp_max_std": float(exp_std.max()),
            "translation_beyond": float((t_std > k).mean()), "translation_max_m": float(np.abs(codes[:, TRANS]).max())}
-    out["within"] = out["exp_beyond"] <= 0.03 and out["translation_beyond"] <= 0.03
+    out["within"] = out["exp_beyond"] <= RANGE_BEYOND and out["translation_beyond"] <= RANGE_BEYOND
     return out
 
 
-def clip_ignored_exp(codes: np.ndarray, exp_scale: float = 1.0, k: float = 2.5) -> tuple[np.ndarray, float]:
+def clip_ignored_exp(codes: np.ndarray, exp_scale: float = 1.0, k: float = RANGE_STD) -> tuple[np.ndarray, float]:
     """Driving codes [T,135] -> (a copy whose exp coefficients that the rig ignores (all but RIG_EXP) are clipped to
     +-k std of what ``sample_codes`` draws for them, the fraction of those values that changed). The rig never
     reads them, so it renders the clipped codes exactly as the given ones: for a model trained on the corpus this
@@ -230,6 +236,6 @@ __all__ = [
     "CODE_DIM", "EXP", "EYE_LEFT", "EYE_RIGHT", "EYELIDS", "NECK", "JAW", "ROT", "TRANS", "ROTATION_SLOTS",
     "CODE_STATS", "RIG_EXP", "exp_spread", "neutral_code", "rotation_6d_to_matrix", "matrix_to_rotation_6d", "euler_matrix",
     "matrix_to_yaw_pitch", "rig_controls", "sample_codes", "pose_only", "with_rotation", "codes_beyond_range",
-    "clip_ignored_exp",
+    "clip_ignored_exp", "RANGE_STD", "RANGE_BEYOND",
     "TRANSLATION_STD",
 ]

@@ -799,19 +799,20 @@ def clip_for_shipped_model(sequence: Sequence) -> tuple[Sequence, str | None]:
     """The shipped model's corpus rig ignores every exp coefficient but smile, brows and cheeks, and its training
     corpus drew those it ignores within a few std (the model card's ``exp_scale``): a tracked sequence's larger
     values (EMO-1: up to 7.6 std) carry nothing the model learnt and move its face in ways it never saw. -> (the
-    sequence with them clipped to 2.5 std, ``corpus.codes.clip_ignored_exp``, and one line saying so; or the
-    sequence unchanged and None when no more than 3 % of them lie beyond, as in a normal draw). What the rig would
-    render is unchanged either way."""
-    from flexrt.corpus.codes import clip_ignored_exp
+    sequence with them clipped to RANGE_STD std, ``corpus.codes.clip_ignored_exp``, and one line saying so; or the
+    sequence unchanged and None when no more than RANGE_BEYOND of them lie beyond, as in a normal draw). What the
+    rig would render is unchanged either way."""
+    from flexrt.corpus.codes import RANGE_BEYOND, RANGE_STD, clip_ignored_exp
     from flexrt.corpus.dataset import CorpusConfig
     from flexrt.training.shipped import shipped_card
 
     cfg = CorpusConfig(**shipped_card().get("corpus", {}))
     clipped, changed = clip_ignored_exp(sequence.expressions, cfg.exp_scale)
-    if changed <= 0.03:  # codes_beyond_range's "within"
+    if changed <= RANGE_BEYOND:
         return sequence, None
     line = (f"[demo] {sequence.name}: {changed:.0%} of the exp values that the shipped model's training rig ignores "
-            f"lie beyond 2.5 std of its corpus; clipped to that range, which leaves what the rig renders unchanged "
+            f"lie beyond {RANGE_STD} std of its corpus; clipped to that range, which leaves what the rig renders "
+            f"unchanged "
             f"(--raw-codes drives the model with them as they are; docs/TRAINING.md, section 3)")
     return dataclasses.replace(sequence, expressions=clipped), line
 
@@ -819,7 +820,7 @@ def clip_for_shipped_model(sequence: Sequence) -> tuple[Sequence, str | None]:
 def shipped_model_range_note(expressions, name: str) -> str | None:
     """One line when driving codes [T,135] go beyond what the shipped model's training corpus drew
     (``corpus.codes.codes_beyond_range`` with the model card's corpus options), else None."""
-    from flexrt.corpus.codes import codes_beyond_range
+    from flexrt.corpus.codes import RANGE_BEYOND, RANGE_STD, codes_beyond_range
     from flexrt.corpus.dataset import CorpusConfig
     from flexrt.training.shipped import shipped_card
 
@@ -828,12 +829,13 @@ def shipped_model_range_note(expressions, name: str) -> str | None:
     if r["within"]:
         return None
     beyond = []
-    if r["exp_beyond"] > 0.03:
-        beyond.append(f"{r['exp_beyond']:.0%} of the exp values its corpus rig ignores lie beyond 2.5 std, up to "
+    if r["exp_beyond"] > RANGE_BEYOND:
+        beyond.append(f"{r['exp_beyond']:.0%} of the exp values its corpus rig ignores lie beyond {RANGE_STD} std, "
+                      f"up to "
                       f"{r['exp_max_std']:.1f} std")
-    if r["translation_beyond"] > 0.03:
+    if r["translation_beyond"] > RANGE_BEYOND:
         beyond.append(f"head translation up to {100 * r['translation_max_m']:.0f} cm, {r['translation_beyond']:.0%} "
-                      f"of it beyond 2.5 std")
+                      f"of it beyond {RANGE_STD} std")
     return (f"[demo] note: {name} drives codes beyond what the shipped model was trained on ({'; '.join(beyond)}): "
             f"expect its mouth to follow the jaw only faintly (docs/TRAINING.md, section 3)")
 
@@ -1117,7 +1119,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--raw-codes", action="store_true",
                    help="with the shipped model: drive it with the sequence's codes as they are. By default the "
                         "exp coefficients its training rig ignores are clipped to the range its corpus drew "
-                        "(2.5 std; said in one line when any are), which leaves the face the rig would draw "
+                        "(2.5 std; said in one line when it clips), which leaves the face the rig would draw "
                         "unchanged and about doubles the mouth's motion under EMO-1 (docs/TRAINING.md, section 3)")
     p.add_argument("--dinov2", help="DINOv2 weights for the encoder")
     p.add_argument("--template", help="head template OBJ or template_samples.npz (FLEX-1: the official "

@@ -115,7 +115,8 @@ def _person_block(corpus: HeadCorpus, checkpoint, sequence, person: int, columns
     spin = codes[hi:hi + 1].expand(columns, -1)
 
     rows, labels = [truth_frames(corpus, ident, c, fc2w, fK, size)], ["truth"]
-    metrics = {"sequence": seq_name, "clip_ignored_exp": clip_ignored, "frames": picks, "jaw_closed_frame": lo, "jaw_open_frame": hi}
+    metrics = {"sequence": seq_name, "clip_ignored_exp": clip_ignored, "frames": picks, "jaw_closed_frame": lo,
+               "jaw_open_frame": hi}
     lo_i, hi_i = picks.index(lo), picks.index(hi)
     metrics["mouth_change_truth"] = mouth_change(rows[0], lo_i, hi_i)
     for name, ckpt in (("random", None), ("trained", checkpoint)):

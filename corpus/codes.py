@@ -120,6 +120,7 @@ def _euler_np(yaw, pitch, roll) -> np.ndarray:
 
 
 RIG_EXP = (0, 1, 3)  # the exp coefficients the rig uses: smile, brows, cheeks
+IGNORED_EXP = [i for i in range(100) if i not in RIG_EXP]  # the other 97: the rig never reads them
 
 
 TRANSLATION_STD = np.array([0.012, 0.012, 0.015])  # metres: std of t in ``sample_codes`` at pose_scale 1
@@ -189,8 +190,7 @@ def codes_beyond_range(codes: np.ndarray, pose_scale: float = 1.0, exp_scale: fl
     values beyond ``k`` std, "exp_max_std", "translation_beyond": the same for t, "translation_max_m",
     "within": both fractions <= RANGE_BEYOND}."""
     codes = np.asarray(codes, dtype=np.float64).reshape(-1, CODE_DIM)
-    unused = [i for i in range(100) if i not in RIG_EXP]
-    exp_std = np.abs(codes[:, EXP][:, unused]) / exp_spread(exp_scale)[unused]
+    exp_std = np.abs(codes[:, EXP][:, IGNORED_EXP]) / exp_spread(exp_scale)[IGNORED_EXP]
     t_std = np.abs(codes[:, TRANS]) / (TRANSLATION_STD * float(pose_scale) * float(translation_scale))
     out = {"exp_beyond": float((exp_std > k).mean()), "exp_max_std": float(exp_std.max()),
            "translation_beyond": float((t_std > k).mean()), "translation_max_m": float(np.abs(codes[:, TRANS]).max())}
@@ -209,8 +209,7 @@ def clip_ignored_exp(codes: np.ndarray, exp_scale: float = 1.0, k: float = RANGE
     lim[list(RIG_EXP)] = np.inf
     exp = codes[:, EXP]
     clipped = np.clip(exp, -lim, lim)
-    unused = [i for i in range(100) if i not in RIG_EXP]
-    changed = float((clipped[:, unused] != exp[:, unused]).mean())
+    changed = float((clipped[:, IGNORED_EXP] != exp[:, IGNORED_EXP]).mean())
     codes[:, EXP] = clipped
     return codes, changed
 
@@ -234,7 +233,7 @@ def with_rotation(codes: torch.Tensor, slot: str, matrix: torch.Tensor) -> torch
 
 __all__ = [
     "CODE_DIM", "EXP", "EYE_LEFT", "EYE_RIGHT", "EYELIDS", "NECK", "JAW", "ROT", "TRANS", "ROTATION_SLOTS",
-    "CODE_STATS", "RIG_EXP", "exp_spread", "neutral_code", "rotation_6d_to_matrix", "matrix_to_rotation_6d", "euler_matrix",
+    "CODE_STATS", "RIG_EXP", "IGNORED_EXP", "exp_spread", "neutral_code", "rotation_6d_to_matrix", "matrix_to_rotation_6d", "euler_matrix",
     "matrix_to_yaw_pitch", "rig_controls", "sample_codes", "pose_only", "with_rotation", "codes_beyond_range",
     "clip_ignored_exp", "RANGE_STD", "RANGE_BEYOND",
     "TRANSLATION_STD",

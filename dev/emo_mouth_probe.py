@@ -11,7 +11,7 @@ import json
 import torch
 
 from flexrt.corpus import cameras
-from flexrt.corpus.codes import RIG_EXP, TRANSLATION_STD, exp_spread
+from flexrt.corpus.codes import TRANSLATION_STD, clip_ignored_exp
 from flexrt.corpus.dataset import CorpusConfig, HeadCorpus
 from flexrt.training.showcase import load_codes, model_frames, mouth_change, truth_frames
 from flexrt.training.trainer import TrainConfig, build_model
@@ -34,9 +34,7 @@ codes, _ = load_codes(args.sequence, 121)
 lo, hi = (int(f) for f in args.frames.split(","))
 pair = torch.stack([codes[lo], codes[hi]])
 if args.in_corpus_range:
-    lim = torch.from_numpy(2.5 * exp_spread()).float()  # 2.5 std of sample_codes' exp coefficients
-    lim[list(RIG_EXP)] = float("inf")  # smile, brows, cheeks: the rig uses them, their range is covered
-    pair[:, :100] = torch.maximum(torch.minimum(pair[:, :100], lim), -lim)
+    pair = torch.from_numpy(clip_ignored_exp(pair.numpy())[0])  # 2.5 std of sample_codes; smile, brows, cheeks kept
     if args.translation == "zero":
         pair[:, 132:135] = 0.0
     elif args.translation == "clip":  # the corpus's t: std TRANSLATION_STD x pose_scale 0.35

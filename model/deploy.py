@@ -165,7 +165,8 @@ class DeployedJointBlock(nn.Module):
         if not block.context_pre_only:
             self.ff_context_in, self.ff_context_out = block.ff_context.net[0].proj, block.ff_context.net[2]
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor):  # x [B,N,D] sample stream, c [B,M,D] context stream
+    def attention(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """x [B,N,D] sample stream, c [B,M,D] context stream -> joint attention's output [B,N+M,D], sample first."""
         d, n, m, h = self.dim, x.shape[1], c.shape[1], self.n_heads
         b, s, hd = x.shape[0], n + m, d // h
         # 1. q|k|v of both streams, each one GEMM, joined along the tokens in [B,S,H,hd] (S = N+M, sample tokens
@@ -180,7 +181,11 @@ class DeployedJointBlock(nn.Module):
         v = torch.cat([vs, vc], 1)
         # 2. joint attention (scale 1/sqrt(hd)); the kernel takes [B,H,S,hd] views of the token-major tensors
         y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-        y = y.transpose(1, 2).reshape(b, s, d)  # [B,S,D], sample tokens first
+        return y.transpose(1, 2).reshape(b, s, d)  # [B,S,D], sample tokens first
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor):  # x [B,N,D] sample stream, c [B,M,D] context stream
+        d, n = self.dim, x.shape[1]
+        y = self.attention(x, c)  # steps 1-2
         # 3. output projections, feed forward (LayerNorm without affine, eps 1e-6, tanh GELU), residuals
         x = x + self.to_out(y[:, :n])
         x = x + self.ff_out(F.gelu(self.ff_in(F.layer_norm(x, (d,), eps=1e-6)), approximate="tanh"))

@@ -149,4 +149,3 @@ def test_torch_engine_decoder_is_the_model_and_leaves_it_alone():
         rel = lambda x: float((x[k].float() - ref[k]).abs().max() / ref[k].abs().max())  # noqa: E731
         assert 0 < rel(bf16) <= rel(official_bf16), (k, rel(bf16), rel(official_bf16))
     assert p.model._head_transformer._expression_mlp[0].weight.dtype == torch.float32
-

@@ -406,7 +406,7 @@ def _server_config(args):
     return ServerConfig(
         host=args.host, port=args.port, store_dir=args.store, max_width=args.max_size, max_height=args.max_size,
         max_streams=args.max_streams, max_pending_streams=args.max_pending_streams,
-        config_timeout_s=args.config_timeout, stream_idle_timeout_s=args.idle_timeout,
+        pending_grace_s=args.pending_grace, config_timeout_s=args.config_timeout, stream_idle_timeout_s=args.idle_timeout,
         max_message_bytes=int(args.max_message_mib * MiB), max_stream_fps=args.max_stream_fps,
         max_stream_messages_per_s=args.max_stream_messages_per_s, max_avatars=args.max_avatars,
         max_store_bytes=int(args.max_store_mib * MiB), max_photo_pixels=int(args.max_photo_megapixels * 1e6),
@@ -950,8 +950,12 @@ def add_parser(subparsers) -> None:
                         "names a stored avatar; one more gets RESOURCE_EXHAUSTED")
     g.add_argument("--max-pending-streams", type=int, default=d.max_pending_streams,
                    help="streams that have not sent their SessionConfig yet (they hold no --max-streams slot); when "
-                        "one more arrives, the one waiting longest is closed with RESOURCE_EXHAUSTED, so "
-                        "connections that send nothing cannot keep real streams out")
+                        "one more arrives, the one waiting longest is closed with RESOURCE_EXHAUSTED once it has "
+                        "waited --pending-grace, so connections that send nothing cannot keep real streams out")
+    g.add_argument("--pending-grace", type=float, default=d.pending_grace_s, metavar="S",
+                   help="seconds a new stream may wait for its SessionConfig before newer streams can close it: a "
+                        "burst of clients reconnecting at once is not cut (more than --max-pending-streams + "
+                        "--max-streams waiting streams close the longest-waiting one at once)")
     g.add_argument("--config-timeout", type=float, default=d.config_timeout_s, metavar="S",
                    help="seconds a new stream has to send its SessionConfig (then DEADLINE_EXCEEDED)")
     g.add_argument("--idle-timeout", type=float, default=d.stream_idle_timeout_s, metavar="S",

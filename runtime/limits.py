@@ -37,9 +37,13 @@ class ServerConfig:
     max_stream_messages_per_s: float = 2000.0  # request messages per second per stream (burst = 1 s worth)
     # A stream takes one of the max_streams slots only once its SessionConfig has arrived and names a stored
     # avatar. Until then it waits for at most config_timeout_s among at most max_pending_streams such streams;
-    # when one more arrives, the one waiting longest is closed (RESOURCE_EXHAUSTED). So connections that never
-    # send a config can neither hold slots nor keep new streams out.
+    # when one more arrives, the one waiting longest is closed (RESOURCE_EXHAUSTED) once it has waited
+    # pending_grace_s: a burst of real clients (a whole server's worth reconnecting at once, their configs a few ms
+    # behind their streams on a busy event loop) is not cut, while more than max_pending_streams + max_streams
+    # waiting streams close the longest-waiting one at once. So connections that never send a config can neither
+    # hold slots nor keep new streams out.
     max_pending_streams: int = 16
+    pending_grace_s: float = 0.5
     config_timeout_s: float = 5.0
     stream_idle_timeout_s: float = 30.0  # a stream that sends no message this long ends (DEADLINE_EXCEEDED)
 
@@ -114,6 +118,8 @@ class ServerConfig:
             raise ValueError(f"jpeg must be 'auto', 'cuda' or 'cpu', got {self.jpeg!r}")
         if self.max_batch_wait_ms < 0 or self.max_stream_fps < 0 or self.max_stream_messages_per_s <= 0:
             raise ValueError("max_batch_wait_ms and max_stream_fps must be >= 0, max_stream_messages_per_s > 0")
+        if self.pending_grace_s < 0:
+            raise ValueError(f"pending_grace_s must be >= 0, got {self.pending_grace_s}")
         if self.config_timeout_s <= 0 or self.stream_idle_timeout_s <= 0:
             raise ValueError(f"config_timeout_s and stream_idle_timeout_s must be > 0, got {self.config_timeout_s} "
                              f"and {self.stream_idle_timeout_s}")

@@ -131,7 +131,8 @@ class FlexAvatarService(pb_grpc.FlexAvatarServicer):
         self.sessions: dict[int, Session] = {}
         # Animate streams still waiting for their SessionConfig (no slot taken yet), oldest first; each future is
         # set when the stream is evicted to make room for a newer one
-        self.pending: collections.OrderedDict[int, asyncio.Future] = collections.OrderedDict()
+        # streams waiting for their SessionConfig, oldest first: id -> (future set when evicted, loop time opened)
+        self.pending: collections.OrderedDict[int, tuple[asyncio.Future, float]] = collections.OrderedDict()
         self.shutting_down = False
         self.streams_total = 0
         self.frames_received = 0
@@ -384,22 +385,35 @@ class FlexAvatarService(pb_grpc.FlexAvatarServicer):
                 logger.info("stream %d closed: %d received, %d rendered, %d dropped", session.session_id,
                             session.counters.received, session.counters.rendered, session.counters.dropped)
 
+    def _trim_pending(self) -> None:
+        """Close the longest-waiting config-less streams while more than max_pending_streams wait: those that have
+        waited pending_grace_s at once, younger ones when they reach it (if still too many wait then), and any
+        beyond max_pending_streams + max_streams at once (a flood)."""
+        limits, loop = self.config, asyncio.get_running_loop()
+        while len(self.pending) > limits.max_pending_streams:
+            evicted, since = next(iter(self.pending.values()))
+            age = loop.time() - since
+            if age < limits.pending_grace_s and len(self.pending) <= limits.max_pending_streams + limits.max_streams:
+                loop.call_later(limits.pending_grace_s - age, self._trim_pending)
+                return
+            self.pending.popitem(last=False)
+            evicted.set_result(None)
+
     async def _open_session(self, request_iterator) -> Session:
         """The first message -> a Session holding one of the max_streams slots.
 
         Until its SessionConfig arrives a stream holds no slot: it waits (at most config_timeout_s) among at most
         max_pending_streams such streams, and when one more arrives the one that has waited longest is closed
-        with RESOURCE_EXHAUSTED. So connections that never send a config can neither take the slots of real
-        streams nor keep new streams out; slots go to streams whose config names a stored avatar (the count is
-        checked after the last await, so it is exact)."""
+        with RESOURCE_EXHAUSTED, once it has waited pending_grace_s (``_trim_pending``). So connections that never
+        send a config can neither take the slots of real streams nor keep new streams out; slots go to streams
+        whose config names a stored avatar (the count is checked after the last await, so it is exact)."""
         limits = self.config
         if self.shutting_down:
             raise StreamError(grpc.StatusCode.UNAVAILABLE, "server is shutting down; connect to another server")
         loop = asyncio.get_running_loop()
         key, evicted = next(_pending_ids), loop.create_future()
-        self.pending[key] = evicted
-        if len(self.pending) > limits.max_pending_streams:
-            self.pending.popitem(last=False)[1].set_result(None)  # the longest-waiting stream makes room
+        self.pending[key] = (evicted, loop.time())
+        self._trim_pending()
         first_message = asyncio.ensure_future(anext(request_iterator))
         try:
             await asyncio.wait((first_message, evicted), timeout=limits.config_timeout_s,

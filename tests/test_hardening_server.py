@@ -207,7 +207,7 @@ def test_list_avatars_pages(engine):
 
 # ---- 3. held slots -------------------------------------------------------------------------------------
 def test_streams_without_config_hold_no_slot_and_time_out(engine):
-    config = make_config(max_streams=2, max_pending_streams=2, config_timeout_s=1.5)
+    config = make_config(max_streams=2, max_pending_streams=2, pending_grace_s=0.3, config_timeout_s=1.5)
     release = threading.Event()
     with start_server(engine, config) as server, FlexAvatarClient(server.address) as client:
         avatar = client.create_avatar(npy=random_avatar_code(engine, seed=3)).avatar_id
@@ -215,6 +215,7 @@ def test_streams_without_config_hold_no_slot_and_time_out(engine):
         try:
             threads = [_collect(client.stub.Animate(_held_requests(release), timeout=60), out) for out in silent[:2]]
             wait_until(lambda: client.server_info().stats.pending_streams == 2, what="two silent streams")
+            time.sleep(0.4)  # past pending_grace_s: newer streams may now close them
             # the stream slots stay free for streams that send their config; the budget of silent streams is
             # full, so this one closes the silent stream that has waited longest
             assert len(list(client.animate(avatar, expressions(2, seed=3), 16, 16, timeout=30))) == 2
@@ -231,6 +232,41 @@ def test_streams_without_config_hold_no_slot_and_time_out(engine):
             release.set()
         assert client.server_info().stats.pending_streams == 0
         assert client.server_info().limits.max_pending_streams == 2
+
+
+def test_a_burst_of_late_configs_is_not_cut_but_a_flood_is(engine):
+    """More new streams at once than max_pending_streams (a server's clients reconnecting together, their configs
+    behind their streams): none is closed within pending_grace_s, so all of them open. More waiting streams than
+    max_pending_streams + max_streams (a flood of silent ones) close the longest-waiting at once."""
+    config = make_config(max_streams=3, max_pending_streams=2, pending_grace_s=3.0, config_timeout_s=6.0)
+    release = threading.Event()
+    with start_server(engine, config) as server, FlexAvatarClient(server.address) as client:
+        avatar = client.create_avatar(npy=random_avatar_code(engine, seed=9)).avatar_id
+
+        def late_config():  # the config 0.5 s after the stream opens, then the client ends the stream
+            time.sleep(0.5)
+            yield pb.AnimateRequest(config=pb.SessionConfig(avatar_id=avatar, width=16, height=16))
+
+        burst = [{} for _ in range(5)]
+        threads = [_collect(client.stub.Animate(late_config(), timeout=30), out) for out in burst]
+        for thread in threads:
+            thread.join(timeout=30)
+        assert [out["code"] for out in burst] == [grpc.StatusCode.OK] * 5, [out.get("details") for out in burst]
+        silent = [{} for _ in range(6)]  # cap: 2 + 3 waiting streams
+        try:
+            t0 = time.monotonic()
+            threads = []
+            for out in silent:
+                threads.append(_collect(client.stub.Animate(_held_requests(release), timeout=60), out))
+                time.sleep(0.05)  # in order of arrival
+            threads[0].join(timeout=10)
+            assert silent[0]["code"] == grpc.StatusCode.RESOURCE_EXHAUSTED, silent[0]
+            assert silent[0]["ended"] - t0 < config.pending_grace_s  # at once, not after the grace
+            assert client.server_info().stats.pending_streams == 5
+        finally:
+            release.set()
+        for thread in threads:
+            thread.join(timeout=30)
 
 
 def test_idle_streams_are_closed_and_free_their_slot(engine):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 
 import numpy as np
@@ -320,7 +321,12 @@ def test_cli_train_resume_eval_and_errors(tmp_path, cache_dir, capsys):
     assert ev["expression"]["passes"] is False  # two steps from random weights do not animate
     assert json.loads((out / "checkpoints" / "latest.json").read_text())["step"] == 2
     assert main(common + ["--resume"]) == 0  # no --steps: the run's own total (2), nothing left to do
-    assert json.loads((out / "train_config.json").read_text())["steps"] == 2
+    recorded = json.loads((out / "train_config.json").read_text())
+    assert recorded["steps"] == 2
+    from flexrt.corpus.dataset import read_cache_config
+
+    # the corpus trained on is the cache's (its image size, pose scale, ...), not the CLI's defaults
+    assert recorded["corpus"] == dataclasses.asdict(read_cache_config(cache_dir))
     assert main(["train", "--out", str(tmp_path / "none"), "--resume", "--no-progress"]) == 2
     assert "error: " in capsys.readouterr().out
     assert main(common + ["--corpus-cache", str(tmp_path / "missing"), "--steps", "1"]) == 2

@@ -69,7 +69,9 @@ def package(run_dir: str | Path, weights: str | Path | None = None, extra: dict 
         "weights": SHIPPED_WEIGHTS.name, "sha256": file_sha256(SHIPPED_WEIGHTS),
         "bytes": SHIPPED_WEIGHTS.stat().st_size, "preset": SHIPPED_PRESET,
         "encoder_dinov2": "tiny, seeded random (build_dino('tiny', None, seed 0)), frozen",
-        "data": "procedural head corpus (flexrt.corpus), rendered at 64x64 targets / 128x128 inputs",
+        "data": (f"procedural head corpus (flexrt.corpus), rendered at {corpus.get('image_size', 64)}x"
+                 f"{corpus.get('image_size', 64)} targets / {corpus.get('input_size', 128)}x"
+                 f"{corpus.get('input_size', 128)} inputs"),
         "corpus": corpus, "train_config": cfg,
         "steps": int(rows[-1]["step"]) if rows else 0,
         "train_wall_s": float(rows[-1]["wall_s"]) if rows else None,

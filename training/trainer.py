@@ -286,6 +286,8 @@ class Trainer:
         self.model.to(self.device)
         self.dino.to(self.device)
         self.source = SampleSource(cfg)
+        if cfg.corpus_cache:  # train_config.json records the corpus trained on (the cache's), not the CLI defaults
+            cfg.corpus = asdict(self.source.corpus_config)
         self.size = self.source.corpus_config.image_size
         if cfg.views_per_sample > self.source.corpus_config.views:
             raise ValueError(f"views_per_sample={cfg.views_per_sample} but the corpus has "

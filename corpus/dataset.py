@@ -24,11 +24,17 @@ shut, eyes forward and open, exp 0). At 64x64 the mouth and eyes are ~5 % of a f
 these pixels (``TrainConfig.expression_weight``) so that the model learns to follow the code within a short run.
 The at-rest renders are kept too (``Sample.target_rest_images``): with the at-rest code and the same camera they
 are a second target that differs from the first only inside the mask (``TrainConfig.rest_pairs``).
+
+Feature masks (``feature_masks``, off by default): for every target view, the pixels where the facial features are
+visible: eyeballs, the skin over the eye openings (the lids), lips and mouth interior (``HeadRig`` region
+"features"), rendered with the rest of the head as an occluder and grown by ``MASK_GROW``. Unlike the expression
+masks they cover the eyes whether or not the code moves them, so the trainer can weight the features a model
+must draw before it can show a blink (``TrainConfig.feature_weight``).
 """
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +44,7 @@ from flexrt.model.flexavatar import DATASET_ID_2D, DATASET_ID_3D
 
 from . import cameras
 from .codes import ROT, euler_matrix, pose_only, rotation_6d_to_matrix, sample_codes
-from .head import HeadIdentity, HeadRig, sample_identity
+from .head import HeadIdentity, HeadRig, rgb_to_sh_dc, sample_identity
 from .render import render
 
 SPLITS = ("2d", "3d", "heldout")
@@ -65,6 +71,7 @@ class CorpusConfig:
     exp_scale: float = 1.0  # spread of the exp coefficients the rig ignores (the shipped sequences: ~1.7)
     translation_scale: float = 1.0  # spread of t on top of pose_scale (sample_codes)
     expression_masks: bool = True  # also render each target with the expression at rest -> Sample.target_masks
+    feature_masks: bool = False  # also render where eyes, lids, lips, mouth show -> Sample.target_feature_masks
 
     def code_spread(self) -> dict:
         return {"exp_scale": self.exp_scale, "translation_scale": self.translation_scale}
@@ -93,6 +100,7 @@ class Sample:
     target_codes: torch.Tensor  # [V, 135] the code that drives each target (2D: as tracked)
     target_masks: torch.Tensor | None = None  # [V, 1, H, W] in {0, 1}: pixels the expression moves (or None)
     target_rest_images: torch.Tensor | None = None  # [V, 3, H, W]: the same views, expression at rest (or None)
+    target_feature_masks: torch.Tensor | None = None  # [V, 1, H, W] in {0, 1}: eyes, lids, lips, mouth (or None)
     meta: dict = field(default_factory=dict)
 
 
@@ -132,15 +140,31 @@ class HeadCorpus:
         return self._identities[key]
 
     def _render_frames(self, ident: HeadIdentity, codes: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor,
-                       size: int, per_frame_camera: bool) -> torch.Tensor:
-        """codes [F,135]; cameras [V,4,4]: one per frame (per_frame_camera) or all for frame 0 -> [V,3,size,size]."""
+                       size: int, per_frame_camera: bool, region: str | None = None) -> torch.Tensor:
+        """codes [F,135]; cameras [V,4,4]: one per frame (per_frame_camera) or all for frame 0 -> [V,3,size,size].
+        ``region``: render that rig region black and everything else white (the head still occludes it)."""
         out = self.rig.gaussians(ident, codes)
+        gs = out.gaussians
+        if region is not None:
+            black = out.regions[region][None, :, None]  # [1,N,1]
+            gs = replace(gs, colors=rgb_to_sh_dc(torch.where(black, 0.0, 1.0).expand_as(gs.colors)))
         images = []
         for v in range(c2w.shape[0]):
             f = v if per_frame_camera else 0
-            g = out.gaussians.map(lambda x: x[f])
+            g = gs.map(lambda x: x[f])
             images.append(render(g, c2w[v:v + 1], K[v:v + 1], size, out.normals[f], self.device)[0])
         return torch.stack(images).permute(0, 3, 1, 2).contiguous()
+
+    def _feature_masks(self, ident: HeadIdentity, codes: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor,
+                       per_frame_camera: bool, size: int) -> torch.Tensor | None:
+        """[V,1,size,size] in {0,1}: the pixels where the rig's "features" region shows (more than half covered),
+        grown by MASK_GROW; None when feature_masks is off."""
+        if not self.cfg.feature_masks:
+            return None
+        cover = self._render_frames(ident, codes, c2w, K, size, per_frame_camera, region="features")
+        shown = (cover.amin(1, keepdim=True) < 0.5).float()
+        k = 2 * MASK_GROW + 1
+        return torch.nn.functional.max_pool2d(shown, k, stride=1, padding=MASK_GROW)
 
     def _expression_masks(self, ident: HeadIdentity, codes: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor,
                           per_frame_camera: bool, images: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
@@ -172,30 +196,34 @@ class HeadCorpus:
             c2w, K = cameras.sphere(rng, cfg.views)
             imgs = self._render_frames(ident, code, c2w, K, cfg.image_size, False)
             masks, rest = self._expression_masks(ident, code, c2w, K, False, imgs)
+            features = self._feature_masks(ident, code, c2w, K, False, cfg.image_size)
             codes = code.expand(cfg.views, -1).clone()
         elif split == "2d":
             true_codes = torch.from_numpy(sample_codes(rng, cfg.views, pose_scale=cfg.pose_scale, **spread))
             c2w, K = cameras.frontal_cone(rng, cfg.views, cfg.cone_deg)
             imgs = self._render_frames(ident, true_codes, c2w, K, cfg.image_size, True)
             masks, rest = self._expression_masks(ident, true_codes, c2w, K, True, imgs)
+            features = self._feature_masks(ident, true_codes, c2w, K, True, cfg.image_size)
             codes = tracked_rotation(true_codes, c2w, cfg.leak)
         else:  # held-out: one frame, the fixed evaluation views
             code = torch.from_numpy(sample_codes(rng, 1, pose_scale=0.45 * cfg.pose_scale, **spread))
             c2w, K = cameras.eval_views()
             imgs = self._render_frames(ident, code, c2w, K, cfg.image_size, False)
             masks, rest = self._expression_masks(ident, code, c2w, K, False, imgs)
+            features = self._feature_masks(ident, code, c2w, K, False, cfg.image_size)
             codes = code.expand(c2w.shape[0], -1).clone()
         return Sample(split=split, dataset_id=DATASET_IDS[split], identity=person, input_image=in_img,
                       input_cam2world=in_c2w[0], input_intrinsics=in_K[0], target_images=imgs,
                       target_cam2world=c2w, target_intrinsics=K, target_codes=codes, target_masks=masks,
-                      target_rest_images=rest,
+                      target_rest_images=rest, target_feature_masks=features,
                       meta={"index": int(index), "views": list(cameras.EVAL_VIEWS) if split == "heldout" else None})
 
 
 # ------------------------------------------------------------------------------------------------------ disk cache
 _ARRAYS = ("input_image", "input_cam2world", "input_intrinsics", "target_images", "target_cam2world",
            "target_intrinsics", "target_codes", "dataset_id", "identity", "index")
-_OPTIONAL = ("target_masks", "target_rest_images")  # absent with expression_masks=False (and in older caches)
+# absent with expression_masks=False / feature_masks=False (and in older caches)
+_OPTIONAL = ("target_masks", "target_rest_images", "target_feature_masks")
 
 
 def _to_u8(x: torch.Tensor) -> np.ndarray:
@@ -218,6 +246,8 @@ def _write_shard(corpus: HeadCorpus, split: str, indices: range, path: Path, bar
         if s.target_masks is not None:
             cols.setdefault("target_masks", []).append(s.target_masks.to(torch.uint8).numpy())
             cols.setdefault("target_rest_images", []).append(_to_u8(s.target_rest_images))
+        if s.target_feature_masks is not None:
+            cols.setdefault("target_feature_masks", []).append(s.target_feature_masks.to(torch.uint8).numpy())
         for key in ("input_cam2world", "input_intrinsics", "target_cam2world", "target_intrinsics", "target_codes"):
             cols[key].append(getattr(s, key).numpy().astype(np.float32))
         cols["dataset_id"].append(s.dataset_id)
@@ -304,7 +334,8 @@ class CachedSplit:
             if have == len(parts):
                 keys.append(key)
             elif have:
-                raise ValueError(f"{folder}: {have} of {len(parts)} shards have {key} (expression masks); "
+                what = {"target_feature_masks": "feature masks"}.get(key, "expression masks")
+                raise ValueError(f"{folder}: {have} of {len(parts)} shards have {key} ({what}); "
                                  "rebuild the corpus in a new directory")
         self.arrays = {k: np.concatenate([p[k] for p in parts]) for k in keys}
         self.split = folder.name
@@ -323,6 +354,8 @@ class CachedSplit:
                       target_masks=f("target_masks").float() if "target_masks" in a else None,
                       target_rest_images=(f("target_rest_images").float() / 255
                                           if "target_rest_images" in a else None),
+                      target_feature_masks=(f("target_feature_masks").float()
+                                            if "target_feature_masks" in a else None),
                       meta={"index": int(a["index"][i])})
 
 

@@ -343,10 +343,12 @@ class HeadRig:
         opac = torch.full((T, self.num_template), 0.985)
         colors = base[None].expand(T, -1, -1).clone()
         eye_parts, eye_colors = [], []
+        eye_openings = torch.zeros(self.num_template, dtype=torch.bool)  # surface over either eye opening
         for k, (side, key) in enumerate(((1.0, "eye_left"), (-1.0, "eye_right"))):
             centre, he, ve = self._eye_anchor(ident, p_neutral, n_surf, side)
             a, b = 0.14 * ident.eye_size, 0.075 * ident.eye_size  # large (toy) eyes: blinks show at 64x64
             inside = _sig((1 - ((h - he) / a) ** 2 - ((v - ve) / b) ** 2) / 0.12)  # [S]
+            eye_openings |= inside > 0.5
             lid = ve + b * (1 - 2.4 * ctl["closure"][:, k:k + 1])  # [T,1] the upper lid's edge (past the bottom at 1)
             hole = inside[None] * _sig((lid - v[None]) / 0.006)  # [T,S]
             opac = opac * (1 - hole)
@@ -374,8 +376,9 @@ class HeadRig:
                              torch.tensor([0.92, 0.9, 0.84]).expand(k_teeth, 3)])
 
         # crack fillers: interpolated surface Gaussians
-        p, colors, opac, n_surf, v, hair, w_jaw = (
-            self._fill(x) for x in (p, colors, opac, n_surf, v, hair, w_jaw))
+        lips = (((h / 0.2) ** 2 + ((v - MOUTH_V) / 0.055) ** 2) < 1.0).float()  # the lips' ellipse (_base_colors)
+        p, colors, opac, n_surf, v, hair, w_jaw, eye_openings, lips = (
+            self._fill(x) for x in (p, colors, opac, n_surf, v, hair, w_jaw, eye_openings.float(), lips))
         spacing = self._fill(self.spacing)
 
         # 4-5. neck, then the global rotation and translation, for everything
@@ -409,7 +412,12 @@ class HeadRig:
             "mouth_interior": torch.arange(N) >= s + 2 * EYEBALL_POINTS,
             "hair": torch.cat([hair > 0.5, torch.zeros(n_extra, dtype=torch.bool)]),
             "jaw": torch.cat([w_jaw > 0.5, torch.zeros(n_extra, dtype=torch.bool)]),
+            "eye_openings": torch.cat([eye_openings > 0.5, torch.zeros(n_extra, dtype=torch.bool)]),
+            "lips": torch.cat([lips > 0.5, torch.zeros(n_extra, dtype=torch.bool)]),
         }
+        # the facial features a model must draw to show a blink, gaze and an open mouth: the eyeballs, the skin
+        # over the eye openings (the lids), the lips and the mouth interior (Sample.target_feature_masks)
+        regions["features"] = regions["eyes"] | regions["eye_openings"] | regions["lips"] | regions["mouth_interior"]
         return RigOutput(gaussians=g, normals=n_all, regions=regions)
 
 

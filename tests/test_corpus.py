@@ -288,6 +288,34 @@ def test_expression_masks_mark_what_the_face_moves():
     assert off.target_masks is None
 
 
+def test_feature_masks_cover_eyes_and_mouth_whatever_the_code():
+    """Feature masks: where eyeballs, lids, lips and mouth interior show, the rest of the head occluding them. On the
+    eyes and the mouth from the front, open eyes or shut, nowhere on the forehead or the background; half the
+    head's side hidden from a side camera; off by default; carried through the disk cache."""
+    from flexrt.corpus.codes import EYELIDS, neutral_code
+
+    corpus = HeadCorpus(CorpusConfig(**{**SMALL.__dict__, "image_size": 64, "feature_masks": True}))
+    ident = corpus.identity("heldout", 0)
+    c2w, K = cameras.eval_views(("front", "back"))
+    codes = neutral_code(2)
+    codes[1, EYELIDS] = 0.9  # eyes shut: the lids still count
+    rig = corpus.rig.gaussians(ident, codes)
+    assert int(rig.regions["features"].sum()) > int(rig.regions["eyes"].sum()) > 0  # eyeballs + lids + lips + mouth
+    assert not bool((rig.regions["features"] & rig.regions["hair"]).any())
+    for f in range(2):
+        m = corpus._feature_masks(ident, codes[f:f + 1], c2w, K, False, 64)  # [2 views,1,64,64]
+        front, back = m[0, 0], m[1, 0]
+        assert set(front.unique().tolist()) == {0.0, 1.0}
+        assert float(front[22:34, 10:30].sum()) >= 4 and float(front[22:34, 34:54].sum()) >= 4  # both eyes ...
+        assert float(front[40:54, 22:42].sum()) >= 6  # ... and the mouth ...
+        assert float(front[:16].sum()) == 0 and float(front[:, :4].sum()) == 0  # ... not forehead, not background
+        assert float(back.sum()) == 0  # seen from behind, the head hides them all
+    s = corpus.sample("2d", 1)
+    assert s.target_feature_masks.shape == (s.target_images.shape[0], 1, 64, 64)
+    assert HeadCorpus(SMALL).sample("2d", 1).target_feature_masks is None
+    assert CorpusConfig().feature_masks is False
+
+
 def test_cache_round_trip(tmp_path):
     corpus = HeadCorpus(SMALL)
     path = write_cache(corpus, "3d", 3, tmp_path, shard_size=2, progress=False)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from flexrt.corpus.dataset import CorpusConfig, HeadCorpus, write_cache
+from flexrt.corpus.dataset import CachedSplit, CorpusConfig, HeadCorpus, write_cache
 from flexrt.model.checkpoint import load_official
 from flexrt.model.flexavatar import DATASET_ID_2D, DATASET_ID_3D
 from flexrt.training.losses import PerceptualLoss, photometric_loss, psnr, ssim
@@ -151,6 +151,36 @@ def test_expression_weight_adds_the_l1_inside_the_masks(tmp_path, cache_dir):
         Trainer(_cfg(tmp_path / "o", off, data="2d", expression_weight=1.0))
     with pytest.raises(ValueError, match="expression_weight must be >= 0"):
         _cfg(tmp_path, cache_dir, expression_weight=-1.0)
+
+
+def test_feature_weight_adds_the_l1_inside_the_feature_masks(tmp_path):
+    """With feature_weight w the step's loss is the plain loss + w x the L1 over the batch's feature masks (eyes,
+    lids, lips, mouth), read back from the disk cache, twins included with rest_pairs; refused without them."""
+    d = tmp_path / "features"
+    corpus = HeadCorpus(CorpusConfig(**SMALL, feature_masks=True))
+    write_cache(corpus, "2d", 3, d, progress=False)
+    cached, fresh = CachedSplit(d / "2d")[1], corpus.sample("2d", 1)
+    assert torch.equal(cached.target_feature_masks, fresh.target_feature_masks)
+    assert float(fresh.target_feature_masks.sum()) > 0
+    tr = Trainer(_cfg(tmp_path / "r", d, data="2d", feature_weight=4.0))
+    batch = batch_for_step(tr.source, tr.cfg, 0)
+    assert batch.target_feature_masks.shape[:2] == batch.target_images.shape[:2]
+    with torch.no_grad():
+        pred = forward_batch(tr.model, tr.dino, batch, tr.size).flatten(0, 1)
+    target = batch.target_images.flatten(0, 1)
+    base, _ = photometric_loss(pred, target)
+    f = float(expression_l1(pred, target, batch.target_feature_masks.flatten(0, 1)))
+    row = tr.train_step(batch)
+    assert row["feat_l1"] == pytest.approx(f, rel=1e-4) and f > 0
+    assert row["loss"] == pytest.approx(float(base) + 4.0 * f, rel=1e-4)
+    twins = batch_for_step(tr.source, TrainConfig(**{**tr.cfg.__dict__, "rest_pairs": True}), 0)
+    assert twins.target_feature_masks.shape[1] == 2 * batch.target_feature_masks.shape[1]
+    plain = tmp_path / "plain"
+    write_cache(HeadCorpus(CorpusConfig(**SMALL)), "2d", 2, plain, progress=False)
+    with pytest.raises(ValueError, match="feature masks"):
+        Trainer(_cfg(tmp_path / "o", plain, data="2d", feature_weight=1.0))
+    with pytest.raises(ValueError, match="feature_weight must be >= 0"):
+        _cfg(tmp_path, d, feature_weight=-1.0)
 
 
 def test_rest_pairs_add_the_at_rest_twin_of_every_view(tmp_path, cache_dir):

@@ -61,6 +61,9 @@ def add_parser(subparsers) -> None:
     o.add_argument("--expression-weight", type=float, default=0.0,
                    help="extra weight of the L1 on the pixels the expression moves (the corpus's expression "
                         "masks: mouth, eyes, brows); 0 = plain loss")
+    o.add_argument("--feature-weight", type=float, default=0.0,
+                   help="extra weight of the L1 on the pixels where eyes, lids, lips and mouth show (the corpus's "
+                        "feature masks: build it with --feature-masks); 0 = off")
     o.add_argument("--rest-pairs", action="store_true",
                    help="also train on each target view's at-rest twin (same camera, the face's code at rest): "
                         "pairs that differ only where the expression acts")
@@ -113,6 +116,7 @@ def _config_from_args(args):
         device=resolve_device(args.device), render_backend=args.render_backend,
         dino_loss_weights=args.dino_loss_weights, sam_module=args.sam_module,
         perceptual_start=args.perceptual_start, expression_weight=args.expression_weight,
+        feature_weight=args.feature_weight,
         rest_pairs=args.rest_pairs, difference_weight=args.difference_weight,
         freeze_encoder=args.freeze_encoder,
         log_every=args.log_every, ckpt_every=args.ckpt_every,

@@ -11,7 +11,9 @@ Per step (batch of B persons, each with one input view and ``views_per_sample`` 
 5. loss: 0.8 L1 + 0.2 (1 - SSIM), plus the DINO / SAM perceptual terms from ``perceptual_start`` when their
    weights are given, plus ``expression_weight`` x the L1 inside the corpus's expression masks (the pixels that
    mouth, eyes, brows and cheeks move; ``corpus.dataset``: ~5 % of a 64x64 frame, which the plain loss all but
-   ignores in a short run); Adam (lr 1e-4 by default), gradient norm clipped at ``clip_grad``.
+   ignores in a short run), plus ``feature_weight`` x the L1 inside the corpus's feature masks (eyes, lids, lips,
+   mouth wherever they show, moved or not: the features a model must draw before it can blink); Adam (lr 1e-4 by
+   default), gradient norm clipped at ``clip_grad``.
 
 With ``rest_pairs``, every picked target view comes twice: as rendered with its code, and at rest (the corpus's
 at-rest render, driven by ``codes.pose_only`` of the code, same camera). The two differ only inside the expression
@@ -67,7 +69,7 @@ logger = logging.getLogger("flexrt.training")
 # continuous when the lr warm-up is longer than the probe (the H200 runs: 100 warm-up steps).
 BUDGET_PROBE_FROM, BUDGET_PROBE_STEPS = 5, 20
 LOG_FIELDS = ("step", "wall_s", "loss", "l1", "ssim", "expr_l1", "diff_l1", "dino", "sam", "lr", "n2d", "n3d",
-              "grad_norm", "sec_per_step")
+              "grad_norm", "sec_per_step", "feat_l1")
 
 
 @dataclass
@@ -97,6 +99,7 @@ class TrainConfig:
     sam_module: str | None = None  # TorchScript SAM feature module: enables the SAM perceptual term
     perceptual_start: int = 0  # step from which the perceptual terms are active
     expression_weight: float = 0.0  # weight of the L1 inside the expression masks (needs a corpus with masks)
+    feature_weight: float = 0.0  # weight of the L1 inside the feature masks (a corpus built with feature_masks)
     rest_pairs: bool = False  # add each target view's at-rest twin (needs a corpus with at-rest renders)
     difference_weight: float = 0.0  # weight of the L1 between rendered and target expression changes (rest_pairs)
     freeze_encoder: bool = False  # train stage (b) only (model.animation_parameters): avatar codes stay as they are
@@ -118,6 +121,8 @@ class TrainConfig:
             raise ValueError("batch_size and views_per_sample must be >= 1 and steps >= 0")
         if self.expression_weight < 0:
             raise ValueError(f"expression_weight must be >= 0, got {self.expression_weight}")
+        if self.feature_weight < 0:
+            raise ValueError(f"feature_weight must be >= 0, got {self.feature_weight}")
         if self.difference_weight < 0:
             raise ValueError(f"difference_weight must be >= 0, got {self.difference_weight}")
         if self.difference_weight > 0 and not self.rest_pairs:
@@ -137,6 +142,7 @@ class Batch:
     dataset_ids: torch.Tensor  # [B] int64 (the ids the model gets)
     splits: list[str]
     target_masks: torch.Tensor | None = None  # [B,V,1,H,W] expression masks in {0,1}, when the corpus has them
+    target_feature_masks: torch.Tensor | None = None  # [B,V,1,H,W] feature masks in {0,1}, likewise
 
     def to(self, device) -> "Batch":
         return Batch(**{k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()})
@@ -168,6 +174,8 @@ def collate(samples: list[Sample], views: int, rng: np.random.Generator, sinks: 
         splits=[s.split for s in samples],
         target_masks=(st(lambda s, p: s.target_masks[p])
                       if all(s.target_masks is not None for s in samples) else None),
+        target_feature_masks=(st(lambda s, p: s.target_feature_masks[p])
+                              if all(s.target_feature_masks is not None for s in samples) else None),
     )
     if not rest_pairs:
         return batch
@@ -180,6 +188,8 @@ def collate(samples: list[Sample], views: int, rng: np.random.Generator, sinks: 
     batch.target_cam2world = twins(batch.target_cam2world, batch.target_cam2world)
     batch.target_intrinsics = twins(batch.target_intrinsics, batch.target_intrinsics)
     batch.target_masks = twins(batch.target_masks, batch.target_masks)
+    if batch.target_feature_masks is not None:  # the features sit where they are at rest too (lids over open eyes)
+        batch.target_feature_masks = twins(batch.target_feature_masks, batch.target_feature_masks)
     return batch
 
 
@@ -237,7 +247,8 @@ def render_batch(g, target_cam2world: torch.Tensor, target_intrinsics: torch.Ten
 
 
 def expression_l1(pred: torch.Tensor, target: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Mean |pred - target| over the pixels of the expression masks: pred, target [N,3,H,W], masks [N,1,H,W]."""
+    """Mean |pred - target| over the pixels of masks (expression or feature masks): pred, target [N,3,H,W], masks
+    [N,1,H,W]."""
     err = ((pred - target).abs() * masks).sum()
     return err / (3.0 * masks.sum()).clamp_min(1.0)
 
@@ -299,6 +310,9 @@ class Trainer:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(self.params, lr=cfg.lr)
         self.perceptual = PerceptualLoss(cfg.dino_loss_weights, cfg.sam_module, cfg.perceptual_start).to(self.device)
+        if cfg.feature_weight > 0 and not self.source.corpus_config.feature_masks:
+            raise ValueError("feature_weight > 0 needs a corpus with feature masks (its config has "
+                             "feature_masks=False); build one with `python -m flexrt.corpus build --feature-masks`")
         if (cfg.expression_weight > 0 or cfg.rest_pairs) and not self.source.corpus_config.expression_masks:
             raise ValueError("expression_weight > 0 and rest_pairs need a corpus with expression masks (its "
                              "config has expression_masks=False); rebuild the corpus or turn them off")
@@ -377,6 +391,13 @@ class Trainer:
             e = expression_l1(p, t, batch.target_masks.flatten(0, 1))
             loss = loss + cfg.expression_weight * e
             logs["expr_l1"] = float(e.detach())
+        if cfg.feature_weight > 0:
+            if batch.target_feature_masks is None:
+                raise ValueError("feature_weight > 0 but the corpus samples carry no feature masks (build the corpus "
+                                 "with --feature-masks)")
+            fl = expression_l1(p, t, batch.target_feature_masks.flatten(0, 1))
+            loss = loss + cfg.feature_weight * fl
+            logs["feat_l1"] = float(fl.detach())
         if cfg.difference_weight > 0:
             d = difference_l1(pred, batch.target_images)
             loss = loss + cfg.difference_weight * d

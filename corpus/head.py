@@ -58,6 +58,11 @@ SKIN_LIGHT = np.array([0.96, 0.80, 0.69])
 SKIN_DARK = np.array([0.36, 0.22, 0.14])
 
 
+def _lips(h: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Lip colour weight in [0, 1] at template directions (h, v): an ellipse around the mouth line."""
+    return _sig((1 - ((h / 0.2) ** 2 + ((v - MOUTH_V) / 0.055) ** 2)) / 0.15)
+
+
 def rgb_to_sh_dc(rgb: torch.Tensor) -> torch.Tensor:
     """RGB [..., 3] (>= 0) -> raw SH-DC coefficients: the inverse of ``flexrt.kernels.sh_dc_to_rgb`` there."""
     return (rgb - 0.5) / SH_C0
@@ -287,7 +292,7 @@ class HeadRig:
         c = c * (1 - blush[:, None]) + blush[:, None] * torch.tensor([0.85, 0.35, 0.35])
         nose_tip = 0.15 * _gauss2(h, v, 0.0, NOSE_V, 0.06, 0.06)
         c = c * (1 - nose_tip[:, None]) + nose_tip[:, None] * torch.tensor([0.8, 0.45, 0.4])
-        lips = _sig((1 - ((h / 0.2) ** 2 + ((v - MOUTH_V) / 0.055) ** 2)) / 0.15)
+        lips = _lips(h, v)
         c = c * (1 - lips[:, None]) + lips[:, None] * torch.tensor(ident.lips)
         hair_col = torch.tensor(ident.hair) * (1 + 0.12 * noise[:, 1:2] + 0.06 * torch.sin(40 * h + 3 * noise[:, 2])[:, None])
         brow = torch.zeros_like(h)
@@ -376,9 +381,9 @@ class HeadRig:
                              torch.tensor([0.92, 0.9, 0.84]).expand(k_teeth, 3)])
 
         # crack fillers: interpolated surface Gaussians
-        lips = (((h / 0.2) ** 2 + ((v - MOUTH_V) / 0.055) ** 2) < 1.0).float()  # the lips' ellipse (_base_colors)
+        lips = _lips(h, v)
         p, colors, opac, n_surf, v, hair, w_jaw, eye_openings, lips = (
-            self._fill(x) for x in (p, colors, opac, n_surf, v, hair, w_jaw, eye_openings.float(), lips))
+            self._fill(x) for x in (p, colors, opac, n_surf, v, hair, w_jaw, eye_openings.float(), lips))  # [.., S]
         spacing = self._fill(self.spacing)
 
         # 4-5. neck, then the global rotation and translation, for everything

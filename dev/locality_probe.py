@@ -25,7 +25,7 @@ from flexrt.corpus.dataset import CachedSplit, CorpusConfig, HeadCorpus
 from flexrt.fitting.losses import photometric_loss
 from flexrt.model.flexavatar import DATASET_ID_3D
 from flexrt.training.evaluate import expression_response, jaw_probe_codes
-from flexrt.training.trainer import (TrainConfig, build_model, collate, difference_l1, encoder_image, expression_l1,
+from flexrt.training.trainer import (TrainConfig, build_model, collate, difference_l1, encoder_image, masked_l1,
                                      render_batch)
 
 
@@ -95,7 +95,7 @@ def main() -> int:
         pred_bv = render_batch(g, batch.target_cam2world, batch.target_intrinsics, batch.target_images.shape[-1],
                                "torch")
         pred, target = pred_bv.flatten(0, 1), batch.target_images.flatten(0, 1)
-        loss = photometric_loss(pred, target)[0] + args.expression_weight * expression_l1(
+        loss = photometric_loss(pred, target)[0] + args.expression_weight * masked_l1(
             pred, target, batch.target_masks.flatten(0, 1))
         if args.difference_weight > 0:
             loss = loss + args.difference_weight * difference_l1(pred_bv, batch.target_images)

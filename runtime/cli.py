@@ -406,7 +406,8 @@ def _server_config(args):
     return ServerConfig(
         host=args.host, port=args.port, store_dir=args.store, max_width=args.max_size, max_height=args.max_size,
         max_streams=args.max_streams, max_pending_streams=args.max_pending_streams,
-        pending_grace_s=args.pending_grace, config_timeout_s=args.config_timeout, stream_idle_timeout_s=args.idle_timeout,
+        pending_grace_s=args.pending_grace, config_timeout_s=args.config_timeout,
+        stream_idle_timeout_s=args.idle_timeout,
         max_message_bytes=int(args.max_message_mib * MiB), max_stream_fps=args.max_stream_fps,
         max_stream_messages_per_s=args.max_stream_messages_per_s, max_avatars=args.max_avatars,
         max_store_bytes=int(args.max_store_mib * MiB), max_photo_pixels=int(args.max_photo_megapixels * 1e6),

@@ -17,7 +17,7 @@ from flexrt.model.checkpoint import load_official
 from flexrt.model.flexavatar import DATASET_ID_2D, DATASET_ID_3D
 from flexrt.training.losses import PerceptualLoss, photometric_loss, psnr, ssim
 from flexrt.training.trainer import (LOG_FIELDS, TrainConfig, Trainer, batch_for_step, collate, difference_l1,
-                                     expression_l1, forward_batch)
+                                     masked_l1, forward_batch)
 
 SMALL = dict(identities_2d=40, identities_3d=2, identities_heldout=2, image_size=32, input_size=48, template_res=48)
 
@@ -121,7 +121,7 @@ def test_loss_decreases_on_a_fixed_batch(tmp_path, cache_dir):
 
 
 def test_expression_weight_adds_the_l1_inside_the_masks(tmp_path, cache_dir):
-    """expression_l1 is the mean |error| over masked pixels (closed form); with expression_weight w the step's loss
+    """masked_l1 is the mean |error| over masked pixels (closed form); with expression_weight w the step's loss
     is the plain loss + w x that term, on the batch's own masks; a corpus without masks is refused."""
     g = torch.Generator().manual_seed(0)
     p, t = torch.rand(2, 3, 8, 8, generator=g), torch.rand(2, 3, 8, 8, generator=g)
@@ -129,8 +129,8 @@ def test_expression_weight_adds_the_l1_inside_the_masks(tmp_path, cache_dir):
     m[0, 0, 2:4, 3:6] = 1
     m[1, 0, 7, 0] = 1
     ref = torch.cat([(p[0, :, 2:4, 3:6] - t[0, :, 2:4, 3:6]).abs().flatten(), (p[1, :, 7, 0] - t[1, :, 7, 0]).abs()])
-    assert float(expression_l1(p, t, m)) == pytest.approx(float(ref.mean()), rel=1e-6)
-    assert float(expression_l1(p, t, torch.zeros_like(m))) == 0.0
+    assert float(masked_l1(p, t, m)) == pytest.approx(float(ref.mean()), rel=1e-6)
+    assert float(masked_l1(p, t, torch.zeros_like(m))) == 0.0
 
     tr = Trainer(_cfg(tmp_path, cache_dir, expression_weight=5.0))
     batch = batch_for_step(tr.source, tr.cfg, 0)
@@ -140,7 +140,7 @@ def test_expression_weight_adds_the_l1_inside_the_masks(tmp_path, cache_dir):
         pred = forward_batch(tr.model, tr.dino, batch, tr.size).flatten(0, 1)
     target = batch.target_images.flatten(0, 1)
     base, _ = photometric_loss(pred, target)
-    e = float(expression_l1(pred, target, batch.target_masks.flatten(0, 1)))
+    e = float(masked_l1(pred, target, batch.target_masks.flatten(0, 1)))
     row = tr.train_step(batch)
     assert row["expr_l1"] == pytest.approx(e, rel=1e-4) and e > 0
     assert row["loss"] == pytest.approx(float(base) + 5.0 * e, rel=1e-4)
@@ -169,7 +169,7 @@ def test_feature_weight_adds_the_l1_inside_the_feature_masks(tmp_path):
         pred = forward_batch(tr.model, tr.dino, batch, tr.size).flatten(0, 1)
     target = batch.target_images.flatten(0, 1)
     base, _ = photometric_loss(pred, target)
-    f = float(expression_l1(pred, target, batch.target_feature_masks.flatten(0, 1)))
+    f = float(masked_l1(pred, target, batch.target_feature_masks.flatten(0, 1)))
     row = tr.train_step(batch)
     assert row["feat_l1"] == pytest.approx(f, rel=1e-4) and f > 0
     assert row["loss"] == pytest.approx(float(base) + 4.0 * f, rel=1e-4)

@@ -246,7 +246,7 @@ def render_batch(g, target_cam2world: torch.Tensor, target_intrinsics: torch.Ten
     return rgb[:, 0].permute(0, 3, 1, 2).reshape(b, v, 3, size, size)
 
 
-def expression_l1(pred: torch.Tensor, target: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+def masked_l1(pred: torch.Tensor, target: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """Mean |pred - target| over the pixels of masks (expression or feature masks): pred, target [N,3,H,W], masks
     [N,1,H,W]."""
     err = ((pred - target).abs() * masks).sum()
@@ -388,14 +388,14 @@ class Trainer:
             if batch.target_masks is None:
                 raise ValueError("expression_weight > 0 but the corpus samples carry no expression masks "
                                  "(a cache built before masks existed: rebuild it)")
-            e = expression_l1(p, t, batch.target_masks.flatten(0, 1))
+            e = masked_l1(p, t, batch.target_masks.flatten(0, 1))
             loss = loss + cfg.expression_weight * e
             logs["expr_l1"] = float(e.detach())
         if cfg.feature_weight > 0:
             if batch.target_feature_masks is None:
                 raise ValueError("feature_weight > 0 but the corpus samples carry no feature masks (build the corpus "
                                  "with --feature-masks)")
-            fl = expression_l1(p, t, batch.target_feature_masks.flatten(0, 1))
+            fl = masked_l1(p, t, batch.target_feature_masks.flatten(0, 1))
             loss = loss + cfg.feature_weight * fl
             logs["feat_l1"] = float(fl.detach())
         if cfg.difference_weight > 0:
@@ -491,5 +491,5 @@ def resume_config(out: str | Path, **overrides) -> TrainConfig:
 
 
 __all__ = ["TrainConfig", "Trainer", "Batch", "collate", "batch_for_step", "render_batch", "forward_batch",
-           "expression_l1",
+           "masked_l1",
            "build_model", "difference_l1", "encoder_image", "SampleSource", "resume_config", "LOG_FIELDS"]

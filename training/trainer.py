@@ -384,20 +384,19 @@ class Trainer:
         loss, logs = photometric_loss(p, t)
         extra, plogs = self.perceptual(p, t, self.step)
         loss = loss + extra
-        if cfg.expression_weight > 0:
-            if batch.target_masks is None:
-                raise ValueError("expression_weight > 0 but the corpus samples carry no expression masks "
-                                 "(a cache built before masks existed: rebuild it)")
-            e = masked_l1(p, t, batch.target_masks.flatten(0, 1))
-            loss = loss + cfg.expression_weight * e
-            logs["expr_l1"] = float(e.detach())
-        if cfg.feature_weight > 0:
-            if batch.target_feature_masks is None:
-                raise ValueError("feature_weight > 0 but the corpus samples carry no feature masks (build the corpus "
-                                 "with --feature-masks)")
-            fl = masked_l1(p, t, batch.target_feature_masks.flatten(0, 1))
-            loss = loss + cfg.feature_weight * fl
-            logs["feat_l1"] = float(fl.detach())
+        for weight, masks, key, missing in (  # the masked L1 terms: (weight, masks [B,V,1,H,W], log column, hint)
+                (cfg.expression_weight, batch.target_masks, "expr_l1",
+                 "expression_weight > 0 but the corpus samples carry no expression masks (a cache built before "
+                 "masks existed: rebuild it)"),
+                (cfg.feature_weight, batch.target_feature_masks, "feat_l1",
+                 "feature_weight > 0 but the corpus samples carry no feature masks (build the corpus with "
+                 "--feature-masks)")):
+            if weight > 0:
+                if masks is None:
+                    raise ValueError(missing)
+                term = masked_l1(p, t, masks.flatten(0, 1))
+                loss = loss + weight * term
+                logs[key] = float(term.detach())
         if cfg.difference_weight > 0:
             d = difference_l1(pred, batch.target_images)
             loss = loss + cfg.difference_weight * d

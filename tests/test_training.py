@@ -120,6 +120,19 @@ def test_loss_decreases_on_a_fixed_batch(tmp_path, cache_dir):
     assert losses[-1] < 0.9 * losses[0], losses
 
 
+def _assert_step_adds_masked_l1(tr, batch, masks, key: str, weight: float) -> None:
+    """One train step on ``batch``: its loss is the plain loss + weight x masked_l1 over ``masks`` [B,V,1,H,W]
+    (computed here from the same weights, before the step), and the log column ``key`` holds that L1."""
+    with torch.no_grad():
+        pred = forward_batch(tr.model, tr.dino, batch, tr.size).flatten(0, 1)
+    target = batch.target_images.flatten(0, 1)
+    base, _ = photometric_loss(pred, target)
+    e = float(masked_l1(pred, target, masks.flatten(0, 1)))
+    row = tr.train_step(batch)
+    assert row[key] == pytest.approx(e, rel=1e-4) and e > 0
+    assert row["loss"] == pytest.approx(float(base) + weight * e, rel=1e-4)
+
+
 def test_expression_weight_adds_the_l1_inside_the_masks(tmp_path, cache_dir):
     """masked_l1 is the mean |error| over masked pixels (closed form); with expression_weight w the step's loss
     is the plain loss + w x that term, on the batch's own masks; a corpus without masks is refused."""
@@ -136,14 +149,7 @@ def test_expression_weight_adds_the_l1_inside_the_masks(tmp_path, cache_dir):
     batch = batch_for_step(tr.source, tr.cfg, 0)
     assert batch.target_masks is not None and batch.target_masks.shape[:2] == batch.target_images.shape[:2]
     assert float(batch.target_masks.sum()) > 0
-    with torch.no_grad():
-        pred = forward_batch(tr.model, tr.dino, batch, tr.size).flatten(0, 1)
-    target = batch.target_images.flatten(0, 1)
-    base, _ = photometric_loss(pred, target)
-    e = float(masked_l1(pred, target, batch.target_masks.flatten(0, 1)))
-    row = tr.train_step(batch)
-    assert row["expr_l1"] == pytest.approx(e, rel=1e-4) and e > 0
-    assert row["loss"] == pytest.approx(float(base) + 5.0 * e, rel=1e-4)
+    _assert_step_adds_masked_l1(tr, batch, batch.target_masks, "expr_l1", 5.0)
 
     off = tmp_path / "nomask"
     write_cache(HeadCorpus(CorpusConfig(**SMALL, expression_masks=False)), "2d", 2, off, progress=False)
@@ -165,14 +171,7 @@ def test_feature_weight_adds_the_l1_inside_the_feature_masks(tmp_path):
     tr = Trainer(_cfg(tmp_path / "r", d, data="2d", feature_weight=4.0))
     batch = batch_for_step(tr.source, tr.cfg, 0)
     assert batch.target_feature_masks.shape[:2] == batch.target_images.shape[:2]
-    with torch.no_grad():
-        pred = forward_batch(tr.model, tr.dino, batch, tr.size).flatten(0, 1)
-    target = batch.target_images.flatten(0, 1)
-    base, _ = photometric_loss(pred, target)
-    f = float(masked_l1(pred, target, batch.target_feature_masks.flatten(0, 1)))
-    row = tr.train_step(batch)
-    assert row["feat_l1"] == pytest.approx(f, rel=1e-4) and f > 0
-    assert row["loss"] == pytest.approx(float(base) + 4.0 * f, rel=1e-4)
+    _assert_step_adds_masked_l1(tr, batch, batch.target_feature_masks, "feat_l1", 4.0)
     twins = batch_for_step(tr.source, TrainConfig(**{**tr.cfg.__dict__, "rest_pairs": True}), 0)
     assert twins.target_feature_masks.shape[1] == 2 * batch.target_feature_masks.shape[1]
     plain = tmp_path / "plain"

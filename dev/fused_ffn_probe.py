@@ -1,25 +1,31 @@
-"""Development probe (not installed; prepared 2026-12-02, NOT YET RUN): the feed forward's first GEMM with its
-epilogue fused, against what the FP8 decoder runs today (docs/SERVING.md, "What holds 64 streams back").
+"""Development probe (not installed; prepared 2026-12-02, NOT YET RUN on a GPU): the sample stream's FP8 GEMMs with
+their epilogues fused, against what the FP8 decoder runs today (docs/SERVING.md, "What holds 64 streams back").
 
-Today (``model/deploy.py``, ``Fp8Linear`` static scaling, then ``F.gelu`` and the next layer's quantisation):
+Today (``model/deploy.py``: ``Fp8Linear`` static scaling, then ``F.gelu`` and the next layer's quantisation, or the
+residual add):
 
     y  = _scaled_mm(q, W8^T, s_x, 1) -> bf16 [M,N]          cuBLAS FP8 GEMM, writes bf16
     y  = (y * w_scale + bias) -> bf16; g = gelu_tanh(y)    } one inductor kernel ("GELU + quantise", 3.1 ms of a
     q2 = clamp(g / s_out, +-448) -> float8 e4m3 [M,N]      }   64-frame decode): reads bf16, writes fp8
+    (to_out / ff_out: x = x + (y * w_scale + bias) -> bf16, the residual add in its own kernel)
 
-Fused (this file, Triton): one kernel, q2 = fp8(clamp(gelu_tanh((q @ W8^T) * s_x * w_scale + bias) / s_out)),
-the GEMM's fp32 accumulator going straight through the epilogue: the bf16 [M,N] intermediate is never written or
-read (at batch 64: 65,536 x 3,072 x 2 B written and read again per layer). gelu_tanh(x) = x * sigmoid(2 z),
-z = sqrt(2/pi) (x + 0.044715 x^3), the same function as 0.5 x (1 + tanh z).
+Fused (this file, one Triton kernel with two epilogues): the GEMM's fp32 accumulator goes straight through
+dequantisation and bias into either gelu_tanh and the e4m3 quantisation (ff_in) or the residual add (to_out,
+ff_out): the bf16 product is never written or read again (at batch 64, ff_in: 65,536 x 3,072 x 2 B each way per
+layer). gelu_tanh(x) = x * sigmoid(2 z), z = sqrt(2/pi) (x + 0.044715 x^3), the same function as
+0.5 x (1 + tanh z).
 
     python dev/fused_ffn_probe.py --out OUT        (a CUDA GPU with FP8 tensor cores and Triton; ~60 s)
 
-Prints and writes OUT/fused_ffn.json: per M (32 and 64 frames of 1,024 tokens): both paths' agreement with the
-same function in fp32 (dequantised outputs: max |diff| in e4m3 steps, share of elements that differ) and their
-times (CUDA events, warm-up, median and p90 of 50 calls; today's path compiled by inductor as the server compiles
-it). On a CPU: ``TRITON_INTERPRET=1 python dev/fused_ffn_probe.py --cpu-check`` runs the kernel in Triton's
-interpreter at a small ragged shape (2026-12-02, triton 3.9 in a scratch venv: fused vs fp32 max 4 e4m3 steps,
-1.5 % of elements differ; today's path 4 steps, 3.6 %: the fused kernel skips the bf16 intermediate).
+Prints and writes OUT/fused_ffn.json: per GEMM (ff_in, ff_out, to_out at FLEX-1's sizes) and M (32 and 64 frames
+of 1,024 tokens): both paths' agreement with the same function in fp32 (max |diff| in steps of the output format,
+share of elements that differ) and their times (CUDA events, warm-up, median and p90 of 50 calls; today's path
+compiled by inductor as the server compiles it). On a CPU, ``TRITON_INTERPRET=1 python dev/fused_ffn_probe.py
+--cpu-check`` runs the kernel in Triton's interpreter at a small ragged shape (masks exercised). Checked so
+(2026-12-02, triton 3.9 in a scratch venv): GELU + quantise, fused vs fp32 1.5 % of elements differ (max 4 e4m3
+steps), today's path 3.6 % (4 steps); residual, fused max 1 bf16 step, today's 4.25 steps. (The interpreter rounds
+fp32 -> bf16 toward zero, which is why half the fused residual outputs sit one step off the round-to-nearest
+reference: 99.96 % equal the truncated exact sum; the GPU rounds to nearest.)
 """
 from __future__ import annotations
 
@@ -46,11 +52,12 @@ def build_kernel(autotune: bool = True):
                                         (256, 128, 128, 8, 3), (128, 256, 64, 8, 4), (64, 128, 128, 4, 4))]
 
     @triton.jit
-    def fp8_gemm_gelu_quant(a_ptr, w_ptr, w_scale_ptr, bias_ptr, c_ptr, s_x_ptr, s_out_ptr, M, N, K,
-                            stride_am, stride_ak, stride_wn, stride_wk, stride_cm, stride_cn,
-                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                            GROUP_M: tl.constexpr):
-        # a [M,K] e4m3, w [N,K] e4m3 (K contiguous: B = w^T is K-major, as Hopper's FP8 MMA wants), c [M,N] e4m3
+    def fp8_gemm_fused(a_ptr, w_ptr, w_scale_ptr, bias_ptr, c_ptr, s_x_ptr, s_out_ptr, res_ptr, M, N, K,
+                       stride_am, stride_ak, stride_wn, stride_wk, stride_cm, stride_cn,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+                       RESIDUAL: tl.constexpr):
+        # a [M,K] e4m3, w [N,K] e4m3 (K contiguous: B = w^T is K-major, as Hopper's FP8 MMA wants); c [M,N]: e4m3
+        # (RESIDUAL False: GELU + quantise) or bf16 = res [M,N] bf16 + the product (RESIDUAL True; res like c)
         pid = tl.program_id(0)
         grid_m, grid_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
         group = GROUP_M * grid_n  # grouped tile order: consecutive programs share rows of a (L2 reuse)
@@ -71,34 +78,43 @@ def build_kernel(autotune: bool = True):
             acc = tl.dot(a, b, acc)
             a_ptrs += BLOCK_K * stride_ak
             w_ptrs += BLOCK_K * stride_wk
-        # epilogue: dequantise (tensor-wise x scale, per-channel weight scale), bias, tanh GELU, quantise
+        # epilogue: dequantise (tensor-wise x scale, per-channel weight scale), bias, then either tanh GELU and
+        # the next GEMM's quantisation, or the residual add
         n_ok = offs_n < N
+        c_mask = (offs_m[:, None] < M) & n_ok[None, :]
         w_scale = tl.load(w_scale_ptr + offs_n, mask=n_ok, other=0.0)
         bias = tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
         s_x = tl.load(s_x_ptr)
-        inv_out = 1.0 / tl.load(s_out_ptr)
         y = acc * (s_x * w_scale)[None, :] + bias[None, :]
-        z = 0.7978845608028654 * (y + 0.044715 * y * y * y)
-        g = y * tl.sigmoid(2.0 * z)
-        q = tl.minimum(tl.maximum(g * inv_out, -448.0), 448.0)  # FP8_MAX (a jit kernel reads no Python globals)
         c_ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn
-        tl.store(c_ptrs, q.to(c_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & n_ok[None, :])
+        if RESIDUAL:
+            res = tl.load(res_ptr + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn, mask=c_mask, other=0.0)
+            tl.store(c_ptrs, (res.to(tl.float32) + y).to(c_ptr.dtype.element_ty), mask=c_mask)
+        else:
+            z = 0.7978845608028654 * (y + 0.044715 * y * y * y)
+            g = y * tl.sigmoid(2.0 * z)
+            q = tl.minimum(tl.maximum(g / tl.load(s_out_ptr), -448.0), 448.0)  # FP8_MAX (no Python globals in jit)
+            tl.store(c_ptrs, q.to(c_ptr.dtype.element_ty), mask=c_mask)
 
-    tuned = triton.autotune(configs=configs, key=["M", "N", "K"])(fp8_gemm_gelu_quant)
+    tuned = triton.autotune(configs=configs, key=["M", "N", "K", "RESIDUAL"])(fp8_gemm_fused)
     fixed = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}
 
-    def run(a, w, w_scale, bias, s_x, s_out):
-        """a [M,K] e4m3, w [N,K] e4m3, w_scale [N] fp32, bias [N] bf16, s_x, s_out [] fp32 -> [M,N] e4m3."""
+    def run(a, w, w_scale, bias, s_x, s_out=None, residual=None):
+        """a [M,K] e4m3, w [N,K] e4m3, w_scale [N] fp32, bias [N] bf16, s_x [] fp32; then either s_out [] fp32
+        -> gelu_tanh(a W^T + b) quantised to e4m3 [M,N], or residual [M,N] bf16 -> residual + a W^T + b, bf16."""
         m, k = a.shape
         n = w.shape[0]
-        c = torch.empty(m, n, device=a.device, dtype=torch.float8_e4m3fn)
+        fuse_residual = residual is not None
+        c = torch.empty(m, n, device=a.device, dtype=torch.bfloat16 if fuse_residual else torch.float8_e4m3fn)
+        if fuse_residual and residual.stride() != c.stride():
+            raise ValueError(f"residual must be a contiguous [{m},{n}] tensor, got strides {residual.stride()}")
         grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
-        args = (a, w, w_scale, bias, c, s_x, s_out, m, n, k, a.stride(0), a.stride(1), w.stride(0), w.stride(1),
-                c.stride(0), c.stride(1))
+        args = (a, w, w_scale, bias, c, s_x, s_x if s_out is None else s_out, c if residual is None else residual,
+                m, n, k, a.stride(0), a.stride(1), w.stride(0), w.stride(1), c.stride(0), c.stride(1))
         if autotune:
-            tuned[grid](*args)
+            tuned[grid](*args, RESIDUAL=fuse_residual)
         else:
-            fp8_gemm_gelu_quant[grid](*args, **fixed)
+            fp8_gemm_fused[grid](*args, RESIDUAL=fuse_residual, **fixed)
         return c
 
     return run
@@ -112,18 +128,33 @@ def today(a, w, w_scale_row, bias, s_x, s_out, one):
     return (g.float() / s_out).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
 
 
-def reference_fp32(a, w, w_scale, bias, s_x, s_out):
-    """The fused function in fp32 with plain ops (no bf16 intermediate): what both paths approximate."""
+def today_residual(a, w, w_scale_row, bias, s_x, one, residual):
+    """What the FP8 decoder runs for to_out / ff_out: Fp8Linear static, then the bf16 residual add."""
+    y = torch._scaled_mm(a, w.t(), scale_a=s_x, scale_b=one, out_dtype=torch.bfloat16, use_fast_accum=True)
+    return residual + (y.float() * w_scale_row + bias).to(torch.bfloat16)
+
+
+def reference_fp32(a, w, w_scale, bias, s_x, s_out=None, residual=None):
+    """The fused function in fp32 with plain ops (no bf16 intermediate), rounded once to the output's dtype: what
+    both paths approximate."""
     y = (a.float() * s_x) @ (w.float() * w_scale[:, None]).t() + bias.float()
+    if residual is not None:
+        return (residual.float() + y).to(torch.bfloat16).float()
     return (F.gelu(y, approximate="tanh") / s_out).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).float()
 
 
-def agreement(out: torch.Tensor, ref: torch.Tensor) -> dict:
-    """Dequantised e4m3 outputs: max |diff| in e4m3 steps of the reference value (3 mantissa bits; subnormals below
-    2^-6 step 2^-9) and the share of elements that differ at all."""
-    step = torch.exp2(torch.floor(torch.log2(ref.abs().clamp_min(2.0 ** -6))) - 3)
-    return {"max_diff_e4m3_steps": float(((out - ref).abs() / step).max()),
+def agreement(out: torch.Tensor, ref: torch.Tensor, mantissa_bits: int = 3, min_normal: float = 2.0 ** -6,
+              magnitude: torch.Tensor | None = None) -> dict:
+    """Outputs as floats: max |diff| in steps of the output format at the reference value, or at ``magnitude``
+    where given (a residual add: the operands' size, since their sum may cancel) (e4m3: 3 mantissa bits, step 2^-9
+    below 2^-6; bf16: 7), and the share of elements that differ at all."""
+    size = ref.abs() if magnitude is None else torch.maximum(ref.abs(), magnitude.abs())
+    step = torch.exp2(torch.floor(torch.log2(size.clamp_min(min_normal))) - mantissa_bits)
+    return {"max_diff_steps": float(((out - ref).abs() / step).max()),
             "share_differing": float((out != ref).float().mean())}
+
+
+BF16 = {"mantissa_bits": 7, "min_normal": 2.0 ** -126}
 
 
 def problem(m: int, n: int, k: int, device, seed: int = 0):
@@ -147,8 +178,14 @@ def cpu_check() -> int:
     ref = reference_fp32(a, w, w_scale, bias, s_x, s_out)
     out = fused(a, w, w_scale, bias, s_x, s_out).float()
     t = today(a, w, w_scale[None, :], bias, s_x, s_out, torch.ones(())).float()
-    print("fused vs fp32 reference:", agreement(out, ref))
-    print("today vs fp32 reference:", agreement(t, ref))
+    print("GELU + quantise epilogue, fused vs fp32 reference:", agreement(out, ref))
+    print("                          today vs fp32 reference:", agreement(t, ref))
+    x = torch.randn(96, 200, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    ref = reference_fp32(a, w, w_scale, bias, s_x, residual=x)
+    out = fused(a, w, w_scale, bias, s_x, residual=x).float()
+    t = today_residual(a, w, w_scale[None, :], bias, s_x, torch.ones(()), x).float()
+    print("residual epilogue, fused vs fp32 reference:", agreement(out, ref, **BF16, magnitude=x.float()))
+    print("                   today vs fp32 reference:", agreement(t, ref, **BF16, magnitude=x.float()))
     return 0
 
 
@@ -182,24 +219,38 @@ def main() -> int:
                          "--cpu-check checks the kernel's logic on a CPU")
     dev = torch.device("cuda")
     fused = build_kernel()
-    compiled = torch.compile(today)
+    compiled, compiled_residual = torch.compile(today), torch.compile(today_residual)
     one = torch.ones((), device=dev)
     rows = []
+    # FLEX-1's sample-stream GEMMs with an epilogue to fuse: (name, N, K, epilogue)
+    gemms = (("ff_in", 4 * K_DIM, K_DIM, "gelu+quantise"), ("ff_out", K_DIM, 4 * K_DIM, "residual"),
+             ("to_out", K_DIM, K_DIM, "residual"))
     for frames in (int(f) for f in args.frames.split(",")):
         m = frames * TOKENS
-        a, w, w_scale, bias, s_x, s_out = problem(m, N_DIM, K_DIM, dev)
-        ref = reference_fp32(a, w, w_scale, bias, s_x, s_out)
-        out = fused(a, w, w_scale, bias, s_x, s_out).float()
-        t = today(a, w, w_scale[None, :], bias, s_x, s_out, one).float()
-        row = {"frames": frames, "M": m, "N": N_DIM, "K": K_DIM,
-               "fused_vs_fp32": agreement(out, ref), "today_vs_fp32": agreement(t, ref),
-               "today_compiled": time_ms(lambda: compiled(a, w, w_scale[None, :], bias, s_x, s_out, one)),
-               "fused_triton": time_ms(lambda: fused(a, w, w_scale, bias, s_x, s_out))}
-        row["speedup"] = row["today_compiled"]["median_ms"] / row["fused_triton"]["median_ms"]
-        flops = 2.0 * m * N_DIM * K_DIM
-        row["fused_tflops"] = flops / row["fused_triton"]["median_ms"] / 1e9
-        print(json.dumps(row), flush=True)
-        rows.append(row)
+        for name, n, k, epilogue in gemms:
+            a, w, w_scale, bias, s_x, s_out = problem(m, n, k, dev)
+            if epilogue == "residual":
+                x = torch.randn(m, n, device=dev).to(torch.bfloat16)
+                ref = reference_fp32(a, w, w_scale, bias, s_x, residual=x)
+                out = fused(a, w, w_scale, bias, s_x, residual=x).float()
+                t = today_residual(a, w, w_scale[None, :], bias, s_x, one, x).float()
+                fmt = {**BF16, "magnitude": x.float()}
+                run_today = lambda: compiled_residual(a, w, w_scale[None, :], bias, s_x, one, x)  # noqa: E731
+                run_fused = lambda: fused(a, w, w_scale, bias, s_x, residual=x)  # noqa: E731
+            else:
+                ref = reference_fp32(a, w, w_scale, bias, s_x, s_out)
+                out = fused(a, w, w_scale, bias, s_x, s_out).float()
+                t = today(a, w, w_scale[None, :], bias, s_x, s_out, one).float()
+                fmt = {}
+                run_today = lambda: compiled(a, w, w_scale[None, :], bias, s_x, s_out, one)  # noqa: E731
+                run_fused = lambda: fused(a, w, w_scale, bias, s_x, s_out)  # noqa: E731
+            row = {"gemm": name, "epilogue": epilogue, "frames": frames, "M": m, "N": n, "K": k,
+                   "fused_vs_fp32": agreement(out, ref, **fmt), "today_vs_fp32": agreement(t, ref, **fmt),
+                   "today_compiled": time_ms(run_today), "fused_triton": time_ms(run_fused)}
+            row["speedup"] = row["today_compiled"]["median_ms"] / row["fused_triton"]["median_ms"]
+            row["fused_tflops"] = 2.0 * m * n * k / row["fused_triton"]["median_ms"] / 1e9
+            print(json.dumps(row), flush=True)
+            rows.append(row)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "fused_ffn.json").write_text(json.dumps({"device": torch.cuda.get_device_name(0),

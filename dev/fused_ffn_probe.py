@@ -190,19 +190,11 @@ def cpu_check() -> int:
 
 
 def time_ms(fn, iters: int = 50, warmup: int = 10) -> dict:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    t = torch.tensor(times)
-    return {"median_ms": float(t.median()), "p90_ms": float(t.quantile(0.9))}
+    """CUDA-event times of ``fn()`` (benchmarks.timing.time_fn: warm-up, then ``iters`` timed calls)."""
+    from flexrt.benchmarks.timing import time_fn
+
+    st = time_fn(lambda _i: fn(), device="cuda", warmup=warmup, iters=iters)
+    return {"median_ms": st.median_ms, "p90_ms": st.percentile(90), "timer": st.timer}
 
 
 def main() -> int:

@@ -104,6 +104,11 @@ class Sample:
     meta: dict = field(default_factory=dict)
 
 
+def _grow(mask: torch.Tensor) -> torch.Tensor:
+    """Masks [V,1,H,W] in {0,1} grown by MASK_GROW pixels (a (2 MASK_GROW + 1)^2 max filter)."""
+    return torch.nn.functional.max_pool2d(mask, 2 * MASK_GROW + 1, stride=1, padding=MASK_GROW)
+
+
 def tracked_rotation(codes: torch.Tensor, cam2world: torch.Tensor, leak: float) -> torch.Tensor:
     """2D leak: codes [V,135] with R replaced by R_view @ R_true, where R_view is the head rotation that a
     fixed-frontal-camera tracker would see for the camera offset of cam2world [V,4,4] (scaled by ``leak``).
@@ -162,9 +167,7 @@ class HeadCorpus:
         if not self.cfg.feature_masks:
             return None
         cover = self._render_frames(ident, codes, c2w, K, size, per_frame_camera, region="features")
-        shown = (cover.amin(1, keepdim=True) < 0.5).float()
-        k = 2 * MASK_GROW + 1
-        return torch.nn.functional.max_pool2d(shown, k, stride=1, padding=MASK_GROW)
+        return _grow((cover.amin(1, keepdim=True) < 0.5).float())
 
     def _expression_masks(self, ident: HeadIdentity, codes: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor,
                           per_frame_camera: bool, images: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
@@ -173,9 +176,7 @@ class HeadCorpus:
         if not self.cfg.expression_masks:
             return None, None
         rest = self._render_frames(ident, pose_only(codes), c2w, K, images.shape[-1], per_frame_camera)
-        moved = ((images - rest).abs().amax(1, keepdim=True) > MASK_THRESHOLD).float()
-        k = 2 * MASK_GROW + 1
-        return torch.nn.functional.max_pool2d(moved, k, stride=1, padding=MASK_GROW), rest
+        return _grow(((images - rest).abs().amax(1, keepdim=True) > MASK_THRESHOLD).float()), rest
 
     def sample(self, split: str, index: int) -> Sample:
         cfg = self.cfg

@@ -11,7 +11,7 @@ import json
 import torch
 
 from flexrt.corpus import cameras
-from flexrt.corpus.codes import TRANSLATION_STD, clip_ignored_exp
+from flexrt.corpus.codes import RANGE_STD, TRANS, TRANSLATION_STD, clip_ignored_exp
 from flexrt.corpus.dataset import CorpusConfig, HeadCorpus
 from flexrt.training.showcase import load_codes, model_frames, mouth_change, truth_frames
 from flexrt.training.trainer import TrainConfig, build_model
@@ -36,10 +36,10 @@ pair = torch.stack([codes[lo], codes[hi]])
 if args.in_corpus_range:
     pair = torch.from_numpy(clip_ignored_exp(pair.numpy())[0])  # 2.5 std of sample_codes; smile, brows, cheeks kept
     if args.translation == "zero":
-        pair[:, 132:135] = 0.0
+        pair[:, TRANS] = 0.0
     elif args.translation == "clip":  # the corpus's t: std TRANSLATION_STD x pose_scale 0.35
-        t_lim = torch.as_tensor(2.5 * 0.35 * TRANSLATION_STD, dtype=torch.float32)
-        pair[:, 132:135] = torch.maximum(torch.minimum(pair[:, 132:135], t_lim), -t_lim)
+        t_lim = torch.as_tensor(RANGE_STD * 0.35 * TRANSLATION_STD, dtype=torch.float32)
+        pair[:, TRANS] = torch.maximum(torch.minimum(pair[:, TRANS], t_lim), -t_lim)
 fc2w, fK = cameras.eval_views(("front", "front"))
 samples = [corpus.sample("heldout", int(i)) for i in args.persons.split(",")]
 result = {"truth": [round(mouth_change(truth_frames(corpus, corpus.identity("heldout", s.identity), pair, fc2w, fK,

@@ -29,14 +29,5 @@ LEFT=$(( 555 - $(date +%s) + T0 ))
 timeout $LEFT python3 -m flexrt.cli bench --preset flex1 --phases grpc --budget $(( LEFT - 15 )) \
   --streams 32,48,64,80,96 --stream-encoding jpeg --duration 5 --stream-warmup 1 --grpc-backend $BACKEND \
   --backends $BACKEND --out $OUT/bench 2>&1 | grep -E "grpc|rror|Traceback" | tail -12
-python3 - <<'PY'
-import json, os
-p = os.environ["OUT"] + "/bench/bench.json"
-if os.path.exists(p):
-    d = json.load(open(p)); g = d.get("grpc", {})
-    print("server", g.get("server", {}).get("engine"))
-    for r in g.get("concurrency", []):
-        print(r.get("streams"), r.get("encoding"), r.get("status"), r.get("achieved_fps_per_stream_min"),
-              (r.get("latency") or {}).get("p50_ms"), (r.get("latency") or {}).get("p99_ms"), r.get("dropped_fraction"))
-PY
+python3 $REPO/dev/sweep_summary.py $OUT/bench/bench.json
 el done

@@ -804,17 +804,15 @@ def clip_for_shipped_model(sequence: Sequence) -> tuple[Sequence, str | None]:
     sequence unchanged and None when no more than RANGE_BEYOND of them lie beyond, as in a normal draw). What the
     rig would render is unchanged either way."""
     from flexrt.corpus.codes import RANGE_BEYOND, RANGE_STD, clip_ignored_exp
-    from flexrt.corpus.dataset import CorpusConfig
-    from flexrt.training.shipped import shipped_card
+    from flexrt.training.shipped import shipped_corpus_config
 
-    cfg = CorpusConfig(**shipped_card().get("corpus", {}))
+    cfg = shipped_corpus_config()
     clipped, changed = clip_ignored_exp(sequence.expressions, cfg.exp_scale)
     if changed <= RANGE_BEYOND:
         return sequence, None
     line = (f"[demo] {sequence.name}: {changed:.0%} of the exp values that the shipped model's training rig ignores "
             f"lie beyond {RANGE_STD} std of its corpus; clipped to that range, which leaves what the rig renders "
-            f"unchanged "
-            f"(--raw-codes drives the model with them as they are; docs/TRAINING.md, section 3)")
+            "unchanged (--raw-codes drives the model with them as they are; docs/TRAINING.md, section 3)")
     return dataclasses.replace(sequence, expressions=clipped), line
 
 
@@ -822,18 +820,16 @@ def shipped_model_range_note(expressions, name: str) -> str | None:
     """One line when driving codes [T,135] go beyond what the shipped model's training corpus drew
     (``corpus.codes.codes_beyond_range`` with the model card's corpus options), else None."""
     from flexrt.corpus.codes import RANGE_BEYOND, RANGE_STD, codes_beyond_range
-    from flexrt.corpus.dataset import CorpusConfig
-    from flexrt.training.shipped import shipped_card
+    from flexrt.training.shipped import shipped_corpus_config
 
-    cfg = CorpusConfig(**shipped_card().get("corpus", {}))
+    cfg = shipped_corpus_config()
     r = codes_beyond_range(expressions, cfg.pose_scale, cfg.exp_scale, cfg.translation_scale)
     if r["within"]:
         return None
     beyond = []
     if r["exp_beyond"] > RANGE_BEYOND:
         beyond.append(f"{r['exp_beyond']:.0%} of the exp values its corpus rig ignores lie beyond {RANGE_STD} std, "
-                      f"up to "
-                      f"{r['exp_max_std']:.1f} std")
+                      f"up to {r['exp_max_std']:.1f} std")
     if r["translation_beyond"] > RANGE_BEYOND:
         beyond.append(f"head translation up to {100 * r['translation_max_m']:.0f} cm, {r['translation_beyond']:.0%} "
                       f"of it beyond {RANGE_STD} std")

@@ -78,14 +78,14 @@ def test_sampled_codes_cover_the_shipped_ranges():
 def test_code_spread_options_cover_the_trackers_tails():
     """exp_scale / translation_scale scale exactly what they name and leave the random draws alone (at 1: the codes
     of earlier corpora); at 1.7 the unused exp coefficients spread like the tracker's in the shipped sequences."""
-    from flexrt.corpus.codes import RIG_EXP, exp_spread
+    from flexrt.corpus.codes import IGNORED_EXP, RIG_EXP, exp_spread
     from flexrt.runtime.cli import find_shared_dir
 
     base = sample_codes(np.random.default_rng(3), 500, pose_scale=0.35)
     assert np.array_equal(base, sample_codes(np.random.default_rng(3), 500, pose_scale=0.35, exp_scale=1.0,
                                              translation_scale=1.0))
     wide = sample_codes(np.random.default_rng(3), 500, pose_scale=0.35, exp_scale=1.7, translation_scale=4.0)
-    unused = [k for k in range(100) if k not in RIG_EXP]
+    unused = IGNORED_EXP  # the exp coefficients the rig never reads
     np.testing.assert_allclose(wide[:, unused], 1.7 * base[:, unused], rtol=1e-6, atol=1e-7)
     assert np.array_equal(wide[:, list(RIG_EXP)], base[:, list(RIG_EXP)])  # smile, brows, cheeks unchanged
     np.testing.assert_allclose(wide[:, TRANS], 4.0 * base[:, TRANS], rtol=1e-6, atol=1e-9)
@@ -289,9 +289,9 @@ def test_expression_masks_mark_what_the_face_moves():
 
 
 def test_feature_masks_cover_eyes_and_mouth_whatever_the_code():
-    """Feature masks: where eyeballs, lids, lips and mouth interior show, the rest of the head occluding them. On the
-    eyes and the mouth from the front, open eyes or shut, nowhere on the forehead or the background; half the
-    head's side hidden from a side camera; off by default; carried through the disk cache."""
+    """Feature masks: where eyeballs, lids, lips and mouth interior show, the rest of the head occluding them. On
+    both eyes and the mouth from the front, open eyes or shut, nowhere on the forehead or the background, nowhere
+    from behind; in every sample when on, off by default (the disk cache: tests/test_training.py)."""
     from flexrt.corpus.codes import EYELIDS, neutral_code
 
     corpus = HeadCorpus(CorpusConfig(**{**SMALL.__dict__, "image_size": 64, "feature_masks": True}))
@@ -399,7 +399,7 @@ def test_clip_ignored_exp_keeps_what_the_rig_renders():
     rig's controls (all it renders from) are bit for bit those of the given codes, codes already in range come back
     unchanged; the demo's ``clip_for_shipped_model`` clips EMO-1 (one line) so that only its head translation stays
     beyond the shipped model's corpus."""
-    from flexrt.corpus.codes import RIG_EXP, clip_ignored_exp, exp_spread, rig_controls
+    from flexrt.corpus.codes import IGNORED_EXP, RIG_EXP, clip_ignored_exp, exp_spread, rig_controls
     from flexrt.runtime.cli import clip_for_shipped_model, find_shared_dir, shipped_model_range_note
     from flexrt.runtime.sequences import Sequence
 
@@ -409,13 +409,13 @@ def test_clip_ignored_exp_keeps_what_the_rig_renders():
     wide = c.copy()
     wide[:, :100] *= 4.0
     clipped, changed = clip_ignored_exp(wide)
-    unused = [i for i in range(100) if i not in RIG_EXP]
+    assert sorted(IGNORED_EXP + list(RIG_EXP)) == list(range(100))
     lim = 2.5 * exp_spread()
-    assert changed > 0.3 and np.all(np.abs(clipped[:, unused]) <= lim[unused] + 1e-6)
+    assert changed > 0.3 and np.all(np.abs(clipped[:, IGNORED_EXP]) <= lim[IGNORED_EXP] + 1e-6)
     assert np.array_equal(clipped[:, list(RIG_EXP)], wide[:, list(RIG_EXP)])
     assert np.array_equal(clipped[:, 100:], wide[:, 100:])
-    inside = np.abs(wide[:, unused]) <= lim[unused]
-    assert np.array_equal(clipped[:, unused][inside], wide[:, unused][inside])  # values in range untouched
+    inside = np.abs(wide[:, IGNORED_EXP]) <= lim[IGNORED_EXP]
+    assert np.array_equal(clipped[:, IGNORED_EXP][inside], wide[:, IGNORED_EXP][inside])  # values in range untouched
     a, b = rig_controls(torch.from_numpy(wide)), rig_controls(torch.from_numpy(clipped))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     seq = Sequence(c, None, None, "procedural")

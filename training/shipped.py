@@ -26,16 +26,23 @@ def shipped_card() -> dict:
     return json.loads(SHIPPED_CARD.read_text()) if SHIPPED_CARD.is_file() else {}
 
 
+def shipped_corpus_config():
+    """The CorpusConfig the shipped model was trained on (its model card's "corpus"; defaults without a card)."""
+    from flexrt.corpus.dataset import CorpusConfig
+
+    return CorpusConfig(**shipped_card().get("corpus", {}))
+
+
 def demo_photo(index: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     """A held-out corpus person's input view, as the trainer feeds it (rendered, upsampled to 512x512):
     (uint8 [512,512,3], cam2world [4,4], normalised intrinsics [3,3], a description)."""
     import torch
 
-    from flexrt.corpus.dataset import CorpusConfig, HeadCorpus
+    from flexrt.corpus.dataset import HeadCorpus
 
     from .trainer import encoder_image
 
-    cfg = CorpusConfig(**shipped_card().get("corpus", {}))
+    cfg = shipped_corpus_config()
     torch.set_flush_denormal(True)
     sample = HeadCorpus(cfg).sample("heldout", index)
     img = encoder_image(sample.input_image[None])[0].clamp(0, 1)  # [3,512,512]
@@ -44,7 +51,7 @@ def demo_photo(index: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]
             f"held-out corpus person {sample.identity} (seed {cfg.seed})")
 
 
-__all__ = ["shipped_checkpoint", "shipped_card", "demo_photo", "package", "SHIPPED_WEIGHTS", "SHIPPED_PRESET"]
+__all__ = ["shipped_checkpoint", "shipped_card", "shipped_corpus_config", "demo_photo", "package", "SHIPPED_WEIGHTS", "SHIPPED_PRESET"]
 
 
 def package(run_dir: str | Path, weights: str | Path | None = None, extra: dict | None = None) -> Path:

@@ -51,7 +51,8 @@ def demo_photo(index: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]
             f"held-out corpus person {sample.identity} (seed {cfg.seed})")
 
 
-__all__ = ["shipped_checkpoint", "shipped_card", "shipped_corpus_config", "demo_photo", "package", "SHIPPED_WEIGHTS", "SHIPPED_PRESET"]
+__all__ = ["shipped_checkpoint", "shipped_card", "shipped_corpus_config", "demo_photo", "package", "SHIPPED_WEIGHTS",
+           "SHIPPED_PRESET"]
 
 
 def package(run_dir: str | Path, weights: str | Path | None = None, extra: dict | None = None) -> Path:

@@ -58,6 +58,9 @@ DECODER_BACKENDS: dict[str, BackendSpec] = {
     "torch-compiled-fp8": BackendSpec("torch", "bf16", "cuda", compile=True, fp8="static", residual="bf16",
                                       note="as torch-compiled-bf16, + FP8 GEMMs (static scales), bf16 residual (the GPU default "
                                            "where FP8 tensor cores exist)"),
+    "torch-compiled-fp8-fused": BackendSpec("torch", "bf16", "cuda", compile=True, fp8="fused", residual="bf16",
+                                            note="as torch-compiled-fp8, with GELU, quantisation and residual adds "
+                                                 "in the FP8 GEMMs' epilogues (Triton, kernels/fp8_gemm.py)"),
     "ort-fp32": BackendSpec("onnxruntime", "fp32"),
     "ort-fp16": BackendSpec("onnxruntime", "fp16"),
     "tensorrt-fp16": BackendSpec("tensorrt", "fp16"),
@@ -247,12 +250,15 @@ class BenchContext:
         dev = self.device
         if spec.kind == "torch":
             from flexrt.runtime.engines import TorchEngine
+            from flexrt.kernels.fp8_gemm import fused_fp8_status
             from flexrt.runtime.engines.torch_engine import fp8_capable
 
             if spec.graphs == "cuda" and dev.type != "cuda":
                 raise Unavailable(f"CUDA graphs need a CUDA device (this run's device is {dev})")
             if spec.fp8 != "off" and not fp8_capable(dev):
                 raise Unavailable("FP8 GEMMs need a CUDA GPU of compute capability >= 8.9 (Ada, Hopper)")
+            if spec.fp8 == "fused" and fused_fp8_status(dev)[0] != "triton":
+                raise Unavailable(fused_fp8_status(dev)[1])
             return TorchEngine(self.pipeline(), device=dev, precision=spec.precision, graphs=spec.graphs,
                                compile=spec.compile, fp8=spec.fp8, residual=spec.residual)
         if spec.kind == "compile":

@@ -13,6 +13,11 @@ Differentiable (autograd, for fitting and training; ``differentiable``):
     rgb, alpha = rasterize_differentiable(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
                                           background=None, backend="auto" | "torch" | "gsplat")
 
+FP8 GEMMs with fused epilogues (the decoder's feed forward and residual adds; Triton on FP8 GPUs, reference ops on
+a CPU; ``fp8_gemm``):
+
+    from flexrt.kernels.fp8_gemm import fp8_linear_gelu_quantize, fp8_linear_residual, fused_fp8_status
+
 Backends: ``cpu`` (vectorised PyTorch reference, ``_torch_ref``) and ``cupy`` (NVRTC-compiled CUDA kernels in
 ``cuda/rasterize.cu``, ``_cupy_backend``). Depends on nothing else in flexrt. See docs/RASTERIZER.md.
 """

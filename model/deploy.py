@@ -25,7 +25,10 @@ What differs from ``decode_frames`` (spec §5; each choice measured in docs/BENC
    scales come from :meth:`DeployedFrameDecoder.calibrate_fp8`, post-training calibration as in TensorRT). Static
    scales are robust here because every one of these GEMMs reads a normalised activation (LayerNorm output, the
    GELU of a projection of one, or attention over RMS-normed q/k), whose range does not grow with the avatar code.
-   ``upsampler="bf16"`` runs the StyleGAN upsampler in bf16 channels-last instead of fp32.
+   ``fp8="fused"``: static scales, and the epilogues in the GEMMs (``kernels.fp8_gemm``, a Triton kernel on the
+   GPU): ff_in applies the tanh GELU and quantises for ff_out, to_out and ff_out add the residual (bf16 residual
+   stream only), so the memory-bound kernels between the GEMMs go away and the product is not rounded to bf16
+   before its epilogue. ``upsampler="bf16"`` runs the StyleGAN upsampler in bf16 channels-last instead of fp32.
 
 5. Attention token-major: the joint blocks keep q, k, v as [B,S,H,hd] (S = sample + context tokens) from the
    projection to the attention kernel and back, with the q/k RMS norms cast to the stream's dtype in the kernel
@@ -42,12 +45,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from flexrt.kernels.fp8_gemm import fp8_linear_gelu_quantize, fp8_linear_residual
+
 from .flexavatar import DATASET_ID_3D, MAX_SCALE, MAX_XYZ_OFFSET_STEP, FlexAvatarModel
 from .gaussians import Gaussians
 from .layers import JointAttention, JointTransformerBlock
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
-FP8_MODES = ("off", "row", "static")
+FP8_MODES = ("off", "row", "static", "fused")
 FP8_MAX = 448.0  # largest finite float8 e4m3fn value
 # static activation scale = FP8_CALIBRATION_MARGIN x the calibration's amax / FP8_MAX: headroom for inputs beyond
 # the calibration set (saturated, not overflowed, past it); e4m3's relative precision is the same over its normal
@@ -130,6 +135,24 @@ class Fp8Linear(nn.Module):
             y = (y.float() * self.weight_scale + self.bias).to(torch.bfloat16)
         return y.reshape(*x.shape[:-1], self.out_features)
 
+    def _fused_operands(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+        """x [..., in] bf16 (quantised here with the static scale) or already e4m3 -> (x8 [M,in], the weights)."""
+        x2 = x.reshape(-1, self.in_features)
+        x8 = x2 if x2.dtype == torch.float8_e4m3fn else self.quantize_static(x2)
+        return x8, (self.weight_fp8, self.weight_scale.reshape(-1), self.bias, self.input_scale)
+
+    def forward_gelu_quantized(self, x: torch.Tensor, out_scale: torch.Tensor) -> torch.Tensor:
+        """e4m3 [..., out] = clamp(gelu_tanh(x W^T + b) / out_scale, +-FP8_MAX): the feed forward's first GEMM with
+        the GELU and the next GEMM's quantisation in its epilogue (kernels.fp8_gemm; static scaling, calibrated)."""
+        x8, w = self._fused_operands(x)
+        return fp8_linear_gelu_quantize(x8, *w, out_scale).reshape(*x.shape[:-1], self.out_features)
+
+    def forward_residual(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """bf16 [..., out] = residual + x W^T + b, the residual add in the GEMM's epilogue (kernels.fp8_gemm).
+        x: bf16 or already-quantised e4m3 [..., in]; residual: contiguous bf16 [..., out]."""
+        x8, w = self._fused_operands(x)
+        return fp8_linear_residual(x8, *w, residual.reshape(-1, self.out_features)).reshape(residual.shape)
+
     def dequantized_weight(self) -> torch.Tensor:  # [out,in] fp32
         return self.weight_fp8.float() * self.weight_scale.t()
 
@@ -162,6 +185,7 @@ class DeployedJointBlock(nn.Module):
         self.to_out = attn.to_out[0]
         self.to_add_out = None if block.context_pre_only else attn.to_add_out
         self.ff_in, self.ff_out = block.ff.net[0].proj, block.ff.net[2]
+        self.fused_epilogues = False  # fp8="fused": set by DeployedFrameDecoder once the sample linears are Fp8Linear
         if not block.context_pre_only:
             self.ff_context_in, self.ff_context_out = block.ff_context.net[0].proj, block.ff_context.net[2]
 
@@ -187,8 +211,15 @@ class DeployedJointBlock(nn.Module):
         d, n = self.dim, x.shape[1]
         y = self.attention(x, c)  # steps 1-2
         # 3. output projections, feed forward (LayerNorm without affine, eps 1e-6, tanh GELU), residuals
-        x = x + self.to_out(y[:, :n])
-        x = x + self.ff_out(F.gelu(self.ff_in(F.layer_norm(x, (d,), eps=1e-6)), approximate="tanh"))
+        if self.fused_epilogues and self.ff_out.input_scale is not None:  # (not during calibration)
+            # 3'. the same with the sample stream's epilogues in the FP8 GEMMs: to_out and ff_out add the residual,
+            #     ff_in applies the GELU and quantises for ff_out; x stays bf16 [B,N,D]
+            x = self.to_out.forward_residual(y[:, :n], x)
+            h8 = self.ff_in.forward_gelu_quantized(F.layer_norm(x, (d,), eps=1e-6), self.ff_out.input_scale)
+            x = self.ff_out.forward_residual(h8, x)
+        else:
+            x = x + self.to_out(y[:, :n])
+            x = x + self.ff_out(F.gelu(self.ff_in(F.layer_norm(x, (d,), eps=1e-6)), approximate="tanh"))
         if self.context_pre_only:
             return x, None
         c = c + self.to_add_out(y[:, n:])
@@ -218,6 +249,9 @@ class DeployedFrameDecoder(nn.Module):
             raise ValueError(f"residual must be 'fp32' or 'bf16', got {residual!r}")
         if residual == "bf16" and precision != "bf16":
             raise ValueError(f"residual='bf16' needs precision='bf16', got {precision!r}")
+        if fp8 == "fused" and residual != "bf16":
+            raise ValueError(f"fp8='fused' adds the residual in the GEMM's bf16 epilogue: it needs residual='bf16', "
+                             f"got {residual!r}")
         model = copy.deepcopy(model)  # the deployed copy owns its (fused, cast) weights; the caller's stays fp32
         self.cfg = cfg = model.cfg
         self.precision, self.fp8, self.upsampler_precision, self.residual = precision, fp8, upsampler, residual
@@ -256,7 +290,8 @@ class DeployedFrameDecoder(nn.Module):
         if fp8 != "off":
             for block in self.blocks:
                 for name, linear in block.sample_linears().items():
-                    setattr(block, name, Fp8Linear(linear, scaling=fp8))
+                    setattr(block, name, Fp8Linear(linear, scaling="row" if fp8 == "row" else "static"))
+                block.fused_epilogues = fp8 == "fused"
         if upsampler == "bf16":
             self.upsampler.to(torch.bfloat16).to(memory_format=torch.channels_last)
         self.eval().requires_grad_(False)
@@ -270,17 +305,17 @@ class DeployedFrameDecoder(nn.Module):
 
     @property
     def needs_calibration(self) -> bool:
-        """True until calibrate_fp8 has run (fp8="static" only)."""
+        """True until calibrate_fp8 has run (fp8="static" / "fused" only)."""
         return any(m.scaling == "static" and m.input_scale is None for m in self.fp8_linears())
 
     @torch.no_grad()
     def calibrate_fp8(self, avatar_codes: torch.Tensor, expression_codes: torch.Tensor,
                       margin: float = FP8_CALIBRATION_MARGIN) -> dict[str, float]:
-        """fp8="static": run the decoder on calibration inputs (avatar_codes [N,HT,D], expression_codes [N,135])
-        with every FP8 GEMM observing its input's max (computed unquantised), then fix each GEMM's activation scale
+        """fp8="static" / "fused": run the decoder on calibration inputs (avatar_codes [N,HT,D], expression_codes
+        [N,135]) with every FP8 GEMM observing its input's max (computed unquantised), then fix each GEMM's activation scale
         to margin x max / FP8_MAX. Returns {layer name: observed max}. Call once, before compiling or capturing."""
-        if self.fp8 != "static":
-            raise RuntimeError(f"calibrate_fp8 applies to fp8='static', this decoder has fp8={self.fp8!r}")
+        if self.fp8 not in ("static", "fused"):
+            raise RuntimeError(f"calibrate_fp8 applies to fp8='static' or 'fused', this decoder has fp8={self.fp8!r}")
         for m in self.fp8_linears():
             m.input_scale, m.observed_amax = None, None
         self(avatar_codes, expression_codes)

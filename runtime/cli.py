@@ -378,6 +378,7 @@ def build_engine(args):
         raise SystemExit(f"error: --model builds a PyTorch engine; --backend {args.backend} needs --engines DIR")
     from flexrt.model.pipeline import build_pipeline
     from flexrt.runtime.engines import TorchEngine
+    from flexrt.kernels.fp8_gemm import fused_fp8_status
     from flexrt.runtime.engines.torch_engine import fp8_capable, resolve_decoder_options
 
     if args.checkpoint is None:
@@ -393,8 +394,13 @@ def build_engine(args):
         raise SystemExit(f"error: --fp8 {fp8} / --residual {residual} need the bf16 decoder (--precision bf16 or auto "
                          f"on a GPU); this engine is {precision}")
     if fp8 != "off" and not fp8_capable(device):
-        raise SystemExit("error: --fp8 static needs a CUDA GPU with FP8 tensor cores (compute capability >= 8.9: Ada, "
+        raise SystemExit(f"error: --fp8 {fp8} needs a CUDA GPU with FP8 tensor cores (compute capability >= 8.9: Ada, "
                          "Hopper); use --fp8 off")
+    if fp8 == "fused" and fused_fp8_status(device)[0] != "triton":
+        raise SystemExit(f"error: --fp8 fused: {fused_fp8_status(device)[1]}; use --fp8 static")
+    if fp8 == "fused" and residual != "bf16":
+        raise SystemExit(f"error: --fp8 fused adds the residual in the GEMMs' bf16 epilogue; it needs --residual bf16 "
+                         f"(or auto), got {residual}")
     # on a GPU: CUDA graphs replay the decoder, torch.compile fuses its small kernels (see docs/BENCHMARKS.md)
     return TorchEngine(pipeline, device=device, precision=precision, graphs="cuda" if on_cuda else "none",
                        compile=on_cuda, fp8=fp8, residual=residual)
@@ -916,10 +922,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
                    help="engine precision (onnxruntime: fp32/fp16, torch: fp32/bf16); auto = bf16 for the torch "
                         "backend on a GPU (render PSNR vs fp32 in docs/BENCHMARKS.md), else fp32")
-    p.add_argument("--fp8", default="auto", choices=("auto", "off", "static"),
-                   help="the PyTorch decoder (--model, or --engines with the torch backend): static = the decoder's sample-stream GEMMs in float8 e4m3 with activation scales "
-                        "calibrated at start-up (needs FP8 tensor cores: Ada, Hopper; 10 %% faster than bf16 on the "
-                        "H200, rendered PSNR vs fp32 66 dB on EMO-1: docs/SERVING.md section 5); off = bf16 GEMMs; "
+    p.add_argument("--fp8", default="auto", choices=("auto", "off", "static", "fused"),
+                   help="the PyTorch decoder (--model, or --engines with the torch backend): static = the decoder's "
+                        "sample-stream GEMMs in float8 e4m3 with activation scales calibrated at start-up (needs FP8 "
+                        "tensor cores: Ada, Hopper; 10 %% faster than bf16 on the H200, rendered PSNR vs fp32 66 dB on "
+                        "EMO-1: docs/SERVING.md section 5); fused = static, with GELU, quantisation and residual adds "
+                        "in the GEMMs' epilogues (a Triton kernel, kernels/fp8_gemm.py); off = bf16 GEMMs; "
                         "auto = static on such a GPU with the bf16 decoder, else off (the log says which)")
     p.add_argument("--residual", default="auto", choices=("auto", "fp32", "bf16"),
                    help="the PyTorch decoder: the dtype of its residual stream (bf16 moves half the bytes through "

@@ -135,7 +135,11 @@ def test_auto_options_say_what_runs_and_refuse_what_cannot():
     assert (fp8, residual) == ("off", "fp32") and "the decoder is fp32" in why
     assert resolve_decoder_options("cpu", "bf16", "static", "fp32") == ("static", "fp32", "")  # explicit: kept
     if torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9):
-        assert resolve_decoder_options("cuda", "bf16")[:2] == ("static", "bf16")
+        from flexrt.kernels.fp8_gemm import fused_fp8_status
+
+        fused = fused_fp8_status("cuda")[0] == "triton"  # fused epilogues where Triton runs them, else static
+        assert resolve_decoder_options("cuda", "bf16")[:2] == ("fused" if fused else "static", "bf16")
+        assert resolve_decoder_options("cuda", "bf16", "auto", "fp32")[:2] == ("static", "fp32")  # fused needs bf16
     # an exported graph (onnxruntime) has no PyTorch decoder to shape: refused, not ignored
     import tempfile
 

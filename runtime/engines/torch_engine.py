@@ -2,9 +2,10 @@
 
 precision: "fp32" (the official inference setting) or "bf16" (autocast, the official training setting). The
 per-frame decoder is ``model.deploy_decoder(...)`` (model/deploy.py: fused q|k|v projections, weights stored in the
-compute dtype, optional FP8 GEMMs ``fp8="row"`` / ``fp8="static"``, bf16 upsampler ``upsampler="bf16"`` and bf16
-residual stream ``residual="bf16"``, each measured against fp32 in docs/BENCHMARKS.md). ``fp8="static"`` calibrates
-its activation scales once, here, on seeded calibration inputs (``fp8_calibration_inputs``) before any compile or
+compute dtype, optional FP8 GEMMs ``fp8="row"`` / ``"static"`` / ``"fused"`` (static, with the epilogues in the
+GEMMs), bf16 upsampler ``upsampler="bf16"`` and bf16 residual stream ``residual="bf16"``, each measured against fp32
+in docs/BENCHMARKS.md). ``fp8="static"`` / ``"fused"`` calibrate the activation scales once, here, on seeded
+calibration inputs (``fp8_calibration_inputs``) before any compile or
 capture. ``compile=True`` runs it through ``torch.compile`` (inductor fuses the many small elementwise
 kernels; the batch axis is compiled once as a dynamic size) before CUDA-graph capture.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import torch
 import torch._dynamo
 
+from flexrt.kernels.fp8_gemm import fused_fp8_status
 from flexrt.model.flexavatar import FlexAvatarModel
 from flexrt.model.gaussians import GAUSSIAN_ATTRIBUTES, Gaussians
 from flexrt.model.pipeline import Pipeline
@@ -51,9 +53,14 @@ class TorchEngine(Engine):
         if fp8 == "row" and not fp8_capable(device):
             raise RuntimeError("fp8='row' needs a CUDA GPU with FP8 tensor cores (compute capability >= 8.9, e.g. "
                                "Ada or Hopper); use fp8='off' (or 'static', which also runs on a CPU)")
-        if fp8 == "static" and device.type == "cuda" and not fp8_capable(device):
-            raise RuntimeError("fp8='static' on CUDA needs FP8 tensor cores (compute capability >= 8.9, e.g. Ada or "
+        if fp8 in ("static", "fused") and device.type == "cuda" and not fp8_capable(device):
+            raise RuntimeError(f"fp8={fp8!r} on CUDA needs FP8 tensor cores (compute capability >= 8.9, e.g. Ada or "
                                "Hopper); use fp8='off'")
+        fp8_kernels = None
+        if fp8 == "fused":  # which kernel runs the fused epilogues: Triton on the GPU, the reference ops on a CPU
+            backend, fp8_kernels = fused_fp8_status(device)
+            if backend is None:
+                raise RuntimeError(f"fp8='fused': {fp8_kernels}; use fp8='static'")
         if isinstance(pipeline, Pipeline):
             self.model, self.encoder = pipeline.model, pipeline.encoder
             identity = identity or pipeline.identity
@@ -65,7 +72,7 @@ class TorchEngine(Engine):
         # the per-frame decoder: its own copy of the weights (fused, cast); the model stays fp32 for avatar creation
         self.decoder = self.model.deploy_decoder(precision=precision, fp8=fp8, upsampler=upsampler,
                                                  residual=residual).to(device)
-        if fp8 == "static":  # the activation scales, fixed before anything is compiled or captured
+        if fp8 in ("static", "fused"):  # the activation scales, fixed before anything is compiled or captured
             self.decoder.calibrate_fp8(*fp8_calibration_inputs(self.model, device))
         self.model.to(device).eval()
         if self.encoder is not None:
@@ -87,7 +94,7 @@ class TorchEngine(Engine):
                                precision=precision + ("" if fp8 == "off" else f"+fp8-{fp8}")
                                + ("+bf16-residual" if residual == "bf16" else ""),
                                detail={"graphs": graphs, "upsampler": upsampler, "compile": compile, "fp8": fp8,
-                                       "residual": residual,
+                                       "residual": residual, **({"fp8_kernels": fp8_kernels} if fp8_kernels else {}),
                                        "torch": torch.__version__, **{k: v for k, v in identity.items()
                                                                       if k in ("weights", "preset")}})
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, tuple, tuple]] = {}
@@ -173,7 +180,9 @@ def fp8_capable(device) -> bool:
 def resolve_decoder_options(device, precision: str, fp8: str = "auto", residual: str = "auto") -> tuple[str, str, str]:
     """``"auto"`` fp8 / residual -> (fp8, residual, why): FP8 GEMMs with static scales and a bf16 residual stream
     for the bf16 decoder on a GPU with FP8 tensor cores (0.50 vs 0.56 ms a frame at batch 32 on the H200, rendered
-    PSNR vs fp32 66 dB on EMO-1: docs/SERVING.md section 5), bf16 GEMMs elsewhere; explicit values are kept."""
+    PSNR vs fp32 66 dB on EMO-1: docs/SERVING.md section 5), with their epilogues fused ("fused") where Triton is
+    there (0.462 vs 0.475 ms a frame at batch 32, 0.455 vs 0.470 at 64, PSNR 66.1 dB), bf16 GEMMs elsewhere;
+    explicit values are kept."""
     why = []
     if fp8 == "auto":
         if precision != "bf16":
@@ -182,9 +191,13 @@ def resolve_decoder_options(device, precision: str, fp8: str = "auto", residual:
         elif not fp8_capable(device):
             fp8 = "off"
             why.append(f"fp8 off: {device} has no FP8 tensor cores")
+        elif residual in ("auto", "bf16") and fused_fp8_status(device)[0] == "triton":
+            fp8 = "fused"
+            why.append("fp8 fused: bf16 decoder on a GPU with FP8 tensor cores, epilogues in Triton FP8 GEMMs")
         else:
             fp8 = "static"
-            why.append("fp8 static: bf16 decoder on a GPU with FP8 tensor cores")
+            why.append("fp8 static: bf16 decoder on a GPU with FP8 tensor cores"
+                       + ("" if residual == "fp32" else f" (not fused: {fused_fp8_status(device)[1]})"))
     if residual == "auto":
         residual = "bf16" if precision == "bf16" else "fp32"
     return fp8, residual, "; ".join(why)

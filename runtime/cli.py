@@ -31,7 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from .sequences import (  # noqa: F401  (re-exported: flexrt.runtime.cli.load_sequence etc. are public)
+    BLINK_CLOSED,
     Sequence,
+    blink_sequence,
     load_sequence,
     neutral_expression,
     save_sequence,
@@ -678,6 +680,8 @@ def cmd_demo(args) -> int:
         _need_file(path, flag)
     if args.turntable < 0:
         raise SystemExit(f"error: --turntable is a number of frames (0 = none), got {args.turntable}")
+    if args.blink < 0 or 0 < args.blink < 3:
+        raise SystemExit(f"error: --blink is a number of frames, 0 (none) or at least 3, got {args.blink}")
 
     # 1. inputs first (a mistake there costs no export): the photo and driving sequence given, the reference
     #    data's examples, or synthetic ones
@@ -783,6 +787,15 @@ def cmd_demo(args) -> int:
                     client, avatar.avatar_id, spin, out / "turntable", width=args.width, height=args.height,
                     fps=args.fps, encoding="png", camera="sequence", frames=None,
                     max_in_flight=args.max_in_flight or None, progress=not args.no_progress)
+            blink_results = []
+            if args.blink > 0 and results:  # 5. the eyes: a blink at the sequence's first frame, front camera
+                blink = blink_sequence(sequence.expressions[0], args.blink)
+                print(f"[demo] blink: {args.blink} frames at frame 0, both eyelids from open (0) to shut "
+                      f"({BLINK_CLOSED}) and open again (EMO-1's own eyelids only squint)")
+                blink_results, _ = stream_sequence(
+                    client, avatar.avatar_id, blink, out / "blink", width=args.width, height=args.height,
+                    fps=args.fps, encoding="png", camera="default", frames=None,
+                    max_in_flight=args.max_in_flight or None, progress=not args.no_progress)
             info = client.server_info()
     report = {
         "summary": summary,
@@ -795,9 +808,11 @@ def cmd_demo(args) -> int:
     }
     (out / "latency.json").write_text(json.dumps(report, indent=2))
     print(format_latency_table(summary))
-    pictures = write_demo_pictures(out, [r.image for r in results], [r.image for r in spin_results], args.fps)
+    pictures = write_demo_pictures(out, [r.image for r in results], [r.image for r in spin_results], args.fps,
+                                   blink=[r.image for r in blink_results])
     print(f"[demo] wrote {len(results)} frames to {out / 'frames'}"
           + (f", {len(spin_results)} to {out / 'turntable'}" if spin_results else "")
+          + (f", {len(blink_results)} to {out / 'blink'}" if blink_results else "")
           + f", {' and '.join(str(p) for p in pictures)}, and {out / 'latency.json'} ({report['wall_s']:.1f} s)")
     return 0 if results else 1
 
@@ -843,10 +858,12 @@ def shipped_model_range_note(expressions, name: str) -> str | None:
             f"expect its mouth to follow the jaw only faintly (docs/TRAINING.md, section 3)")
 
 
-def write_demo_pictures(out: Path, frames: list, spin: list, fps: float, tile: int = 256) -> list[Path]:
-    """The demo at a glance: ``contact_sheet.png`` (six frames of the sequence over six of the turntable) and
-    ``demo.gif`` (the sequence, at most 60 frames, then the turntable), tiles at most ``tile`` pixels.
-    frames, spin: uint8 [H,W,3] images."""
+def write_demo_pictures(out: Path, frames: list, spin: list, fps: float, tile: int = 256,
+                        blink: list | None = None) -> list[Path]:
+    """The demo at a glance: ``contact_sheet.png`` (six frames of the sequence over six of the turntable, over six of
+    the blink) and ``demo.gif`` (the sequence, at most 60 frames, then the turntable, then the blink), tiles at most
+    ``tile`` pixels. frames, spin, blink: uint8 [H,W,3] images."""
+    blink = blink or []
     from PIL import Image
 
     if not frames:
@@ -862,7 +879,7 @@ def write_demo_pictures(out: Path, frames: list, spin: list, fps: float, tile: i
                                        Image.BILINEAR) if scale < 1.0 else im)
         return out_tiles
 
-    rows = [tiles(frames, 6)] + ([tiles(spin, 6)] if spin else [])
+    rows = [tiles(frames, 6)] + ([tiles(spin, 6)] if spin else []) + ([tiles(blink, 6)] if blink else [])
     w, h = rows[0][0].size
     sheet = Image.new("RGB", (w * 6, h * len(rows)), "white")
     for r, row in enumerate(rows):
@@ -870,7 +887,7 @@ def write_demo_pictures(out: Path, frames: list, spin: list, fps: float, tile: i
             sheet.paste(im, (c * w, r * h))
     sheet_path = out / "contact_sheet.png"
     sheet.save(sheet_path)
-    gif = tiles(frames, 60) + tiles(spin, 60)
+    gif = tiles(frames, 60) + tiles(spin, 60) + tiles(blink, 60)
     gif_path = out / "demo.gif"
     step = max(1, len(frames) // 60)  # the sequence is subsampled: keep its real speed
     gif[0].save(gif_path, save_all=True, append_images=gif[1:], loop=0,
@@ -1153,6 +1170,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--turntable", type=int, default=48,
                    help="after the sequence, this many frames of one orbit around the head at the sequence's widest "
                         "jaw opening (turntable/), so the 3D shape is visible; 0 = none")
+    p.add_argument("--blink", type=int, default=12,
+                   help="then this many frames of a blink at the sequence's first frame, front camera (blink/): "
+                        "EMO-1's tracked eyelids only squint, so this shows that the eyes are modelled; 0 = none")
     p.add_argument("--image", help="square head photo, PNG or JPEG (default: the reference example, or a drawing)")
     p.add_argument("--sequence", help="driving sequence .npz or 'synthetic' (default: the reference EMO-1, or the "
                                       "synthetic one); format: docs/SEQUENCES.md")

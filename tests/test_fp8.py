@@ -154,9 +154,10 @@ def test_auto_options_say_what_runs_and_refuse_what_cannot():
 
 
 def test_shipped_model_fp8_renders_within_the_bar():
-    """The default on an FP8 GPU (static FP8 GEMMs, bf16 residual) applied to the shipped model: EMO-1 frames of the
-    demo's avatar rendered against the fp32 decoder, PSNR >= 45 dB on every frame (CPU; the same quantised math the
-    GPU runs, with tensor-wise e4m3 products from torch._scaled_mm)."""
+    """The defaults on an FP8 GPU (FP8 GEMMs, static or with fused epilogues, bf16 residual) applied to the shipped
+    model: EMO-1 frames of the demo's avatar rendered against the fp32 decoder, PSNR >= 45 dB on every frame (CPU;
+    the same quantised math the GPU runs, with tensor-wise e4m3 products from torch._scaled_mm; measured 2026-12-03
+    with f2: static 48.5, fused 47.6 dB)."""
     from flexrt.runtime.cli import find_shared_dir
     from flexrt.training.shipped import SHIPPED_PRESET, demo_photo, shipped_checkpoint
 
@@ -176,8 +177,9 @@ def test_shipped_model_fp8_renders_within_the_bar():
     expr = torch.from_numpy(np.load(seq)["expression_codes"][::8].astype(np.float32))  # 16 frames over EMO-1
     codes = code.expand(expr.shape[0], -1, -1)
     ref = ref_eng.decode(codes, expr)
-    fast = TorchEngine(p, precision="bf16", fp8="static", residual="bf16").decode(codes, expr)
-    a, b = _render(ref, 128), _render(fast, 128)
+    a = _render(ref, 128)
     assert float(a.std()) > 0.05  # a head, not an empty frame
-    psnr = -10 * torch.log10(((a - b) ** 2).flatten(1).mean(1).clamp_min(1e-20))
-    assert float(psnr.min()) >= 45.0, psnr
+    for fp8 in ("static", "fused"):  # fused: the reference ops of the GPU kernel's epilogues
+        b = _render(TorchEngine(p, precision="bf16", fp8=fp8, residual="bf16").decode(codes, expr), 128)
+        psnr = -10 * torch.log10(((a - b) ** 2).flatten(1).mean(1).clamp_min(1e-20))
+        assert float(psnr.min()) >= 45.0, (fp8, psnr)

@@ -130,6 +130,7 @@ def test_every_mistake_is_one_line(server, tmp_path):
         (("demo", "--image", str(tmp_path / "missing.png"), "--out", str(tmp_path / "demo")), ("no such file",)),
         (("demo", "--image", str(wide), "--out", str(tmp_path / "demo")), ("square head crop",)),
         (("demo", "--turntable", "-1", "--out", str(tmp_path / "demo")), ("--turntable", "got -1")),
+        (("demo", "--blink", "2", "--out", str(tmp_path / "demo")), ("--blink", "at least 3", "got 2")),
         (("serve", "--model", "tiny", "--max-streams", "0"), ("max_streams must be >= 1",)),
         (("serve", "--model", "tiny", "--port", server.address.rsplit(":", 1)[1]), ("already in use",)),
         (("serve", "--engines", str(tmp_path / "no-engines")), ("--engines", "no such file")),

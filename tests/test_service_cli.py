@@ -18,7 +18,7 @@ def test_demo_with_synthetic_inputs(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(runtime_cli, "find_shared_dir", lambda: None)  # no reference data: drawn photo, sinusoids
     out = tmp_path / "demo"
     rc = main(["demo", "--out", str(out), "--frames", "6", "--width", "32", "--height", "24", "--fps", "0",
-               "--random-weights", "--turntable", "4", "--no-progress"])
+               "--random-weights", "--turntable", "4", "--blink", "3", "--no-progress"])
     assert rc == 0
     frames = sorted((out / "frames").glob("*.png"))
     assert len(frames) == 6 and Image.open(frames[0]).size == (32, 24)
@@ -26,14 +26,16 @@ def test_demo_with_synthetic_inputs(tmp_path, monkeypatch, capsys):
     assert len(spin) == 4 and Image.open(spin[0]).size == (32, 24)
     # the turntable's frame 2 looks at the back of the head: not the front view of frame 0
     assert np.abs(np.asarray(Image.open(spin[2]), np.int16) - np.asarray(Image.open(spin[0]), np.int16)).max() > 0
-    assert Image.open(out / "contact_sheet.png").size == (6 * 32, 2 * 24)  # 6 tiles a row: 6 of the frames, all 4 of the turntable
+    assert len(sorted((out / "blink").glob("*.png"))) == 3
+    # 6 tiles a row: 6 of the frames, all 4 of the turntable, all 3 of the blink
+    assert Image.open(out / "contact_sheet.png").size == (6 * 32, 3 * 24)
     gif = Image.open(out / "demo.gif")
     durations = []
     for i in range(gif.n_frames):  # Pillow merges identical consecutive frames and adds up their durations
         gif.seek(i)
         durations.append(gif.info["duration"])
-    # 6 + 4 frames at 30 fps (--fps 0: 30), 33 ms each, which a GIF stores in whole centiseconds: 30 ms
-    assert gif.size == (32, 24) and sum(durations) == (6 + 4) * 30
+    # 6 + 4 + 3 frames at 30 fps (--fps 0: 30), 33 ms each, which a GIF stores in whole centiseconds: 30 ms
+    assert gif.size == (32, 24) and sum(durations) == (6 + 4 + 3) * 30
     report = json.loads((out / "latency.json").read_text())
     assert report["summary"]["frames"] == 6 and report["sequence"]["name"] == "synthetic"
     assert report["avatar"]["source"] == "synthetic head drawing"

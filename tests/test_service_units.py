@@ -220,3 +220,20 @@ def test_jaw_angle_and_turntable():
     np.testing.assert_allclose(spin.intrinsics, np.tile(default_camera()[1].numpy(), (8, 1, 1)))
     with pytest.raises(ValueError, match="at least 1 frame"):
         turntable_sequence(seq.expressions[0], frames=0)
+
+
+def test_blink_sequence_closes_and_opens_the_eyelids_only():
+    from flexrt.runtime.sequences import BLINK_CLOSED, blink_sequence
+
+    base = synthetic_sequence(5).expressions[2]
+    blink = blink_sequence(base, frames=7)
+    lids = blink.expressions[:, 112:114]
+    assert blink.expressions.shape == (7, 135) and blink.cam2world is None  # the default camera
+    np.testing.assert_allclose(lids[3], BLINK_CLOSED, rtol=1e-6)  # shut in the middle frame
+    np.testing.assert_allclose(lids[[0, 6]], 0.0, atol=1e-6)  # open at both ends, whatever the code had
+    assert (np.diff(lids[:4, 0]) >= 0).all() and (np.diff(lids[3:, 0]) <= 0).all()  # closes, then opens
+    others = np.ones(135, bool)
+    others[112:114] = False
+    assert (blink.expressions[:, others] == base[others]).all()  # nothing else moves
+    with pytest.raises(ValueError, match="at least 3 frames"):
+        blink_sequence(base, frames=2)

@@ -404,7 +404,8 @@ def test_shipped_model_animates():
     the mouth region follows the jaw (truth: ~0.02-0.04 mean change on 0..1) more than the forehead does, and the
     back view is a covered head, not background (``training.evaluate.expression_response``)."""
     from flexrt.model.checkpoint import file_sha256
-    from flexrt.training.evaluate import BACK_COVERED_BAR, FOREHEAD_RATIO_BAR, MOUTH_BAR, expression_response
+    from flexrt.training.evaluate import (BACK_COVERED_BAR, EYE_BAR, FOREHEAD_RATIO_BAR, MOUTH_BAR, blink_response,
+                                          expression_response)
     from flexrt.training.shipped import shipped_card, shipped_checkpoint
     from flexrt.training.trainer import build_model
 
@@ -422,6 +423,10 @@ def test_shipped_model_animates():
         assert p["back_covered"] > BACK_COVERED_BAR, p
         assert p["truth_in_context"] > 0.02 and p["mouth_in_context"] > 0.0, p  # reported, not in the bar
     assert r["passes"]
+    # the eyes: the model shows a blink (the rig's eyelids shut), at least EYE_BAR of the rig's own change on every
+    # person probed (docs/TRAINING.md, section 3: models before the feature masks showed 1-2 %)
+    b = blink_response(model, dino, CorpusConfig(**card["corpus"]))
+    assert b["ratio_min"] > EYE_BAR, b["persons"]
 
 def test_jaw_probe_codes_in_context():
     """The in-context jaw probe: pairs that differ only in the jaw (shut, then JAW_PROBE_RAD open), on top of

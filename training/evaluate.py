@@ -2,7 +2,8 @@
 
 - ``evaluate``: PSNR / SSIM on the front view and on the back / side views;
 - ``expression_response``: the quality bar of a model to ship (issue 12): does the mouth follow the jaw code,
-  more than the forehead does, and is the back view a covered head?"""
+  more than the forehead does, and is the back view a covered head?
+- ``blink_response``: does a model draw the eyes: how much of the rig's blink it shows."""
 from __future__ import annotations
 
 import torch
@@ -141,3 +142,42 @@ def expression_response(model, dino, corpus_cfg, persons=BAR_PERSONS, device="cp
 __all__ = ["evaluate", "expression_response", "jaw_probe_codes", "jaw_context_codes", "JAW_CONTEXTS", "FRONT",
            "SIDE_BACK", "MOUTH_BAR", "FOREHEAD_RATIO_BAR",
            "BACK_COVERED_BAR", "JAW_PROBE_RAD", "BAR_PERSONS"]
+
+
+BLINK_PERSONS = (0, 1, 2, 3)
+EYE_BAR = 0.1  # a model to ship shows at least this share of the rig's blink on every person probed
+EYE_CHANGE = 0.05  # a pixel is in the eye region where the rig's own open and shut frames differ by more
+
+
+@torch.no_grad()
+def blink_response(model, dino, corpus_cfg, persons=BLINK_PERSONS, size: int = 128, device="cpu",
+                   backend: str = "torch", frames: bool = False) -> dict:
+    """Held-out ``persons``, front camera, the neutral code with the eyelids open (0) and shut (BLINK_CLOSED):
+    the mean |change| over the eye region (pixels where the rig's own two frames differ by > EYE_CHANGE), for the
+    rig (the truth) and the model -> {"persons": [{"person", "eye_pixels", "truth", "model", "ratio"}],
+    "ratio_min"} (ratio = model / truth: how much of a blink the model shows; 0 = no eyes drawn). ``frames``: also
+    "frames", per person (truth [2,3,size,size], model [2,3,size,size]), eyes open then shut."""
+    from flexrt.corpus import cameras
+    from flexrt.corpus.codes import EYELIDS, neutral_code
+    from flexrt.corpus.dataset import HeadCorpus
+    from flexrt.runtime.sequences import BLINK_CLOSED
+
+    from .showcase import model_frames, truth_frames
+
+    corpus = HeadCorpus(corpus_cfg)
+    codes = neutral_code(2)
+    codes[0, EYELIDS], codes[1, EYELIDS] = 0.0, BLINK_CLOSED
+    c2w, K = cameras.eval_views(("front", "front"))
+    rows, drawn = [], []
+    for person in persons:
+        s = corpus.sample("heldout", person)
+        truth = truth_frames(corpus, corpus.identity("heldout", s.identity), codes, c2w, K, size)
+        pred = model_frames(model, dino, s.input_image, s.input_cam2world, s.input_intrinsics, codes, c2w, K, size,
+                            device, backend).cpu()
+        eyes = (truth[1] - truth[0]).abs().amax(0) > EYE_CHANGE  # [size,size]
+        change = lambda f: float((f[1] - f[0]).abs().amax(0)[eyes].mean()) if eyes.any() else 0.0  # noqa: E731
+        rows.append({"person": person, "eye_pixels": int(eyes.sum()), "truth": change(truth), "model": change(pred)})
+        rows[-1]["ratio"] = rows[-1]["model"] / max(rows[-1]["truth"], 1e-9)
+        drawn.append((truth, pred))
+    out = {"persons": rows, "ratio_min": min(r["ratio"] for r in rows)}
+    return {**out, "frames": drawn} if frames else out

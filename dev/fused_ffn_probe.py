@@ -1,5 +1,5 @@
-"""Development probe (not installed; prepared 2026-12-02, NOT YET RUN on a GPU): the sample stream's FP8 GEMMs with
-their epilogues fused, against what the FP8 decoder runs today (docs/SERVING.md, "What holds 64 streams back").
+"""Development probe (not installed; run on the H200 2026-12-02, docs/results/h200-fused-ffn-probe.json): the sample
+stream's FP8 GEMMs with their epilogues fused, against what the FP8 decoder runs today (docs/SERVING.md, "What holds 64 streams back").
 
 Today (``model/deploy.py``: ``Fp8Linear`` static scaling, then ``F.gelu`` and the next layer's quantisation, or the
 residual add):
@@ -9,7 +9,7 @@ residual add):
     q2 = clamp(g / s_out, +-448) -> float8 e4m3 [M,N]      }   64-frame decode): reads bf16, writes fp8
     (to_out / ff_out: x = x + (y * w_scale + bias) -> bf16, the residual add in its own kernel)
 
-Fused (this file, one Triton kernel with two epilogues): the GEMM's fp32 accumulator goes straight through
+Fused (``kernels/fp8_gemm.py``, one Triton kernel with two epilogues): the GEMM's fp32 accumulator goes straight through
 dequantisation and bias into either gelu_tanh and the e4m3 quantisation (ff_in) or the residual add (to_out,
 ff_out): the bf16 product is never written or read again (at batch 64, ff_in: 65,536 x 3,072 x 2 B each way per
 layer). gelu_tanh(x) = x * sigmoid(2 z), z = sqrt(2/pi) (x + 0.044715 x^3), the same function as
@@ -42,80 +42,19 @@ TOKENS = 1024  # sample tokens a frame
 
 
 def build_kernel(autotune: bool = True):
-    """-> run(a, w, w_scale, bias, s_x, s_out). ``autotune=False``: one small fixed tile (Triton's CPU interpreter,
-    TRITON_INTERPRET=1, has no driver to time configs with)."""
-    import triton
-    import triton.language as tl
+    """-> run(a, w, w_scale, bias, s_x, s_out=None, residual=None): the kernel of ``kernels/fp8_gemm.py`` (where it
+    lives since 2026-12-03; this probe wrote it first), with its output allocated here. ``autotune=False``: one small
+    fixed tile (Triton's CPU interpreter, TRITON_INTERPRET=1, has no driver to time configs with)."""
+    from flexrt.kernels.fp8_gemm import _build
 
-    configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
-               for bm, bn, bk, w, s in ((128, 128, 128, 8, 3), (128, 256, 128, 8, 3), (128, 128, 64, 4, 4),
-                                        (256, 128, 128, 8, 3), (128, 256, 64, 8, 4), (64, 128, 128, 4, 4))]
-
-    @triton.jit
-    def fp8_gemm_fused(a_ptr, w_ptr, w_scale_ptr, bias_ptr, c_ptr, s_x_ptr, s_out_ptr, res_ptr, M, N, K,
-                       stride_am, stride_ak, stride_wn, stride_wk, stride_cm, stride_cn,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-                       RESIDUAL: tl.constexpr):
-        # a [M,K] e4m3, w [N,K] e4m3 (K contiguous: B = w^T is K-major, as Hopper's FP8 MMA wants); c [M,N]: e4m3
-        # (RESIDUAL False: GELU + quantise) or bf16 = res [M,N] bf16 + the product (RESIDUAL True; res like c)
-        pid = tl.program_id(0)
-        grid_m, grid_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
-        group = GROUP_M * grid_n  # grouped tile order: consecutive programs share rows of a (L2 reuse)
-        first_m = (pid // group) * GROUP_M
-        rows = min(grid_m - first_m, GROUP_M)
-        pid_m = first_m + (pid % group) % rows
-        pid_n = (pid % group) // rows
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        offs_k = tl.arange(0, BLOCK_K)
-        a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak  # [BM,BK]
-        w_ptrs = w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None] * stride_wk  # [BK,BN] = w^T tile
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for k in range(0, tl.cdiv(K, BLOCK_K)):
-            k_left = K - k * BLOCK_K
-            a = tl.load(a_ptrs, mask=(offs_m[:, None] < M) & (offs_k[None, :] < k_left), other=0.0)
-            b = tl.load(w_ptrs, mask=(offs_n[None, :] < N) & (offs_k[:, None] < k_left), other=0.0)
-            acc = tl.dot(a, b, acc)
-            a_ptrs += BLOCK_K * stride_ak
-            w_ptrs += BLOCK_K * stride_wk
-        # epilogue: dequantise (tensor-wise x scale, per-channel weight scale), bias, then either tanh GELU and
-        # the next GEMM's quantisation, or the residual add
-        n_ok = offs_n < N
-        c_mask = (offs_m[:, None] < M) & n_ok[None, :]
-        w_scale = tl.load(w_scale_ptr + offs_n, mask=n_ok, other=0.0)
-        bias = tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
-        s_x = tl.load(s_x_ptr)
-        y = acc * (s_x * w_scale)[None, :] + bias[None, :]
-        c_ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn
-        if RESIDUAL:
-            res = tl.load(res_ptr + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn, mask=c_mask, other=0.0)
-            tl.store(c_ptrs, (res.to(tl.float32) + y).to(c_ptr.dtype.element_ty), mask=c_mask)
-        else:
-            z = 0.7978845608028654 * (y + 0.044715 * y * y * y)
-            g = y * tl.sigmoid(2.0 * z)
-            q = tl.minimum(tl.maximum(g / tl.load(s_out_ptr), -448.0), 448.0)  # FP8_MAX (no Python globals in jit)
-            tl.store(c_ptrs, q.to(c_ptr.dtype.element_ty), mask=c_mask)
-
-    tuned = triton.autotune(configs=configs, key=["M", "N", "K", "RESIDUAL"])(fp8_gemm_fused)
-    fixed = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}
+    launch = _build(autotune)
 
     def run(a, w, w_scale, bias, s_x, s_out=None, residual=None):
         """a [M,K] e4m3, w [N,K] e4m3, w_scale [N] fp32, bias [N] bf16, s_x [] fp32; then either s_out [] fp32
         -> gelu_tanh(a W^T + b) quantised to e4m3 [M,N], or residual [M,N] bf16 -> residual + a W^T + b, bf16."""
-        m, k = a.shape
-        n = w.shape[0]
-        fuse_residual = residual is not None
-        c = torch.empty(m, n, device=a.device, dtype=torch.bfloat16 if fuse_residual else torch.float8_e4m3fn)
-        if fuse_residual and residual.stride() != c.stride():
-            raise ValueError(f"residual must be a contiguous [{m},{n}] tensor, got strides {residual.stride()}")
-        grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
-        args = (a, w, w_scale, bias, c, s_x, s_x if s_out is None else s_out, c if residual is None else residual,
-                m, n, k, a.stride(0), a.stride(1), w.stride(0), w.stride(1), c.stride(0), c.stride(1))
-        if autotune:
-            tuned[grid](*args, RESIDUAL=fuse_residual)
-        else:
-            fp8_gemm_fused[grid](*args, RESIDUAL=fuse_residual, **fixed)
-        return c
+        out = torch.empty(a.shape[0], w.shape[0], device=a.device,
+                          dtype=torch.bfloat16 if residual is not None else torch.float8_e4m3fn)
+        return launch(a, w, w_scale, bias, s_x, out, out_scale=s_out, residual=residual)
 
     return run
 

@@ -12,12 +12,13 @@ EMO-1-shout+laugh. Variants (all torch.compile + one CUDA graph per batch size, 
   fp8            + FP8 sample-stream GEMMs (torch._scaled_mm), activations scaled per row at run time, upsampler fp32
   fp8-up16       + FP8 and the bf16 upsampler
   Any name is read as "-"-separated parts: "fp8" (row scales) or "fp8s" (static scales, calibrated once:
-  ``fp8_calibration_inputs``) or "fp8f" (static, with the epilogues fused into the GEMMs: kernels/fp8_gemm.py), "up16" (bf16 upsampler), "res16" (bf16 residual stream), "cudnnb" (cuDNN picks its
-  convolution algorithms by timing them: torch.backends.cudnn.benchmark, set from then on), "cdt" (inductor's
-  coordinate-descent tuning of its generated kernels), "mat" (inductor's max-autotune), "matg" (max-autotune of
-  the GEMMs only: Triton templates, FP8 ones included, with their epilogues fused, against cuBLAS), "bhsd" (the
-  joint blocks' attention as before 2026-12-02 evening: q/k/v transposed head-major before the join, fp32 q/k into
-  attention; ``previous_block_attention``), e.g. fp8s-res16-up16. (A "tgelu" part measured the feed forward's GELU in sigmoid
+  ``fp8_calibration_inputs``) or "fp8f" (static, with the epilogues fused into the GEMMs: kernels/fp8_gemm.py),
+  "up16" (bf16 upsampler), "res16" (bf16 residual stream), "cudnnb" (cuDNN picks its convolution algorithms by
+  timing them: torch.backends.cudnn.benchmark, set from then on), "cdt" (inductor's coordinate-descent tuning of its
+  generated kernels), "mat" (inductor's max-autotune), "matg" (max-autotune of the GEMMs only: Triton templates, FP8
+  ones included, with their epilogues fused, against cuBLAS), "bhsd" (the joint blocks' attention as before
+  2026-12-02 evening: q/k/v transposed head-major before the join, fp32 q/k into attention;
+  ``previous_block_attention``), e.g. fp8s-res16-up16. (A "tgelu" part measured the feed forward's GELU in sigmoid
   form against F.gelu's tanh on 2026-12-02, commit f22bb18: slower, removed.)
 
 For each: compile + capture time, median / p99 ms per call (CUDA events, 10 warm-up, 40 timed, inputs rotating),

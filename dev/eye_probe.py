@@ -1,8 +1,8 @@
 """Does a model draw the eyes? ``training.evaluate.blink_response`` for each checkpoint: held-out persons, front
-camera, the neutral code with the eyes open (eyelids 0) and shut (BLINK_CLOSED, the rig's lids fully down): mean
-|change| over the pixels where the rig's own frames change by more than EYE_CHANGE (the eye region), for the corpus
-rig (the truth) and each checkpoint; the ratio model / truth says how much of a blink a model shows. Also draws the
-open and shut frames side by side (--png): a row for the truth, then one per checkpoint.
+camera, the neutral code with the eyes open (eyelids 0) and shut (corpus.codes.BLINK_CLOSED, the rig's lids fully
+down): mean |change| over the pixels where the rig's own frames change by more than EYE_CHANGE (the eye region), for
+the corpus rig (the truth) and each checkpoint; the ratio model / truth says how much of a blink a model shows. Also
+draws the open and shut frames side by side (--png): a row for the truth, then one per checkpoint.
 
     python dev/eye_probe.py training/assets/flexavatar_tiny_corpus.safetensors OTHER.safetensors --size 128 \
         --png /tmp/eyes.png

@@ -31,8 +31,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-FP8_MAX = 448.0  # largest finite float8 e4m3fn value (model/deploy.py's FP8_MAX)
-GELU_TANH_C = 0.7978845608028654  # sqrt(2/pi), tanh GELU (Hendrycks & Gimpel 2016)
+FP8_MAX = 448.0  # largest finite float8 e4m3fn value (model/deploy.py's FP8 layers use it too)
 
 
 @functools.lru_cache(maxsize=None)
@@ -121,7 +120,8 @@ def _build(autotune: bool = True):
             res = tl.load(res_ptr + offs_m[:, None] * stride_om + offs_n[None, :] * stride_on, mask=out_mask, other=0.0)
             tl.store(out_ptrs, (res.to(tl.float32) + y).to(out_ptr.dtype.element_ty), mask=out_mask)
         else:
-            g = y * tl.sigmoid(2.0 * 0.7978845608028654 * (y + 0.044715 * y * y * y))  # tanh GELU: tanh(z) = 2s(2z)-1
+            # tanh GELU (Hendrycks & Gimpel 2016), tanh(z) = 2 sigmoid(2z) - 1, sqrt(2/pi) = 0.79788...
+            g = y * tl.sigmoid(2.0 * 0.7978845608028654 * (y + 0.044715 * y * y * y))
             q = tl.minimum(tl.maximum(g / tl.load(out_scale_ptr), -448.0), 448.0)  # FP8_MAX (no globals in jit)
             tl.store(out_ptrs, q.to(out_ptr.dtype.element_ty), mask=out_mask)
 

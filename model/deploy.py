@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flexrt.kernels.fp8_gemm import fp8_linear_gelu_quantize, fp8_linear_residual
+from flexrt.kernels.fp8_gemm import FP8_MAX, fp8_linear_gelu_quantize, fp8_linear_residual
 
 from .flexavatar import DATASET_ID_3D, MAX_SCALE, MAX_XYZ_OFFSET_STEP, FlexAvatarModel
 from .gaussians import Gaussians
@@ -53,7 +53,6 @@ from .layers import JointAttention, JointTransformerBlock
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 FP8_MODES = ("off", "row", "static", "fused")
-FP8_MAX = 448.0  # largest finite float8 e4m3fn value
 # static activation scale = FP8_CALIBRATION_MARGIN x the calibration's amax / FP8_MAX: headroom for inputs beyond
 # the calibration set (saturated, not overflowed, past it); e4m3's relative precision is the same over its normal
 # range (2^-6 .. 448), so the margin costs only values below amax * margin / 2^15
@@ -312,8 +311,9 @@ class DeployedFrameDecoder(nn.Module):
     def calibrate_fp8(self, avatar_codes: torch.Tensor, expression_codes: torch.Tensor,
                       margin: float = FP8_CALIBRATION_MARGIN) -> dict[str, float]:
         """fp8="static" / "fused": run the decoder on calibration inputs (avatar_codes [N,HT,D], expression_codes
-        [N,135]) with every FP8 GEMM observing its input's max (computed unquantised), then fix each GEMM's activation scale
-        to margin x max / FP8_MAX. Returns {layer name: observed max}. Call once, before compiling or capturing."""
+        [N,135]) with every FP8 GEMM observing its input's max (computed unquantised), then fix each GEMM's
+        activation scale to margin x max / FP8_MAX. Returns {layer name: observed max}. Call once, before
+        compiling or capturing."""
         if self.fp8 not in ("static", "fused"):
             raise RuntimeError(f"calibrate_fp8 applies to fp8='static' or 'fused', this decoder has fp8={self.fp8!r}")
         for m in self.fp8_linears():

@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 
 from .sequences import (  # noqa: F401  (re-exported: flexrt.runtime.cli.load_sequence etc. are public)
-    BLINK_CLOSED,
     Sequence,
     blink_sequence,
     load_sequence,
@@ -380,7 +379,6 @@ def build_engine(args):
         raise SystemExit(f"error: --model builds a PyTorch engine; --backend {args.backend} needs --engines DIR")
     from flexrt.model.pipeline import build_pipeline
     from flexrt.runtime.engines import TorchEngine
-    from flexrt.kernels.fp8_gemm import fused_fp8_status
     from flexrt.runtime.engines.torch_engine import fp8_capable, resolve_decoder_options
 
     if args.checkpoint is None:
@@ -398,11 +396,7 @@ def build_engine(args):
     if fp8 != "off" and not fp8_capable(device):
         raise SystemExit(f"error: --fp8 {fp8} needs a CUDA GPU with FP8 tensor cores (compute capability >= 8.9: Ada, "
                          "Hopper); use --fp8 off")
-    if fp8 == "fused" and fused_fp8_status(device)[0] != "triton":
-        raise SystemExit(f"error: --fp8 fused: {fused_fp8_status(device)[1]}; use --fp8 static")
-    if fp8 == "fused" and residual != "bf16":
-        raise SystemExit(f"error: --fp8 fused adds the residual in the GEMMs' bf16 epilogue; it needs --residual bf16 "
-                         f"(or auto), got {residual}")
+    # --fp8 fused without Triton, or with --residual fp32: TorchEngine / deploy_decoder refuse it in one line
     # on a GPU: CUDA graphs replay the decoder, torch.compile fuses its small kernels (see docs/BENCHMARKS.md)
     return TorchEngine(pipeline, device=device, precision=precision, graphs="cuda" if on_cuda else "none",
                        compile=on_cuda, fp8=fp8, residual=residual)
@@ -790,8 +784,8 @@ def cmd_demo(args) -> int:
             blink_results = []
             if args.blink > 0 and results:  # 5. the eyes: a blink at the sequence's first frame, front camera
                 blink = blink_sequence(sequence.expressions[0], args.blink)
-                print(f"[demo] blink: {args.blink} frames at frame 0, both eyelids from open (0) to shut "
-                      f"({BLINK_CLOSED}) and open again (EMO-1's own eyelids only squint)")
+                print(f"[demo] blink: {args.blink} frames at frame 0, both eyelids from open to shut and open "
+                      "again (EMO-1's own eyelids only squint)")
                 blink_results, _ = stream_sequence(
                     client, avatar.avatar_id, blink, out / "blink", width=args.width, height=args.height,
                     fps=args.fps, encoding="png", camera="default", frames=None,
@@ -945,7 +939,8 @@ def add_parser(subparsers) -> None:
                         "tensor cores: Ada, Hopper; 10 %% faster than bf16 on the H200, rendered PSNR vs fp32 66 dB on "
                         "EMO-1: docs/SERVING.md section 5); fused = static, with GELU, quantisation and residual adds "
                         "in the GEMMs' epilogues (a Triton kernel, kernels/fp8_gemm.py); off = bf16 GEMMs; "
-                        "auto = static on such a GPU with the bf16 decoder, else off (the log says which)")
+                        "auto = fused on such a GPU with the bf16 decoder where Triton is there, static where it "
+                        "is not, else off (the log says which and why)")
     p.add_argument("--residual", default="auto", choices=("auto", "fp32", "bf16"),
                    help="the PyTorch decoder: the dtype of its residual stream (bf16 moves half the bytes through "
                         "the per-layer norms); auto = bf16 with the bf16 decoder, else fp32")

@@ -95,19 +95,19 @@ def turntable_sequence(expression: np.ndarray, frames: int = 48, name: str = "tu
     return Sequence(codes, cam2world, intrinsics, name)
 
 
-BLINK_CLOSED = 0.9  # eyelid value of a shut eye (FLAME eyelid blendshapes, spec §10; the corpus rig's lids are down)
-
-
-def blink_sequence(expression: np.ndarray, frames: int = 12, closed: float = BLINK_CLOSED,
+def blink_sequence(expression: np.ndarray, frames: int = 12, closed: float | None = None,
                    name: str = "blink") -> Sequence:
-    """One expression code [135] with both eyelids [112:114] going from open (0) to ``closed`` and open again over
-    ``frames`` frames (a sin² profile: shut in the middle frame), default camera. For drivers whose tracking has no
+    """One expression code [135] with both eyelids [112:114] going from open (0) to ``closed`` (default
+    ``corpus.codes.BLINK_CLOSED``) and open again over ``frames`` frames (a sin² profile: shut at the middle, the
+    middle frame for an odd count), default camera. For drivers whose tracking has no
     blink (EMO-1's eyelids only squint, 0.39 -> 0.68), so a demo can show that the eyes are modelled."""
+    from flexrt.corpus.codes import BLINK_CLOSED, EYELIDS
+
+    closed = BLINK_CLOSED if closed is None else closed
     if frames < 3:
         raise ValueError(f"a blink needs at least 3 frames, got {frames}")
     if not 0.0 < closed <= 1.5:
         raise ValueError(f"closed is an eyelid value in (0, 1.5], got {closed}")
-    from flexrt.corpus.codes import EYELIDS
 
     codes = np.repeat(np.asarray(expression, np.float32).reshape(1, EXPRESSION_DIM), frames, axis=0)
     lids = closed * np.sin(np.pi * np.arange(frames) / (frames - 1)) ** 2  # 0 .. closed .. 0

@@ -223,7 +223,8 @@ def test_jaw_angle_and_turntable():
 
 
 def test_blink_sequence_closes_and_opens_the_eyelids_only():
-    from flexrt.runtime.sequences import BLINK_CLOSED, blink_sequence
+    from flexrt.corpus.codes import BLINK_CLOSED
+    from flexrt.runtime.sequences import blink_sequence
 
     base = synthetic_sequence(5).expressions[2]
     blink = blink_sequence(base, frames=7)

@@ -158,9 +158,8 @@ def blink_response(model, dino, corpus_cfg, persons=BLINK_PERSONS, size: int = 1
     "ratio_min"} (ratio = model / truth: how much of a blink the model shows; 0 = no eyes drawn). ``frames``: also
     "frames", per person (truth [2,3,size,size], model [2,3,size,size]), eyes open then shut."""
     from flexrt.corpus import cameras
-    from flexrt.corpus.codes import EYELIDS, neutral_code
+    from flexrt.corpus.codes import BLINK_CLOSED, EYELIDS, neutral_code
     from flexrt.corpus.dataset import HeadCorpus
-    from flexrt.runtime.sequences import BLINK_CLOSED
 
     from .showcase import model_frames, truth_frames
 

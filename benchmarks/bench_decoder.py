@@ -46,6 +46,7 @@ class BackendSpec:
     compile: bool = False  # TorchEngine(compile=True): inductor-fused decoder under CUDA graphs
     fp8: str = "off"  # TorchEngine(fp8=...): "static" = FP8 sample-stream GEMMs with calibrated activation scales
     residual: str = "fp32"  # TorchEngine(residual=...): the sample stream's residual dtype
+    upsampler: str = "auto"  # TorchEngine(upsampler=...): "fp8" = the upsampler's 3x3 convolutions in FP8
 
 
 DECODER_BACKENDS: dict[str, BackendSpec] = {
@@ -61,6 +62,10 @@ DECODER_BACKENDS: dict[str, BackendSpec] = {
     "torch-compiled-fp8-fused": BackendSpec("torch", "bf16", "cuda", compile=True, fp8="fused", residual="bf16",
                                             note="as torch-compiled-fp8, with GELU, quantisation and residual adds "
                                                  "in the FP8 GEMMs' epilogues (Triton, kernels/fp8_gemm.py)"),
+    "torch-compiled-fp8-up8": BackendSpec("torch", "bf16", "cuda", compile=True, fp8="fused", residual="bf16",
+                                          upsampler="fp8",
+                                          note="as torch-compiled-fp8-fused, + the upsampler's 3x3 convolutions in "
+                                               "FP8 with their epilogues (Triton, kernels/fp8_conv.py)"),
     "ort-fp32": BackendSpec("onnxruntime", "fp32"),
     "ort-fp16": BackendSpec("onnxruntime", "fp16"),
     "tensorrt-fp16": BackendSpec("tensorrt", "fp16"),
@@ -250,6 +255,7 @@ class BenchContext:
         dev = self.device
         if spec.kind == "torch":
             from flexrt.runtime.engines import TorchEngine
+            from flexrt.kernels.fp8_conv import fp8_conv_status
             from flexrt.kernels.fp8_gemm import fused_fp8_status
             from flexrt.runtime.engines.torch_engine import fp8_capable
 
@@ -259,8 +265,10 @@ class BenchContext:
                 raise Unavailable("FP8 GEMMs need a CUDA GPU of compute capability >= 8.9 (Ada, Hopper)")
             if spec.fp8 == "fused" and fused_fp8_status(dev)[0] != "triton":
                 raise Unavailable(fused_fp8_status(dev)[1])
+            if spec.upsampler == "fp8" and fp8_conv_status(dev)[0] != "triton":
+                raise Unavailable(fp8_conv_status(dev)[1])
             return TorchEngine(self.pipeline(), device=dev, precision=spec.precision, graphs=spec.graphs,
-                               compile=spec.compile, fp8=spec.fp8, residual=spec.residual)
+                               compile=spec.compile, fp8=spec.fp8, residual=spec.residual, upsampler=spec.upsampler)
         if spec.kind == "compile":
             return CompiledDecoder(self.pipeline(), dev)
         if spec.kind == "onnxruntime":

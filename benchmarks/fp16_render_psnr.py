@@ -37,6 +37,7 @@ PAIRS = {
     "served-bf16 vs torch-fp32": ("torch-eager-fp32", "torch-compiled-bf16"),
     "served-fp8 vs torch-fp32": ("torch-eager-fp32", "torch-compiled-fp8"),  # the default on FP8 GPUs
     "served-fp8-fused vs torch-fp32": ("torch-eager-fp32", "torch-compiled-fp8-fused"),  # + fused GEMM epilogues
+    "served-fp8-up8 vs torch-fp32": ("torch-eager-fp32", "torch-compiled-fp8-up8"),  # + FP8 convolutions
     "tensorrt-fp16 vs torch-fp32": ("torch-eager-fp32", "tensorrt-fp16"),
 }
 BAR_DB = 45.0

@@ -13,7 +13,8 @@ EMO-1-shout+laugh. Variants (all torch.compile + one CUDA graph per batch size, 
   fp8-up16       + FP8 and the bf16 upsampler
   Any name is read as "-"-separated parts: "fp8" (row scales) or "fp8s" (static scales, calibrated once:
   ``fp8_calibration_inputs``) or "fp8f" (static, with the epilogues fused into the GEMMs: kernels/fp8_gemm.py),
-  "up16" (bf16 upsampler), "res16" (bf16 residual stream), "cudnnb" (cuDNN picks its convolution algorithms by
+  "up16" (bf16 upsampler), "up8" (its 3x3 convolutions in FP8, kernels/fp8_conv.py), "res16" (bf16 residual
+  stream), "cudnnb" (cuDNN picks its convolution algorithms by
   timing them: torch.backends.cudnn.benchmark, set from then on), "cdt" (inductor's coordinate-descent tuning of its
   generated kernels), "mat" (inductor's max-autotune), "matg" (max-autotune of the GEMMs only: Triton templates, FP8
   ones included, with their epilogues fused, against cuBLAS), "bhsd" (the joint blocks' attention as before
@@ -245,7 +246,7 @@ def main(argv=None) -> int:
                 fp8 = ("fused" if "fp8f" in parts else "static" if "fp8s" in parts else "row" if "fp8" in parts
                        else "off")
                 eng = TorchEngine(model, device="cuda", precision="bf16", graphs="cuda", compile=True, fp8=fp8,
-                                  upsampler="bf16" if "up16" in parts else "fp32",
+                                  upsampler="fp8" if "up8" in parts else "bf16" if "up16" in parts else "fp32",
                                   residual="bf16" if "res16" in parts else "fp32")
                 if "bhsd" in parts:  # before compiling: TorchEngine compiles lazily, at the first call
                     import types

@@ -1,5 +1,7 @@
-"""Development probe (not installed; prepared 2026-12-03, NOT YET RUN on a GPU): the StyleGAN upsampler's 3x3
-convolutions as FP8 implicit GEMMs with their epilogue fused, against what the decoder runs today (cuDNN bf16,
+"""Development probe (not installed; run on the H200 2026-12-03 05:09 UTC, dev/probe21.sh,
+docs/results/h200-fp8-conv-probe.json: 1.25-1.59x per convolution, since then the decoder's ``upsampler="fp8"``,
+kernel in kernels/fp8_conv.py): the StyleGAN upsampler's 3x3 convolutions as FP8 implicit GEMMs with their epilogue
+fused, against what the decoder runs today (cuDNN bf16,
 channels-last, then inductor's bias + leaky ReLU + clamp kernel). docs/SERVING.md, "What holds 64 streams back":
 the four convolutions take 0.131 ms of a frame's 0.455 at ~80 % of the H200's bf16 peak, so only FP8 (twice the
 tensor-core rate) can make them much faster.
@@ -27,7 +29,6 @@ rendered PSNR >= 45 dB needs the whole upsampler run with them (the next step if
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 from pathlib import Path
@@ -44,76 +45,14 @@ CONVS = (("block0.conv0 (up)", 32, 768, 2048), ("block0.conv1", 64, 512, 512),
          ("block1.conv0 (up)", 64, 512, 1024), ("block1.conv1", 128, 256, 256))
 
 
-@functools.lru_cache(maxsize=None)
 def build_kernel(autotune: bool = True):
-    """-> run(x8, w8, w_scale, bias, x_scale) -> bf16 [B,H,W,N]; ``autotune=False``: one small fixed tile (Triton's
-    CPU interpreter)."""
-    import triton
-    import triton.language as tl
-    import triton.testing
-
-    @triton.jit
-    def fp8_conv3x3(x_ptr, w_ptr, w_scale_ptr, bias_ptr, out_ptr, x_scale_ptr, B, H, W, C, N,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
-        # x [B,H,W,C] e4m3 contiguous; w [N,3,3,C] e4m3 contiguous; out [B,H,W,N] bf16 contiguous
-        m_total = B * H * W
-        pid = tl.program_id(0)
-        grid_m, grid_n = tl.cdiv(m_total, BLOCK_M), tl.cdiv(N, BLOCK_N)
-        group = GROUP_M * grid_n  # grouped order: consecutive programs share input pixels (L2 reuse)
-        first_m = (pid // group) * GROUP_M
-        rows = min(grid_m - first_m, GROUP_M)
-        pid_m = first_m + (pid % group) % rows
-        pid_n = (pid % group) // rows
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # output pixels (b, h, w) flattened
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        offs_k = tl.arange(0, BLOCK_K)
-        m_ok = offs_m < m_total
-        n_ok = offs_n < N
-        w_pix = offs_m % W
-        h_pix = (offs_m // W) % H
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for tap in range(9):  # K = 9 taps x C channels
-            hs = h_pix + (tap // 3 - 1)
-            ws = w_pix + (tap % 3 - 1)
-            inside = m_ok & (hs >= 0) & (hs < H) & (ws >= 0) & (ws < W)  # zero padding
-            src = (offs_m + (tap // 3 - 1) * W + (tap % 3 - 1)) * C  # same image: shifted row / column
-            for c0 in range(0, C, BLOCK_K):
-                c_ok = (c0 + offs_k) < C
-                a = tl.load(x_ptr + src[:, None] + (c0 + offs_k)[None, :], mask=inside[:, None] & c_ok[None, :],
-                            other=0.0)
-                b = tl.load(w_ptr + offs_n[None, :] * (9 * C) + tap * C + (c0 + offs_k)[:, None],
-                            mask=n_ok[None, :] & c_ok[:, None], other=0.0)
-                acc = tl.dot(a, b, acc)
-        w_scale = tl.load(w_scale_ptr + offs_n, mask=n_ok, other=0.0)
-        bias = tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0)
-        y = acc * (tl.load(x_scale_ptr) * w_scale)[None, :] + bias[None, :]
-        y = tl.where(y >= 0, y, 0.2 * y) * 1.4142135623730951  # leaky ReLU, gain sqrt(2)
-        y = tl.minimum(tl.maximum(y, -256.0), 256.0)  # CONV_CLAMP
-        tl.store(out_ptr + offs_m[:, None] * N + offs_n[None, :], y.to(out_ptr.dtype.element_ty),
-                 mask=m_ok[:, None] & n_ok[None, :])
-
-    configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=wp, num_stages=st)
-               for bm, bn, bk, wp, st in ((128, 128, 128, 8, 3), (128, 256, 128, 8, 3), (128, 128, 64, 4, 4),
-                                          (256, 128, 128, 8, 3), (128, 256, 64, 8, 4), (64, 128, 128, 4, 4))]
-    bench = lambda kernel_call, quantiles: triton.testing.do_bench(  # noqa: E731
-        kernel_call, warmup=5, rep=20, quantiles=quantiles)
-    tuned = triton.autotune(configs=configs, key=["B", "H", "W", "C", "N"], do_bench=bench)(fp8_conv3x3)
-    fixed = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4}
+    """-> run(x8, w8, w_scale, bias, x_scale) -> bf16 [B,H,W,N]: the kernel, since 2026-12-03 in kernels/fp8_conv.py
+    (``autotune=False``: one small fixed tile, for Triton's CPU interpreter)."""
+    from flexrt.kernels.fp8_conv import _build
 
     def run(x8, w8, w_scale, bias, x_scale):
-        b, h, w, c = x8.shape
-        n = w8.shape[0]
-        if not (x8.is_contiguous() and w8.is_contiguous() and tuple(w8.shape) == (n, 3, 3, c)):
-            raise ValueError(f"expected contiguous x8 [B,H,W,C] and w8 [N,3,3,C], got {list(x8.shape)} and "
-                             f"{list(w8.shape)}")
-        out = torch.empty(b, h, w, n, device=x8.device, dtype=torch.bfloat16)
-        grid = lambda meta: (triton.cdiv(b * h * w, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
-        args = (x8, w8, w_scale, bias, out, x_scale, b, h, w, c, n)
-        if autotune:
-            tuned[grid](*args)
-        else:
-            fp8_conv3x3[grid](*args, **fixed)
-        return out
+        out = torch.empty(*x8.shape[:3], w8.shape[0], device=x8.device, dtype=torch.bfloat16)
+        return _build(autotune)(x8, w8, w_scale, bias.float(), x_scale, out)
 
     return run
 

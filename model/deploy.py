@@ -28,7 +28,10 @@ What differs from ``decode_frames`` (spec §5; each choice measured in docs/BENC
    ``fp8="fused"``: static scales, and the epilogues in the GEMMs (``kernels.fp8_gemm``, a Triton kernel on the
    GPU): ff_in applies the tanh GELU and quantises for ff_out, to_out and ff_out add the residual (bf16 residual
    stream only), so the memory-bound kernels between the GEMMs go away and the product is not rounded to bf16
-   before its epilogue. ``upsampler="bf16"`` runs the StyleGAN upsampler in bf16 channels-last instead of fp32.
+   before its epilogue. ``upsampler="bf16"`` runs the StyleGAN upsampler in bf16 channels-last instead of fp32;
+   ``upsampler="fp8"`` also runs its 3x3 convolutions with e4m3 operands (``Fp8ConvLayer``, ``kernels.fp8_conv``:
+   per-channel weight scales, a static input scale calibrated with the GEMMs', the layer's bias + leaky ReLU + clamp
+   in the convolution's epilogue).
 
 5. Attention token-major: the joint blocks keep q, k, v as [B,S,H,hd] (S = sample + context tokens) from the
    projection to the attention kernel and back, with the q/k RMS norms cast to the stream's dtype in the kernel
@@ -45,14 +48,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from flexrt.kernels.fp8_conv import conv_reference, fp8_conv3x3_lrelu, quantize_weight
 from flexrt.kernels.fp8_gemm import FP8_MAX, fp8_linear_gelu_quantize, fp8_linear_residual
 
 from .flexavatar import DATASET_ID_3D, MAX_SCALE, MAX_XYZ_OFFSET_STEP, FlexAvatarModel
 from .gaussians import Gaussians
 from .layers import JointAttention, JointTransformerBlock
+from .stylegan import SynthesisLayer
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 FP8_MODES = ("off", "row", "static", "fused")
+UPSAMPLER_MODES = ("fp32", "bf16", "fp8")
 # static activation scale = FP8_CALIBRATION_MARGIN x the calibration's amax / FP8_MAX: headroom for inputs beyond
 # the calibration set (saturated, not overflowed, past it); e4m3's relative precision is the same over its normal
 # range (2^-6 .. 448), so the margin costs only values below amax * margin / 2^15
@@ -169,6 +175,52 @@ class Fp8Linear(nn.Module):
         return y.to(torch.bfloat16).reshape(*x.shape[:-1], self.out_features)
 
 
+class Fp8ConvLayer(nn.Module):
+    """A StyleGAN ``SynthesisLayer`` (its folded 3x3 weight; an up-conv in its sub-pixel form, then the pixel
+    shuffle) with float8 e4m3 operands: the weight with one scale per output channel, the input with one static
+    scale (``input_scale`` [], set by :meth:`calibrate`; until then the layer records its inputs' max and convolves
+    them unquantised with the dequantised weight). The bias, leaky ReLU, gain and clamp run in the convolution's
+    epilogue (``kernels.fp8_conv``: Triton on the GPU, the reference ops on a CPU).
+
+    x [B,C,H,W] bf16 in channels-last memory -> [B,C',H',W'] bf16 channels-last (the upsampler's bf16 layout)."""
+
+    def __init__(self, layer: SynthesisLayer):
+        super().__init__()
+        if layer.folded is None:
+            raise ValueError("Fp8ConvLayer needs a folded SynthesisLayer (StyleGANPixelShuffleUpsampler.fold())")
+        self.up = layer.up
+        w = layer.folded if layer.up == 1 else layer.folded_subpixel  # [N,C,3,3]
+        w8, w_scale = quantize_weight(w)
+        bias = layer.bias.detach().float()
+        if layer.up != 1:  # sub-pixel channel o*4 + phase carries output channel o's bias (PixelShuffle's order)
+            bias = bias.repeat_interleave(layer.up ** 2)
+        self.register_buffer("weight_fp8", w8)  # [N,3,3,C]
+        self.register_buffer("weight_scale", w_scale)  # [N]
+        self.register_buffer("bias", bias.contiguous())  # [N] fp32
+        self.register_buffer("input_scale", None)  # [] fp32 once calibrated
+        self.observed_amax: torch.Tensor | None = None
+        self.scaling = "static"
+
+    def calibrate(self, margin: float = FP8_CALIBRATION_MARGIN) -> None:
+        if self.observed_amax is None:
+            raise RuntimeError("Fp8ConvLayer.calibrate: no input observed yet; run the decoder on calibration inputs")
+        self.input_scale = (self.observed_amax.float().clamp_min(1e-12) * margin / FP8_MAX).reshape(())
+        self.observed_amax = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_nhwc = x.permute(0, 2, 3, 1).contiguous()  # a view when x is channels-last
+        if self.input_scale is None:  # calibration pass: observe |x|, convolve unquantised
+            amax = x_nhwc.detach().abs().amax().float()
+            self.observed_amax = amax if self.observed_amax is None else torch.maximum(self.observed_amax, amax)
+            one = torch.ones((), device=x.device)
+            y = conv_reference(x_nhwc, self.weight_fp8, self.weight_scale, self.bias, one).to(torch.bfloat16)
+        else:
+            x8 = (x_nhwc.float() / self.input_scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+            y = fp8_conv3x3_lrelu(x8, self.weight_fp8, self.weight_scale, self.bias, self.input_scale)
+        y = y.permute(0, 3, 1, 2)  # [B,N,H,W] view, channels-last memory
+        return F.pixel_shuffle(y, self.up) if self.up != 1 else y
+
+
 class DeployedJointBlock(nn.Module):
     """One SD3 joint block (spec §5.3) with fused q|k|v projections; submodules taken over from the model's block."""
 
@@ -238,8 +290,10 @@ class DeployedFrameDecoder(nn.Module):
         super().__init__()
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
-        if upsampler not in ("fp32", "bf16"):
-            raise ValueError(f"upsampler must be 'fp32' or 'bf16', got {upsampler!r}")
+        if upsampler not in UPSAMPLER_MODES:
+            raise ValueError(f"upsampler must be one of {list(UPSAMPLER_MODES)}, got {upsampler!r}")
+        if upsampler == "fp8" and precision != "bf16":
+            raise ValueError(f"upsampler='fp8' (FP8 convolutions writing bf16) needs precision='bf16', got {precision!r}")
         if fp8 not in FP8_MODES:
             raise ValueError(f"fp8 must be one of {list(FP8_MODES)}, got {fp8!r}")
         if fp8 != "off" and precision != "bf16":
@@ -267,7 +321,7 @@ class DeployedFrameDecoder(nn.Module):
         self.norm = et.norm
         gd._stylegan_upsampler.fold()
         self.upsampler = gd._stylegan_upsampler
-        self.upsampler_dtype = torch.bfloat16 if upsampler == "bf16" else torch.float32
+        self.upsampler_dtype = torch.float32 if upsampler == "fp32" else torch.bfloat16
         # the five Gaussian heads (spec 5.7) as one [14,48] map, applied BEFORE sampling: bilinear sampling is linear
         # with zero padding, so sample(img) W^T + b == sample(img W^T) + b, and the sampler then moves 14 channels
         # per Gaussian instead of 48 (and no [B,G,48] feature tensor is written)
@@ -291,8 +345,11 @@ class DeployedFrameDecoder(nn.Module):
                 for name, linear in block.sample_linears().items():
                     setattr(block, name, Fp8Linear(linear, scaling="row" if fp8 == "row" else "static"))
                 block.fused_epilogues = fp8 == "fused"
-        if upsampler == "bf16":
+        if upsampler in ("bf16", "fp8"):
             self.upsampler.to(torch.bfloat16).to(memory_format=torch.channels_last)
+        if upsampler == "fp8":  # the 3x3 convolutions (nearly all the upsampler's FLOPs) with e4m3 operands
+            for block in self.upsampler.blocks:
+                block.conv0, block.conv1 = Fp8ConvLayer(block.conv0), Fp8ConvLayer(block.conv1)
         self.eval().requires_grad_(False)
 
     @property
@@ -302,10 +359,15 @@ class DeployedFrameDecoder(nn.Module):
     def fp8_linears(self) -> list[Fp8Linear]:
         return [m for m in self.modules() if isinstance(m, Fp8Linear)]
 
+    def static_fp8_layers(self) -> list[nn.Module]:
+        """The layers with a static FP8 input scale to calibrate: Fp8Linear (fp8="static" / "fused") and
+        Fp8ConvLayer (upsampler="fp8")."""
+        return [m for m in self.modules() if isinstance(m, (Fp8Linear, Fp8ConvLayer)) and m.scaling == "static"]
+
     @property
     def needs_calibration(self) -> bool:
-        """True until calibrate_fp8 has run (fp8="static" / "fused" only)."""
-        return any(m.scaling == "static" and m.input_scale is None for m in self.fp8_linears())
+        """True until calibrate_fp8 has run (fp8="static" / "fused" and upsampler="fp8" only)."""
+        return any(m.input_scale is None for m in self.static_fp8_layers())
 
     @torch.no_grad()
     def calibrate_fp8(self, avatar_codes: torch.Tensor, expression_codes: torch.Tensor,
@@ -314,14 +376,16 @@ class DeployedFrameDecoder(nn.Module):
         [N,135]) with every FP8 GEMM observing its input's max (computed unquantised), then fix each GEMM's
         activation scale to margin x max / FP8_MAX. Returns {layer name: observed max}. Call once, before
         compiling or capturing."""
-        if self.fp8 not in ("static", "fused"):
-            raise RuntimeError(f"calibrate_fp8 applies to fp8='static' or 'fused', this decoder has fp8={self.fp8!r}")
-        for m in self.fp8_linears():
+        layers = self.static_fp8_layers()
+        if not layers:
+            raise RuntimeError(f"calibrate_fp8 applies to fp8='static' / 'fused' or upsampler='fp8', this decoder has "
+                               f"fp8={self.fp8!r}, upsampler={self.upsampler_precision!r}")
+        for m in layers:
             m.input_scale, m.observed_amax = None, None
         self(avatar_codes, expression_codes)
-        names = {m: n for n, m in self.named_modules() if isinstance(m, Fp8Linear)}
-        amax = {names[m]: float(m.observed_amax) for m in self.fp8_linears()}
-        for m in self.fp8_linears():
+        names = {m: n for n, m in self.named_modules()}
+        amax = {names[m]: float(m.observed_amax) for m in layers}
+        for m in layers:
             m.calibrate(margin)
         return amax
 
@@ -358,5 +422,5 @@ class DeployedFrameDecoder(nn.Module):
         )
 
 
-__all__ = ["DeployedFrameDecoder", "DeployedJointBlock", "Fp8Linear", "fused_linear", "FP8_MAX", "FP8_MODES",
-           "FP8_CALIBRATION_MARGIN"]
+__all__ = ["DeployedFrameDecoder", "DeployedJointBlock", "Fp8ConvLayer", "Fp8Linear", "fused_linear", "FP8_MAX",
+           "FP8_MODES", "UPSAMPLER_MODES", "FP8_CALIBRATION_MARGIN"]

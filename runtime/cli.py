@@ -367,12 +367,13 @@ def build_engine(args):
     """--engines DIR -> load_engine(DIR, backend, device); --model NAME -> TorchEngine(load_official(NAME))."""
     device = resolve_device(args.device)
     fp8, residual = getattr(args, "fp8", "auto"), getattr(args, "residual", "auto")
+    upsampler = getattr(args, "upsampler", "auto")
     if args.engines:
         from flexrt.runtime.engines import load_engine
 
         try:
             return load_engine(args.engines, backend=args.backend, device=device, precision=args.precision, fp8=fp8,
-                               residual=residual)
+                               residual=residual, upsampler=upsampler)
         except ValueError as e:
             raise SystemExit(f"error: {e}") from None
     if args.backend not in ("auto", "torch"):
@@ -387,7 +388,7 @@ def build_engine(args):
     pipeline = build_pipeline(args.model, args.checkpoint, args.dinov2, args.template)  # model + DINOv2 encoder
     on_cuda = device == "cuda"
     precision = ("bf16" if on_cuda else "fp32") if args.precision == "auto" else args.precision
-    fp8, residual, why = resolve_decoder_options(device, precision, fp8, residual)
+    fp8, residual, upsampler, why = resolve_decoder_options(device, precision, fp8, residual, upsampler)
     if why:
         logger.info("decoder: %s", why)
     if (fp8 != "off" or residual != "fp32") and precision != "bf16":
@@ -399,7 +400,7 @@ def build_engine(args):
     # --fp8 fused without Triton, or with --residual fp32: TorchEngine / deploy_decoder refuse it in one line
     # on a GPU: CUDA graphs replay the decoder, torch.compile fuses its small kernels (see docs/BENCHMARKS.md)
     return TorchEngine(pipeline, device=device, precision=precision, graphs="cuda" if on_cuda else "none",
-                       compile=on_cuda, fp8=fp8, residual=residual)
+                       compile=on_cuda, fp8=fp8, residual=residual, upsampler=upsampler)
 
 
 def _server_config(args):
@@ -941,6 +942,12 @@ def add_parser(subparsers) -> None:
                         "in the GEMMs' epilogues (a Triton kernel, kernels/fp8_gemm.py); off = bf16 GEMMs; "
                         "auto = fused on such a GPU with the bf16 decoder where Triton is there, static where it "
                         "is not, else off (the log says which and why)")
+    p.add_argument("--upsampler", default="auto", choices=("auto", "fp32", "bf16", "fp8"),
+                   help="the PyTorch decoder's StyleGAN upsampler: bf16 channels-last, or fp8 = its 3x3 convolutions "
+                        "as FP8 implicit GEMMs with their epilogues (a Triton kernel, kernels/fp8_conv.py; 0.413 vs "
+                        "0.457 ms a frame at batch 32 on the H200, rendered PSNR vs fp32 62.4 dB on EMO-1); auto = "
+                        "fp8 where --fp8 resolves to FP8 and Triton is there, bf16 with the bf16 decoder otherwise, "
+                        "fp32 with the fp32 decoder")
     p.add_argument("--residual", default="auto", choices=("auto", "fp32", "bf16"),
                    help="the PyTorch decoder: the dtype of its residual stream (bf16 moves half the bytes through "
                         "the per-layer norms); auto = bf16 with the bf16 decoder, else fp32")

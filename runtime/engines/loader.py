@@ -25,7 +25,7 @@ def _torch_pipeline(root: Path, manifest: dict):
 
 def load_engine(engine_dir: str | Path, backend: str = "auto", device: str = "auto", precision: str = "auto",
                 graphs: str | None = None, compile: bool | None = None, fp8: str = "auto",
-                residual: str = "auto") -> Engine:
+                residual: str = "auto", upsampler: str = "auto") -> Engine:
     """Load an engine directory written by ``export-engines``.
 
     backend: "onnxruntime", "torch", "tensorrt", or "auto" (CPU: onnxruntime fp32; CUDA: tensorrt if its engines
@@ -33,9 +33,10 @@ def load_engine(engine_dir: str | Path, backend: str = "auto", device: str = "au
     docs/BENCHMARKS.md). device: "cpu", "cuda", "cuda:N" or "auto".
     precision: "auto" | "fp32" | "fp16" (onnxruntime) | "bf16" (torch); tensorrt is always fp16. "auto" is fp32,
     except bf16 for the torch backend on CUDA. graphs ("none" | "cuda") and compile default to the device's best:
-    CUDA graphs and torch.compile on CUDA, neither on the CPU. fp8 / residual (torch backend): "auto" = FP8 GEMMs
-    with static scales and a bf16 residual stream for bf16 on a GPU with FP8 tensor cores
-    (``resolve_decoder_options``); other backends take only "auto" (or "off" / "fp32").
+    CUDA graphs and torch.compile on CUDA, neither on the CPU. fp8 / residual / upsampler (torch backend): "auto" =
+    FP8 GEMMs (epilogues fused where Triton is there), a bf16 residual stream and FP8 upsampler convolutions for
+    bf16 on a GPU with FP8 tensor cores (``resolve_decoder_options``); other backends take only "auto" (or "off" /
+    "fp32").
     No silent fallbacks: an explicitly requested backend that is unavailable raises with the reason.
     """
     if backend not in BACKENDS:
@@ -64,9 +65,10 @@ def load_engine(engine_dir: str | Path, backend: str = "auto", device: str = "au
         graphs = "cuda" if on_cuda else "none"
     if compile is None:
         compile = on_cuda
-    if backend != "torch" and (fp8 not in ("auto", "off") or residual not in ("auto", "fp32")):
-        raise ValueError(f"fp8={fp8!r} / residual={residual!r} shape the PyTorch decoder; the {backend} backend runs "
-                         f"its exported graph")
+    if backend != "torch" and (fp8 not in ("auto", "off") or residual not in ("auto", "fp32")
+                               or upsampler not in ("auto", "fp32")):
+        raise ValueError(f"fp8={fp8!r} / residual={residual!r} / upsampler={upsampler!r} shape the PyTorch decoder; "
+                         f"the {backend} backend runs its exported graph")
     if backend == "onnxruntime":
         from .ort_engine import OrtEngine
 
@@ -74,11 +76,12 @@ def load_engine(engine_dir: str | Path, backend: str = "auto", device: str = "au
     elif backend == "torch":
         from .torch_engine import TorchEngine, resolve_decoder_options
 
-        fp8, residual, why = resolve_decoder_options(device, precision, fp8, residual)
+        fp8, residual, upsampler, why = resolve_decoder_options(device, precision, fp8, residual, upsampler)
         if why:
             log.info("decoder: %s", why)
         engine = TorchEngine(_torch_pipeline(root, manifest), device=device, precision=precision, graphs=graphs,
-                             identity=manifest["model"], compile=compile, fp8=fp8, residual=residual)
+                             identity=manifest["model"], compile=compile, fp8=fp8, residual=residual,
+                             upsampler=upsampler)
     else:
         from .tensorrt_engine import TensorRTEngine
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 import torch._dynamo
 
+from flexrt.kernels.fp8_conv import fp8_conv_status
 from flexrt.kernels.fp8_gemm import fused_fp8_status
 from flexrt.model.flexavatar import FlexAvatarModel
 from flexrt.model.gaussians import GAUSSIAN_ATTRIBUTES, Gaussians
@@ -61,6 +62,11 @@ class TorchEngine(Engine):
             backend, fp8_kernels = fused_fp8_status(device)
             if backend is None:
                 raise RuntimeError(f"fp8='fused': {fp8_kernels}; use fp8='static'")
+        if upsampler == "fp8":  # which kernel runs the FP8 convolutions: Triton on the GPU, reference ops on a CPU
+            backend, why = fp8_conv_status(device)
+            if backend is None:
+                raise RuntimeError(f"upsampler='fp8': {why}; use upsampler='bf16'")
+            fp8_kernels = why if fp8_kernels is None else f"{fp8_kernels}; {why}"
         if isinstance(pipeline, Pipeline):
             self.model, self.encoder = pipeline.model, pipeline.encoder
             identity = identity or pipeline.identity
@@ -72,7 +78,7 @@ class TorchEngine(Engine):
         # the per-frame decoder: its own copy of the weights (fused, cast); the model stays fp32 for avatar creation
         self.decoder = self.model.deploy_decoder(precision=precision, fp8=fp8, upsampler=upsampler,
                                                  residual=residual).to(device)
-        if fp8 in ("static", "fused"):  # the activation scales, fixed before anything is compiled or captured
+        if self.decoder.needs_calibration:  # static FP8 activation scales, fixed before any compile or capture
             self.decoder.calibrate_fp8(*fp8_calibration_inputs(self.model, device))
         self.model.to(device).eval()
         if self.encoder is not None:
@@ -92,7 +98,8 @@ class TorchEngine(Engine):
             self._decode_fn = self._decode_eager
         self.info = EngineInfo(backend="torch", device=dev,
                                precision=precision + ("" if fp8 == "off" else f"+fp8-{fp8}")
-                               + ("+bf16-residual" if residual == "bf16" else ""),
+                               + ("+bf16-residual" if residual == "bf16" else "")
+                               + ("+fp8-upsampler" if upsampler == "fp8" else ""),
                                detail={"graphs": graphs, "upsampler": upsampler, "compile": compile, "fp8": fp8,
                                        "residual": residual, **({"fp8_kernels": fp8_kernels} if fp8_kernels else {}),
                                        "torch": torch.__version__, **{k: v for k, v in identity.items()
@@ -177,12 +184,14 @@ def fp8_capable(device) -> bool:
     return device.type == "cuda" and torch.cuda.is_available() and torch.cuda.get_device_capability(device) >= (8, 9)
 
 
-def resolve_decoder_options(device, precision: str, fp8: str = "auto", residual: str = "auto") -> tuple[str, str, str]:
-    """``"auto"`` fp8 / residual -> (fp8, residual, why): FP8 GEMMs with static scales and a bf16 residual stream
-    for the bf16 decoder on a GPU with FP8 tensor cores (0.50 vs 0.56 ms a frame at batch 32 on the H200, rendered
-    PSNR vs fp32 66 dB on EMO-1: docs/SERVING.md section 5), with their epilogues fused ("fused") where Triton is
-    there (0.462 vs 0.475 ms a frame at batch 32, 0.455 vs 0.470 at 64, PSNR 66.1 dB), bf16 GEMMs elsewhere;
-    explicit values are kept."""
+def resolve_decoder_options(device, precision: str, fp8: str = "auto", residual: str = "auto",
+                            upsampler: str = "auto") -> tuple[str, str, str, str]:
+    """``"auto"`` fp8 / residual / upsampler -> (fp8, residual, upsampler, why). On a GPU with FP8 tensor cores the
+    bf16 decoder gets FP8 GEMMs with static scales and a bf16 residual stream (0.50 vs 0.56 ms a frame at batch 32
+    on the H200, rendered PSNR vs fp32 66 dB on EMO-1: docs/SERVING.md section 5), with their epilogues fused
+    ("fused": 0.462 vs 0.475 ms, PSNR 66.1 dB) and the upsampler's convolutions in FP8 ("fp8": 0.413 vs 0.457 ms
+    in the same run, PSNR 62.4 dB) where Triton is there; elsewhere bf16 GEMMs and a bf16 upsampler (fp32 with the
+    fp32 decoder). Explicit values are kept; with ``fp8="off"`` the upsampler stays bf16 (no FP8 anywhere)."""
     why = []
     if fp8 == "auto":
         if precision != "bf16":
@@ -200,7 +209,17 @@ def resolve_decoder_options(device, precision: str, fp8: str = "auto", residual:
                        + ("" if residual == "fp32" else f" (not fused: {fused_fp8_status(device)[1]})"))
     if residual == "auto":
         residual = "bf16" if precision == "bf16" else "fp32"
-    return fp8, residual, "; ".join(why)
+    if upsampler == "auto":
+        if precision != "bf16":
+            upsampler = "fp32"
+        elif fp8 != "off" and fp8_conv_status(device)[0] == "triton":
+            upsampler = "fp8"
+            why.append("upsampler fp8: its 3x3 convolutions as Triton FP8 implicit GEMMs")
+        else:
+            upsampler = "bf16"
+            if fp8 != "off" and torch.device(device).type == "cuda":
+                why.append(f"upsampler bf16 (not fp8: {fp8_conv_status(device)[1]})")
+    return fp8, residual, upsampler, "; ".join(why)
 
 
 FP8_CALIBRATION_COUNT = 8

@@ -1,0 +1,207 @@
+"""FP8 3x3 convolutions with the StyleGAN layer's epilogue fused: the decoder's upsampler at twice bf16's rate.
+
+    from flexrt.kernels.fp8_conv import fp8_conv3x3_lrelu, fp8_conv_status
+    y = fp8_conv3x3_lrelu(x8, w8, w_scale, bias, x_scale)    # [B,H,W,C] e4m3 -> [B,H,W,N] bf16 (NHWC)
+
+The function (model/stylegan.py ``SynthesisLayer`` with its folded weight; the up-convs in their sub-pixel form,
+before the pixel shuffle, which the caller applies):
+
+    y = bf16( clamp( leaky_relu(conv3x3(x, W, padding 1) + b, 0.2) * sqrt(2), +-256 ) )
+
+with x = x8 * x_scale (x8 [B,H,W,C] float8 e4m3fn, one tensor-wise scale x_scale [] fp32, calibrated once as for the
+FP8 GEMMs), W = w8 * w_scale (w8 [N,3,3,C] e4m3fn, one scale per output channel w_scale [N] fp32) and bias [N] fp32.
+
+Backends (``fp8_conv_status``): "triton" on a CUDA GPU with FP8 tensor cores (compute capability >= 8.9) and
+Triton: an implicit GEMM (M = B*H*W output pixels, N output channels, K = 9 taps x C, each K step one tap of one
+block of input channels read from the shifted pixels, zero outside the image) whose epilogue dequantises in fp32
+and applies bias, leaky ReLU, gain and clamp; tiles autotuned per shape class at first use (a server's warm-up).
+"torch": the same function in fp32 with plain ops (any device; what the tests compare the kernel against, and what a
+CPU runs). A CUDA tensor never silently takes the reference: without Triton the op raises. The op is a torch custom
+op (``torch.ops.flexrt.fp8_conv3x3_lrelu``): ``torch.compile`` keeps it as one call and fuses the quantisation of
+its input into the kernel that produces it.
+
+Measured on the H200 (dev/fp8_conv_probe.py, 2026-12-03, docs/BENCHMARKS.md): against cuDNN's bf16 channels-last
+convolution + inductor's epilogue kernel, 1.25-1.59x per convolution of FLEX-1's upsampler, 10.4 -> 7.0 ms for the
+four at 64 frames (~1,000 TFLOP/s); the e4m3 operands put one convolution ~3.7 % RMS off the fp32 function on random
+operands (bf16: 0.33 %), so the decoder's rendered PSNR against fp32 is what decides (tests/test_fp8_conv.py).
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .fp8_gemm import FP8_MAX, fused_fp8_status
+
+LRELU_SLOPE = 0.2
+LRELU_GAIN = math.sqrt(2.0)  # model/stylegan.py's constants, repeated in the kernel's epilogue
+CONV_CLAMP = 256.0
+
+
+def fp8_conv_status(device) -> tuple[str | None, str]:
+    """-> (backend, why): "triton" on a CUDA device with FP8 tensor cores and Triton, "torch" (reference ops) on a
+    CPU, None on a CUDA device that cannot run the kernel; ``why`` says which and why, in one line."""
+    backend, why = fused_fp8_status(device)
+    return backend, why.replace("fused FP8 epilogues", "FP8 convolutions")
+
+
+def _b_class(b: int) -> int:
+    """Autotuning key for the batch: its power of two (a server sees a dozen batch buckets)."""
+    return 1 << max(0, (max(b, 1) - 1).bit_length())
+
+
+@functools.lru_cache(maxsize=None)
+def _build(autotune: bool = True):
+    """-> launch(x8, w8, w_scale, bias, x_scale, out); ``autotune=False``: one small fixed tile (Triton's CPU
+    interpreter, TRITON_INTERPRET=1, has no driver to time configs with)."""
+    import triton
+    import triton.language as tl
+    import triton.testing
+
+    @triton.jit
+    def fp8_conv3x3_kernel(x_ptr, w_ptr, w_scale_ptr, bias_ptr, out_ptr, x_scale_ptr, B, H, W, C, N, B_CLASS,
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                           GROUP_M: tl.constexpr):
+        # x [B,H,W,C] e4m3, w [N,3,3,C] e4m3, out [B,H,W,N] bf16, all contiguous
+        # 1. the tile: BLOCK_M output pixels x BLOCK_N channels, grouped order (neighbouring programs share pixels)
+        m_total = B * H * W
+        pid = tl.program_id(0)
+        grid_m, grid_n = tl.cdiv(m_total, BLOCK_M), tl.cdiv(N, BLOCK_N)
+        group = GROUP_M * grid_n
+        first_m = (pid // group) * GROUP_M
+        rows = min(grid_m - first_m, GROUP_M)
+        pid_m = first_m + (pid % group) % rows
+        pid_n = (pid % group) // rows
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # (b, h, w) flattened
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_k = tl.arange(0, BLOCK_K)
+        m_ok = offs_m < m_total
+        n_ok = offs_n < N
+        w_pix = offs_m % W
+        h_pix = (offs_m // W) % H
+        # 2. implicit GEMM: K = 9 taps x C channels; a tap reads the pixel shifted by (dy, dx), zero outside
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for tap in range(9):
+            dy = tap // 3 - 1
+            dx = tap % 3 - 1
+            hs = h_pix + dy
+            ws = w_pix + dx
+            inside = m_ok & (hs >= 0) & (hs < H) & (ws >= 0) & (ws < W)
+            src = (offs_m + dy * W + dx) * C  # same image: the shifted row / column
+            for c0 in range(0, C, BLOCK_K):
+                c_ok = (c0 + offs_k) < C
+                a = tl.load(x_ptr + src[:, None] + (c0 + offs_k)[None, :], mask=inside[:, None] & c_ok[None, :],
+                            other=0.0)
+                b = tl.load(w_ptr + offs_n[None, :] * (9 * C) + tap * C + (c0 + offs_k)[:, None],
+                            mask=n_ok[None, :] & c_ok[:, None], other=0.0)
+                acc = tl.dot(a, b, acc)
+        # 3. epilogue in fp32: dequantise, bias, leaky ReLU x sqrt(2), clamp +-256, one rounding to bf16
+        w_scale = tl.load(w_scale_ptr + offs_n, mask=n_ok, other=0.0)
+        bias = tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0)
+        y = acc * (tl.load(x_scale_ptr) * w_scale)[None, :] + bias[None, :]
+        y = tl.where(y >= 0, y, 0.2 * y) * 1.4142135623730951  # LRELU_SLOPE, LRELU_GAIN (no globals in jit)
+        y = tl.minimum(tl.maximum(y, -256.0), 256.0)  # CONV_CLAMP
+        tl.store(out_ptr + offs_m[:, None] * N + offs_n[None, :], y.to(out_ptr.dtype.element_ty),
+                 mask=m_ok[:, None] & n_ok[None, :])
+
+    # tiles measured on the H200 (dev/fp8_conv_probe.py) at FLEX-1's four convolutions
+    configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=wp, num_stages=st)
+               for bm, bn, bk, wp, st in ((128, 128, 128, 8, 3), (128, 256, 128, 8, 3), (128, 128, 64, 4, 4),
+                                          (256, 128, 128, 8, 3), (128, 256, 64, 8, 4), (64, 128, 128, 4, 4))]
+    bench = lambda kernel_call, quantiles: triton.testing.do_bench(  # noqa: E731 (short timing: 6 configs a shape)
+        kernel_call, warmup=5, rep=20, quantiles=quantiles)
+    tuned = triton.autotune(configs=configs, key=["B_CLASS", "H", "W", "C", "N"], do_bench=bench)(fp8_conv3x3_kernel)
+    fixed = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4}
+
+    def launch(x8, w8, w_scale, bias, x_scale, out):
+        b, h, w, c = x8.shape
+        n = w8.shape[0]
+        grid = lambda meta: (triton.cdiv(b * h * w, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
+        args = (x8, w8, w_scale, bias, out, x_scale, b, h, w, c, n, _b_class(b))
+        if autotune:
+            tuned[grid](*args)
+        else:
+            fp8_conv3x3_kernel[grid](*args, **fixed)
+        return out
+
+    return launch
+
+
+def _check(x8, w8, w_scale, bias, x_scale) -> None:
+    if x8.dtype != torch.float8_e4m3fn or w8.dtype != torch.float8_e4m3fn or x8.dim() != 4 or w8.dim() != 4:
+        raise ValueError(f"expected x8 [B,H,W,C] and w8 [N,3,3,C] float8_e4m3fn, got {x8.dtype}{list(x8.shape)} and "
+                         f"{w8.dtype}{list(w8.shape)}")
+    n, c = w8.shape[0], x8.shape[3]
+    if tuple(w8.shape[1:]) != (3, 3, c) or not x8.is_contiguous() or not w8.is_contiguous():
+        raise ValueError(f"expected contiguous x8 [B,H,W,C] and w8 [N,3,3,C] with the same C, got {list(x8.shape)} "
+                         f"and {list(w8.shape)}")
+    if w_scale.shape != (n,) or bias.shape != (n,) or x_scale.numel() != 1:
+        raise ValueError(f"expected w_scale [{n}], bias [{n}] and a one-element x_scale, got {list(w_scale.shape)}, "
+                         f"{list(bias.shape)} and {list(x_scale.shape)}")
+
+
+def conv_reference(x8, w8, w_scale, bias, x_scale) -> torch.Tensor:
+    """The function in fp32 with plain ops (any device) -> fp32 [B,H,W,N] (before the bf16 rounding)."""
+    x = (x8.float() * x_scale.float()).permute(0, 3, 1, 2)  # [B,C,H,W]
+    w = (w8.float() * w_scale.float()[:, None, None, None]).permute(0, 3, 1, 2)  # [N,C,3,3]
+    y = F.conv2d(x, w, padding=1).permute(0, 2, 3, 1) + bias.float()
+    return (F.leaky_relu(y, LRELU_SLOPE) * LRELU_GAIN).clamp(-CONV_CLAMP, CONV_CLAMP)
+
+
+def _use_triton(x8: torch.Tensor) -> bool:
+    if x8.device.type != "cuda":
+        return False
+    backend, why = fp8_conv_status(x8.device)
+    if backend != "triton":
+        raise RuntimeError(why)
+    return True
+
+
+@torch.library.custom_op("flexrt::fp8_conv3x3_lrelu", mutates_args=())
+def fp8_conv3x3_lrelu(x8: torch.Tensor, w8: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor,
+                      x_scale: torch.Tensor) -> torch.Tensor:
+    """x8 [B,H,W,C] e4m3, w8 [N,3,3,C] e4m3, w_scale [N] fp32, bias [N] fp32, x_scale [] fp32
+    -> bf16 [B,H,W,N] = clamp(leaky_relu(conv3x3(x, W) + b, 0.2) * sqrt(2), +-256)."""
+    _check(x8, w8, w_scale, bias, x_scale)
+    if _use_triton(x8):
+        out = torch.empty(*x8.shape[:3], w8.shape[0], device=x8.device, dtype=torch.bfloat16)
+        return _build()(x8, w8, w_scale, bias, x_scale, out)
+    return conv_reference(x8, w8, w_scale, bias, x_scale).to(torch.bfloat16)
+
+
+@fp8_conv3x3_lrelu.register_fake
+def _(x8, w8, w_scale, bias, x_scale):
+    return x8.new_empty(*x8.shape[:3], w8.shape[0], dtype=torch.bfloat16)
+
+
+def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """w [N,C,3,3] (any float dtype) -> (w8 [N,3,3,C] e4m3fn contiguous, w_scale [N] fp32): one scale per output
+    channel, the channel's largest magnitude at FP8_MAX."""
+    w = w.detach().float()
+    scale = w.abs().amax(dim=(1, 2, 3)).clamp_min(1e-12) / FP8_MAX
+    return (w / scale[:, None, None, None]).permute(0, 2, 3, 1).contiguous().to(torch.float8_e4m3fn), scale
+
+
+def interpreter_check(seed: int = 0) -> dict:
+    """The Triton kernel's logic on a CPU (call with TRITON_INTERPRET=1 set before Triton is imported): a small ragged
+    problem (partial tiles in M, N and K, every border tap) with one fixed tile, against the reference op. -> the
+    largest difference in bf16 steps of the reference value and the share of elements that differ.
+    ``tests/test_fp8_conv.py`` runs it in a subprocess."""
+    g = torch.Generator().manual_seed(seed)
+    b, h, w, c, n = 2, 5, 7, 40, 24
+    x = torch.randn(b, h, w, c, generator=g)
+    x_scale = (x.abs().amax() / FP8_MAX).reshape(())
+    x8 = (x / x_scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).contiguous()
+    w8, w_scale = quantize_weight(torch.randn(n, c, 3, 3, generator=g) / (9 * c) ** 0.5)
+    bias = 0.1 * torch.randn(n, generator=g)
+    out = _build(autotune=False)(x8, w8, w_scale, bias, x_scale,
+                                 torch.empty(b, h, w, n, dtype=torch.bfloat16)).float()
+    ref = conv_reference(x8, w8, w_scale, bias, x_scale)
+    step = torch.exp2(torch.floor(torch.log2(ref.abs().clamp_min(2.0 ** -20))) - 7)
+    return {"max_diff_steps": float(((out - ref).abs() / step).max()),
+            "share_differing": float((out != ref.to(torch.bfloat16).float()).float().mean())}
+
+
+__all__ = ["fp8_conv3x3_lrelu", "fp8_conv_status", "conv_reference", "quantize_weight", "interpreter_check"]

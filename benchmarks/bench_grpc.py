@@ -64,9 +64,11 @@ def _one_stream(target: str, avatar_id: str, expressions: np.ndarray, offset: in
 def stream_worker(task: dict) -> list[dict]:
     """One client process: ``task['streams']`` concurrent streams on threads; returns one dict per stream."""
     outs = [dict() for _ in range(task["streams"])]
+    phases = task.get("phases") or [0.0] * task["streams"]  # each stream's offset within the frame period
     threads = [threading.Thread(target=_one_stream, args=(
         task["target"], task["avatar_id"], task["expressions"], task["offset"] + 37 * k, task["frames"],
-        task["fps"], task["width"], task["height"], task["encoding"], task["start_at"], outs[k]), daemon=True)
+        task["fps"], task["width"], task["height"], task["encoding"], task["start_at"] + phases[k], outs[k]),
+        daemon=True)
         for k in range(task["streams"])]
     for th in threads:
         th.start()
@@ -141,9 +143,10 @@ def resolve_backend(ctx, requested: str, best: dict | None = None) -> str:
     if requested == "best" and best:
         return best["decoder"]
     if requested in ("best", "auto"):
-        # what `flexavatar serve` picks: FP8 GEMMs where the GPU has FP8 tensor cores (--fp8 auto), else bf16
-        order = (("tensorrt-fp16", "torch-compiled-fp8", "torch-compiled-bf16") if ctx.device.type == "cuda"
-                 else ("ort-fp32", "torch-eager-fp32"))
+        # what `flexavatar serve` picks (--fp8 auto, --upsampler auto): FP8 GEMMs with fused epilogues and FP8
+        # upsampler convolutions where the GPU has FP8 tensor cores and Triton, FP8 GEMMs without Triton, else bf16
+        order = (("tensorrt-fp16", "torch-compiled-fp8-up8", "torch-compiled-fp8", "torch-compiled-bf16")
+                 if ctx.device.type == "cuda" else ("ort-fp32", "torch-eager-fp32"))
         for name in order:
             try:
                 ctx.make_engine(name)
@@ -162,7 +165,7 @@ def run(ctx, backend: str = "best", best: dict | None = None, resolution: int = 
         encode_workers: int | None = None, max_batch: int = 64, max_batch_wait_ms: float = 1.0,
         rasterizer: str = "auto", budget=None, on_row=None, sink: dict | None = None, sweep_encodings=None,
         creation_streams: int | None = None, fitting_streams: int | None = None,
-        fit_resolution: int = FIT_RESOLUTION) -> dict:
+        fit_resolution: int = FIT_RESOLUTION, stream_phases: str = "random") -> dict:
     """-> {"server": {...}, "round_trip": [rows], "concurrency": [rows]} (filled into ``sink`` when given, so a
     caller saving it after every row keeps partial results).
 
@@ -171,7 +174,11 @@ def run(ctx, backend: str = "best", best: dict | None = None, resolution: int = 
     runs on a low-priority stream; the row records how many were created). ``fitting_streams``: one more point
     with this many streams while another client runs FitAvatar fits back to back (4 observations at
     ``fit_resolution``², 200 steps, on the lowest-priority CUDA stream; the row's "avatar_fitting" records the fits
-    and their seconds); it needs a backend with a PyTorch model (torch-*), else the row says so."""
+    and their seconds); it needs a backend with a PyTorch model (torch-*), else the row says so.
+    ``stream_phases``: "random" (each stream's first frame at a seeded uniform offset within one frame period, as
+    independent clients send) or "aligned" (all at once: a burst of S frames every period, the worst case)."""
+    if stream_phases not in ("random", "aligned"):
+        raise ValueError(f"stream_phases must be 'random' or 'aligned', got {stream_phases!r}")
     sweep_encodings = tuple(sweep_encodings or (encoding,))
     import multiprocessing as mp
 
@@ -209,7 +216,8 @@ def run(ctx, backend: str = "best", best: dict | None = None, resolution: int = 
     photo_png = _photo_png() if (creation_streams or fitting_streams) else None
     result["server"] = {"status": "ok", "backend": name, "engine": engine.info.describe(), "rasterizer": raster,
                         "resolution": resolution, "encoding": encoding, "fps": fps, "duration_s": duration,
-                        "warmup_s": warmup_s, "client_procs": procs, "config": config.public_dict(),
+                        "warmup_s": warmup_s, "client_procs": procs, "stream_phases": stream_phases,
+                        "config": config.public_dict(),
                         "in_flight": "unbounded (server keeps the newest frame per stream, drops stale ones)"}
 
     with start_server(engine, config) as server, FlexAvatarClient(server.address) as client:
@@ -271,10 +279,14 @@ def run(ctx, backend: str = "best", best: dict | None = None, resolution: int = 
                 n_tasks = min(s, procs)
                 per = [s // n_tasks + (1 if i < s % n_tasks else 0) for i in range(n_tasks)]
                 start_at = time.time() + 0.5
+                # phases: stream j of the point starts at start_at + phase[j] (seeded per point: repeatable)
+                phase = (np.random.default_rng(s).uniform(0.0, 1.0 / fps, s) if stream_phases == "random"
+                         else np.zeros(s)).tolist()
+                first = np.cumsum([0] + per[:-1])
                 tasks = [{"target": server.address, "avatar_id": avatar_id, "expressions": expressions,
                           "offset": 1000 * i, "frames": warm_frames + measured_frames, "fps": fps,
                           "width": resolution, "height": resolution, "encoding": enc, "start_at": start_at,
-                          "streams": n} for i, n in enumerate(per)]
+                          "phases": phase[first[i]:first[i] + n], "streams": n} for i, n in enumerate(per)]
                 before = server.stats()["batch_sizes"]
                 creator = _Creator(server.address, photo_png) if background == "creation" else None
                 outs = [o for chunk in pool.map(stream_worker, tasks, chunksize=1) for o in chunk]

@@ -141,6 +141,11 @@ def add_parser(subparsers) -> None:
                    help="server encode_workers (JPEG/PNG threads) (default: the server's default)")
     g.add_argument("--grpc-client-procs", type=int, default=None,
                    help="client processes the streams are spread over (default: min(8, cores/2))")
+    g.add_argument("--stream-phases", default="random", choices=("random", "aligned"),
+                   help="when each stream's frames are sent within the 1/fps period: 'random' = a seeded uniform "
+                        "phase per stream, as independent clients do; 'aligned' = every stream at the same instant "
+                        "(a synchronised burst of S frames per period: the worst case; the sweeps before 2026-12-03 "
+                        "ran this way) (default: %(default)s)")
 
     g = p.add_argument_group("output")
     g.add_argument("--out", default="bench_out", help="output folder (default: %(default)s)")
@@ -191,7 +196,8 @@ def run(args) -> int:
                   device=args.device, engines=args.engines, budget=args.budget, smoke=args.smoke,
                   stream_encoding=args.stream_encoding, grpc_backend=args.grpc_backend,
                   grpc_max_batch=args.grpc_max_batch, grpc_batch_wait_ms=args.grpc_batch_wait_ms,
-                  grpc_encode_workers=args.grpc_encode_workers, grpc_client_procs=args.grpc_client_procs)
+                  grpc_encode_workers=args.grpc_encode_workers, grpc_client_procs=args.grpc_client_procs,
+                  stream_phases=args.stream_phases)
     mode = "smoke" if args.smoke else "full"
     json_path = out / report.JSON_NAME
     data = report.load_json(json_path) if args.append and json_path.is_file() else report.new_results(mode, config)
@@ -325,7 +331,8 @@ def _run_phases(args, s, phases, backends, rasterizers, encodings, rec) -> int:
                          args.grpc_client_procs, args.grpc_encode_workers, args.grpc_max_batch,
                          args.grpc_batch_wait_ms, budget=budget, on_row=lambda r: rec.save(), sink=data["grpc"],
                          sweep_encodings=sweep_encodings, creation_streams=args.creation_streams,
-                         fitting_streams=args.fitting_streams, fit_resolution=args.fit_resolution)
+                         fitting_streams=args.fitting_streams, fit_resolution=args.fit_resolution,
+                         stream_phases=args.stream_phases)
             elif name == "psnr":
                 from .fp16_render_psnr import run as run_psnr
 

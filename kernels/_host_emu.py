@@ -208,6 +208,10 @@ def load() -> ctypes.CDLL:
 
 
 _JPEG_WRAPPERS = r"""
+extern "C" void emu_jpeg_coefficients(unsigned gx, unsigned bx, const unsigned char* rgb, long long n_blocks,
+    int height, int width, int mcu_cols, int num_mcus, const float* dct, const float* qz, int* coef) {
+    fr_emu_launch(gx, 1, bx, false, [&] { jpeg_coefficients(rgb, n_blocks, height, width, mcu_cols, num_mcus, dct, qz, coef); });
+}
 extern "C" void emu_jpeg_block_bits(unsigned gx, unsigned bx, const int* coef, long long n_blocks,
     const u32* dc_code, const int* dc_len, const u32* ac_code, const int* ac_len, u32* words, int* nbits) {
     fr_emu_launch(gx, 1, bx, false, [&] { jpeg_block_bits(coef, n_blocks, dc_code, dc_len, ac_code, ac_len, words, nbits); });

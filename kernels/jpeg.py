@@ -224,6 +224,20 @@ class JpegEncoder:
         q = (torch.sign(q) * torch.floor(q.abs() + (0.5 + 1e-3))).to(torch.int64)
         return q.clamp(-1023, 1023)  # baseline AC amplitudes have at most 10 bits (float rounding can touch 1024)
 
+    def _coefficients_cuda(self, rgb: torch.Tensor, kernels=None) -> torch.Tensor:
+        """``coefficients`` in one kernel of jpeg.cu (one thread per 8x8 block) -> int32 [B,M,6,64] with the DC
+        differences in slot 0: what ``dc_differences(coefficients(rgb))`` gives, as int32 (a coefficient may
+        differ by one where float32 summation order decides its rounding). ``kernels``: as for _entropy_cuda."""
+        b = rgb.shape[0]
+        n = b * self.num_mcus * 6
+        coef = torch.empty(b, self.num_mcus, 6, 64, dtype=torch.int32, device=rgb.device)
+        k = kernels or _kernels(rgb.device)
+        k.launch("jpeg_coefficients", n, (rgb.contiguous(), np.int64(n), self.height, self.width, self.mcu_cols,
+                                          self.num_mcus, self._dct2_zigzag, self._q_zigzag, coef))
+        dc = coef[..., 0]  # [B,M,6] (a view): the differences are computed from a copy, then written back
+        coef[..., 0] = self.dc_differences(dc.clone()[..., None])[..., 0]
+        return coef
+
     @staticmethod
     def dc_differences(coef: torch.Tensor) -> torch.Tensor:
         """coef [B,M,6,64] -> the same with slot 0 holding each block's DC minus the previous DC of the same
@@ -318,11 +332,10 @@ class JpegEncoder:
                              f"{tuple(rgb.shape)}")
         b = rgb.shape[0]
         dev = self.device
-        coef = self.dc_differences(self.coefficients(rgb))  # [B,M,6,64]
         if self.backend == "cuda":
-            raw, total = self._entropy_cuda(coef)
+            raw, total = self._entropy_cuda(self._coefficients_cuda(rgb))
         else:
-            raw, total = self._entropy_torch(coef)
+            raw, total = self._entropy_torch(self.dc_differences(self.coefficients(rgb)))  # [B,M,6,64]
         # pad the last byte with 1 bits (T.81 F.1.2.3)
         pad = (-total) % 8
         last = (total // 8).clamp_max(raw.shape[1] - 1)[:, None]
@@ -333,7 +346,8 @@ class JpegEncoder:
         idx = torch.arange(raw.shape[1], device=dev)
         valid = idx[None, :] < nbytes[:, None]
         is_ff = (raw == 0xFF) & valid
-        stuffed_pos = idx[None, :] + torch.cumsum(is_ff.to(torch.int64), dim=1) - is_ff.to(torch.int64)
+        ff = is_ff.to(torch.int32)  # (int32: half the bytes of the batch-wide scan)
+        stuffed_pos = idx[None, :] + (torch.cumsum(ff, dim=1, dtype=torch.int32) - ff)
         stuffed_len = nbytes + is_ff.sum(dim=1)
         fits = stuffed_len <= self.scan_bytes
         out = torch.zeros(b, self.capacity, dtype=torch.uint8, device=dev)
@@ -368,7 +382,8 @@ class _Kernels:
         with cupy.cuda.Device(device_index):
             self.module = cupy.RawModule(code=_CU_SRC.read_text())
             self.module.compile()
-        self.fns = {name: self.module.get_function(name) for name in ("jpeg_block_bits", "jpeg_pack")}
+        self.fns = {name: self.module.get_function(name)
+                    for name in ("jpeg_coefficients", "jpeg_block_bits", "jpeg_pack")}
 
     def launch(self, name: str, threads: int, args: tuple, block: int = 128) -> None:
         ptr = torch.cuda.current_stream(self.device_index).cuda_stream

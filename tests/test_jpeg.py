@@ -109,6 +109,26 @@ def test_cuda_kernels_emulated_on_the_cpu_give_the_reference_bytes():
     assert torch.equal(total_c, total_t) and torch.equal(raw_c, raw_t)
 
 
+@pytest.mark.skipif(shutil.which("g++") is None, reason="the CPU emulation of jpeg.cu needs g++ (C++20)")
+def test_cuda_coefficient_kernel_emulated_on_the_cpu_matches_the_torch_path():
+    """jpeg_coefficients (colour, 4:2:0, DCT, quantisation, one thread per block) against ``coefficients`` +
+    ``dc_differences`` in torch: sizes that are multiples of 16 and not (replicated edges), four qualities. The
+    kernel rounds every product and sum as torch does; only the DCT's summation order differs from torch's matmul,
+    so a coefficient may move by one where its quotient sits at a rounding boundary: at most 0.1 % of them."""
+    from flexrt.kernels._host_emu import HostJpegKernels
+
+    kernels = HostJpegKernels()
+    for h, w in ((48, 64), (40, 56)):
+        x = torch.from_numpy(np.stack(list(_images(h, w, seed=h).values())))
+        for quality in (50, 75, 90, 95):
+            enc = JpegEncoder(h, w, quality)
+            ref = enc.dc_differences(enc.coefficients(x))
+            out = enc._coefficients_cuda(x, kernels)
+            assert out.dtype == torch.int32 and out.shape == ref.shape
+            d = (out.long() - ref).abs()
+            assert int(d.max()) <= 1 and float((d > 0).float().mean()) <= 1e-3, (h, w, quality)
+
+
 @pytest.mark.gpu
 def test_gpu_cuda_backend_equals_reference_and_replays_in_a_graph():
     if not torch.cuda.is_available():

@@ -106,3 +106,65 @@ extern "C" __global__ void jpeg_pack(
     if (W < words_per_frame) atomicOr(dst + W, bits >> sh);
     if (sh != 0 && W + 1 < words_per_frame) atomicOr(dst + W + 1, bits << (32 - sh));
 }
+
+// ---- colour conversion, 4:2:0, DCT and quantisation: one thread per 8x8 block ----------------------------------
+// The same function as JpegEncoder.coefficients in torch (float32, each product and sum rounded as torch rounds
+// them: no fused multiply-adds; the DCT's 64-term sums in a fixed order, so a coefficient can differ from torch's
+// matmul by one where its quotient lies within float32 error of a rounding boundary).
+
+__device__ __forceinline__ int jpeg_clampi(int v, int hi) { return v < 0 ? 0 : (v > hi ? hi : v); }
+
+__device__ __forceinline__ void jpeg_pixel(const unsigned char* img, int height, int width, int y, int x,
+                                           float& r, float& g, float& b) {
+    const unsigned char* p = img + ((long long)jpeg_clampi(y, height - 1) * width + jpeg_clampi(x, width - 1)) * 3;
+    r = (float)p[0]; g = (float)p[1]; b = (float)p[2];  // replicate padding past the last row / column
+}
+
+extern "C" __global__ void jpeg_coefficients(
+    const unsigned char* __restrict__ rgb,  // [frames, height, width, 3]
+    long long n_blocks,                     // frames * num_mcus * 6, scan order (frame, MCU, Y00 Y01 Y10 Y11 Cb Cr)
+    int height, int width, int mcu_cols, int num_mcus,
+    const float* __restrict__ dct,          // [64 pixels, 64 coefficients], coefficient columns in zig-zag order
+    const float* __restrict__ qz,           // [6, 64] quantisation divisors per block of an MCU, zig-zag order
+    int* __restrict__ coef)                 // [n_blocks, 64] quantised, zig-zag; slot 0 the DC itself
+{
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n_blocks) return;
+    const int k = (int)(i % 6);
+    const int m = (int)((i / 6) % num_mcus);
+    const long long f = i / (6ll * num_mcus);
+    const int mr = m / mcu_cols, mc = m % mcu_cols;
+    const unsigned char* img = rgb + f * (long long)height * width * 3;
+    float pix[64];
+    for (int p = 0; p < 64; ++p) {
+        const int py = p >> 3, px = p & 7;
+        float r, g, b;
+        if (k < 4) {  // luma, level-shifted: round(0.299 r + 0.587 g + 0.114 b) - 128
+            jpeg_pixel(img, height, width, mr * 16 + (k >> 1) * 8 + py, mc * 16 + (k & 1) * 8 + px, r, g, b);
+            const float s = __fadd_rn(__fadd_rn(__fmul_rn(0.299f, r), __fmul_rn(0.587f, g)), __fmul_rn(0.114f, b));
+            pix[p] = __fsub_rn(rintf(s), 128.0f);
+        } else {  // chroma: the mean of the 2x2 rounded values (integers: the sum is exact)
+            float sum = 0.0f;
+            for (int d = 0; d < 4; ++d) {
+                jpeg_pixel(img, height, width, 2 * (mr * 8 + py) + (d >> 1), 2 * (mc * 8 + px) + (d & 1), r, g, b);
+                float s;
+                if (k == 4)  // Cb = -0.168735892 r - 0.331264108 g + 0.5 b
+                    s = __fadd_rn(__fsub_rn(__fmul_rn(-0.168735892f, r), __fmul_rn(0.331264108f, g)), __fmul_rn(0.5f, b));
+                else         // Cr = 0.5 r - 0.418687589 g - 0.081312411 b
+                    s = __fsub_rn(__fsub_rn(__fmul_rn(0.5f, r), __fmul_rn(0.418687589f, g)), __fmul_rn(0.081312411f, b));
+                sum = __fadd_rn(sum, rintf(s));
+            }
+            pix[p] = __fdiv_rn(sum, 4.0f);
+        }
+    }
+    int* out = coef + i * 64;
+    for (int j = 0; j < 64; ++j) {
+        float acc = 0.0f;
+        for (int p = 0; p < 64; ++p) acc = __fadd_rn(acc, __fmul_rn(pix[p], dct[p * 64 + j]));
+        const float q = __fdiv_rn(acc, qz[k * 64 + j]);
+        // round half away from zero (libjpeg), +1e-3 as the torch path; baseline amplitudes: at most 10 bits
+        float a = floorf(__fadd_rn(fabsf(q), 0.501f));
+        a = a > 1023.0f ? 1023.0f : a;
+        out[j] = q < 0.0f ? -(int)a : (int)a;
+    }
+}

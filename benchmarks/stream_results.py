@@ -98,6 +98,7 @@ def main(argv=None) -> int:
               "engine": server.get("engine"), "rasterizer": server.get("rasterizer"),
               "resolution": server.get("resolution"), "fps": server.get("fps"),
               "duration_s": server.get("duration_s"), "client_procs": server.get("client_procs"),
+              "stream_phases": server.get("stream_phases", "aligned"),  # runs before 2026-12-03: aligned
               "bar": "every stream >= 95 % of 30 fps, <= 1 % dropped, p99 <= 33 ms",
               "largest_streams_meeting_bar": summary(rows),
               "round_trip": [{"encoding": r["encoding"], "p50_ms": round(r["latency"]["p50_ms"], 2),

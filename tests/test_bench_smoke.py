@@ -73,6 +73,7 @@ def test_smoke_grpc(smoke):
     _, _, data = smoke
     grpc = data["grpc"]
     assert grpc["server"]["status"] == "ok", grpc["server"]
+    assert grpc["server"]["stream_phases"] == "random"  # independent clients' phases, the sweep's default
     assert [r["encoding"] for r in grpc["round_trip"]] == ["raw", "jpeg", "png"]
     for r in grpc["round_trip"]:
         assert r["status"] == "ok" and _finite_positive(r["latency"]["p50_ms"]) and r["n"] >= 1

@@ -18,6 +18,10 @@ a CPU; ``fp8_gemm``):
 
     from flexrt.kernels.fp8_gemm import fp8_linear_gelu_quantize, fp8_linear_residual, fused_fp8_status
 
+FP8 3x3 convolutions with the StyleGAN layer's epilogue (the decoder's upsampler; same backends; ``fp8_conv``):
+
+    from flexrt.kernels.fp8_conv import fp8_conv3x3_lrelu, fp8_conv_status
+
 Backends: ``cpu`` (vectorised PyTorch reference, ``_torch_ref``) and ``cupy`` (NVRTC-compiled CUDA kernels in
 ``cuda/rasterize.cu``, ``_cupy_backend``). Depends on nothing else in flexrt. See docs/RASTERIZER.md.
 """

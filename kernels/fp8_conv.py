@@ -33,7 +33,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .fp8_gemm import FP8_MAX, fused_fp8_status
+from .fp8_gemm import FP8_MAX, _use_triton, fused_fp8_status
 
 LRELU_SLOPE = 0.2
 LRELU_GAIN = math.sqrt(2.0)  # model/stylegan.py's constants, repeated in the kernel's epilogue
@@ -150,22 +150,13 @@ def conv_reference(x8, w8, w_scale, bias, x_scale) -> torch.Tensor:
     return (F.leaky_relu(y, LRELU_SLOPE) * LRELU_GAIN).clamp(-CONV_CLAMP, CONV_CLAMP)
 
 
-def _use_triton(x8: torch.Tensor) -> bool:
-    if x8.device.type != "cuda":
-        return False
-    backend, why = fp8_conv_status(x8.device)
-    if backend != "triton":
-        raise RuntimeError(why)
-    return True
-
-
 @torch.library.custom_op("flexrt::fp8_conv3x3_lrelu", mutates_args=())
 def fp8_conv3x3_lrelu(x8: torch.Tensor, w8: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor,
                       x_scale: torch.Tensor) -> torch.Tensor:
     """x8 [B,H,W,C] e4m3, w8 [N,3,3,C] e4m3, w_scale [N] fp32, bias [N] fp32, x_scale [] fp32
     -> bf16 [B,H,W,N] = clamp(leaky_relu(conv3x3(x, W) + b, 0.2) * sqrt(2), +-256)."""
     _check(x8, w8, w_scale, bias, x_scale)
-    if _use_triton(x8):
+    if _use_triton(x8, fp8_conv_status):
         out = torch.empty(*x8.shape[:3], w8.shape[0], device=x8.device, dtype=torch.bfloat16)
         return _build()(x8, w8, w_scale, bias, x_scale, out)
     return conv_reference(x8, w8, w_scale, bias, x_scale).to(torch.bfloat16)

@@ -170,10 +170,12 @@ def _product_reference(x8, w8, w_scale, bias, x_scale) -> torch.Tensor:
     return (x8.float() * x_scale.float()) @ (w8.float() * w_scale.float()[:, None]).t() + bias.float()
 
 
-def _use_triton(x8: torch.Tensor) -> bool:
+def _use_triton(x8: torch.Tensor, status=None) -> bool:
+    """True: run the Triton kernel (a CUDA tensor); False: the reference ops (a CPU tensor); a CUDA tensor whose
+    device cannot run the kernel raises with ``status``'s reason (default ``fused_fp8_status``), never falls back."""
     if x8.device.type != "cuda":
         return False
-    backend, why = fused_fp8_status(x8.device)
+    backend, why = (status or fused_fp8_status)(x8.device)
     if backend != "triton":
         raise RuntimeError(why)
     return True

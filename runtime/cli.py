@@ -391,12 +391,15 @@ def build_engine(args):
     fp8, residual, upsampler, why = resolve_decoder_options(device, precision, fp8, residual, upsampler)
     if why:
         logger.info("decoder: %s", why)
-    if (fp8 != "off" or residual != "fp32") and precision != "bf16":
-        raise SystemExit(f"error: --fp8 {fp8} / --residual {residual} need the bf16 decoder (--precision bf16 or auto "
-                         f"on a GPU); this engine is {precision}")
+    if (fp8 != "off" or residual != "fp32" or upsampler == "fp8") and precision != "bf16":
+        raise SystemExit(f"error: --fp8 {fp8} / --residual {residual} / --upsampler {upsampler} need the bf16 decoder "
+                         f"(--precision bf16 or auto on a GPU); this engine is {precision}")
     if fp8 != "off" and not fp8_capable(device):
         raise SystemExit(f"error: --fp8 {fp8} needs a CUDA GPU with FP8 tensor cores (compute capability >= 8.9: Ada, "
                          "Hopper); use --fp8 off")
+    if upsampler == "fp8" and not fp8_capable(device):
+        raise SystemExit("error: --upsampler fp8 needs a CUDA GPU with FP8 tensor cores (compute capability >= 8.9: "
+                         "Ada, Hopper); use --upsampler bf16")
     # --fp8 fused without Triton, or with --residual fp32: TorchEngine / deploy_decoder refuse it in one line
     # on a GPU: CUDA graphs replay the decoder, torch.compile fuses its small kernels (see docs/BENCHMARKS.md)
     return TorchEngine(pipeline, device=device, precision=precision, graphs="cuda" if on_cuda else "none",

@@ -36,7 +36,7 @@ from flexrt.proto import flexavatar_pb2 as pb
 from . import codec
 from .limits import FIT_MIN_RESOLUTION, log_safe
 from .session import StreamError, default_camera_arrays, invalid, parse_camera
-from .store import AvatarNotFound, check_avatar_name, is_valid_avatar_id, parse_avatar_code_npy
+from .store import check_avatar_name, is_valid_avatar_id, parse_avatar_code_npy
 
 logger = logging.getLogger(__name__)
 

@@ -3,27 +3,23 @@
 CPU: the reference op against fp64 math; ``Fp8ConvLayer`` against the ``SynthesisLayer`` it replaces (plain and
 sub-pixel up-conv, non-zero biases so their channel order matters); the Triton kernel's logic in Triton's
 interpreter (a subprocess with TRITON_INTERPRET=1; skipped without Triton); the engine against fp32 by rendered PSNR.
-GPU (gpu marker): the compiled kernel against the reference op at FLEX-1's shapes, and the compiled engine."""
+GPU (gpu marker): the compiled kernel against the reference op at FLEX-1's shapes (the compiled engine with FP8
+convolutions: tests/test_fp8_gemm.py)."""
 from __future__ import annotations
 
-import importlib.util
-import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from flexrt.kernels.fp8_conv import (CONV_CLAMP, conv_reference, fp8_conv3x3_lrelu, fp8_conv_status, quantize_weight)
+from flexrt.kernels.fp8_conv import CONV_CLAMP, conv_reference, fp8_conv3x3_lrelu, fp8_conv_status, quantize_weight
 from flexrt.kernels.fp8_gemm import FP8_MAX
 from flexrt.model.deploy import Fp8ConvLayer
 from flexrt.model.pipeline import build_pipeline
 from flexrt.model.stylegan import SynthesisLayer
 from flexrt.runtime.engines import TorchEngine
 
-from test_fp8_gemm import _render_psnr
+from test_fp8_gemm import _render_psnr, interpreter_check_of
 
 
 def _operands(b=2, h=6, w=5, c=24, n=16, seed=0, device="cpu"):
@@ -95,13 +91,7 @@ def test_fp8_conv_layer_replaces_the_synthesis_layer(up):
 def test_triton_kernel_in_the_interpreter():
     """The kernel's taps, borders, masks and epilogue, run by Triton's CPU interpreter at a ragged shape, within one
     bf16 step of the reference op (the interpreter truncates to bf16 where a GPU rounds)."""
-    if importlib.util.find_spec("triton") is None:
-        pytest.skip("Triton is not installed (pip install triton; the GPU test runs the compiled kernel)")
-    code = "import json; from flexrt.kernels.fp8_conv import interpreter_check; print(json.dumps(interpreter_check()))"
-    run = subprocess.run([sys.executable, "-c", code], env={**os.environ, "TRITON_INTERPRET": "1"},
-                         capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-2000:]
-    result = json.loads(run.stdout.strip().splitlines()[-1])
+    result = interpreter_check_of("flexrt.kernels.fp8_conv")
     assert result["max_diff_steps"] <= 1.01, result
 
 
@@ -141,17 +131,18 @@ def test_gpu_triton_kernel_matches_the_reference_op():
         assert float(d.square().mean().sqrt()) / rms <= 5e-3 and float(d.max()) / rms <= 5e-2, (b, res, c, n)
 
 
-@pytest.mark.gpu
-def test_gpu_fp8_upsampler_compiled_graphs_close_to_fp32():
-    backend, why = fp8_conv_status("cuda")
-    if backend != "triton":
-        pytest.skip(why)
-    p = build_pipeline("tiny")
-    code = torch.randn(3, 64, 64, device="cuda")
-    expr = torch.randn(3, 135, device="cuda") * 0.5
-    ref = TorchEngine(p, device="cuda", precision="fp32").decode(code, expr)
-    fast = TorchEngine(p, device="cuda", precision="bf16", fp8="fused", residual="bf16", upsampler="fp8",
-                       graphs="cuda", compile=True)
-    assert "FP8 convolutions: Triton" in fast.info.detail["fp8_kernels"]
-    out = fast.decode(code, expr).map(lambda t: t.clone())
-    assert float(_render_psnr(out, ref).min()) >= 45.0
+def test_serve_flags_reach_the_engine():
+    """`flexavatar serve --upsampler ...` on a CPU: auto builds the bf16 upsampler and says nothing of FP8
+    convolutions; fp8 (no FP8 tensor cores here) and fp8 with the fp32 decoder are refused in one line each."""
+    import argparse
+
+    from flexrt.runtime.cli import build_engine
+
+    base = dict(engines=None, model="tiny", checkpoint=None, dinov2=None, template=None, device="cpu",
+                backend="auto", precision="bf16", fp8="auto", residual="auto")
+    eng = build_engine(argparse.Namespace(**base, upsampler="auto"))
+    assert eng.info.detail["upsampler"] == "bf16" and "fp8_kernels" not in eng.info.detail
+    with pytest.raises(SystemExit, match="--upsampler fp8 needs a CUDA GPU with FP8 tensor cores"):
+        build_engine(argparse.Namespace(**base, upsampler="fp8"))
+    with pytest.raises(SystemExit, match="need the bf16 decoder"):
+        build_engine(argparse.Namespace(**{**base, "precision": "fp32"}, upsampler="fp8"))

@@ -529,7 +529,8 @@ def markdown(data: dict) -> str:
             c = s.get("config", {})
             L += [f"Server in process: {_engine(s.get('engine'))}; rasterizer {s.get('rasterizer')}; max batch "
                   f"{c.get('max_batch_size')}, batch wait {c.get('max_batch_wait_ms')} ms, encode workers "
-                  f"{c.get('encode_workers')}; clients in {s.get('client_procs')} processes.", ""]
+                  f"{c.get('encode_workers')}; clients in {s.get('client_procs')} processes, sending at "
+                  f"{s.get('stream_phases', 'aligned')} phases.", ""]
         rt = grpc.get("round_trip", [])
         if rt:
             L += ["Round trip (one stream, one frame in flight):", ""]

@@ -234,8 +234,7 @@ class JpegEncoder:
         k = kernels or _kernels(rgb.device)
         k.launch("jpeg_coefficients", n, (rgb.contiguous(), np.int64(n), self.height, self.width, self.mcu_cols,
                                           self.num_mcus, self._dct2_zigzag, self._q_zigzag, coef))
-        dc = coef[..., 0]  # [B,M,6] (a view): the differences are computed from a copy, then written back
-        coef[..., 0] = self.dc_differences(dc.clone()[..., None])[..., 0]
+        coef[..., 0] = self.dc_differences(coef[..., :1])[..., 0]  # a new [B,M,6,1] tensor, then written back
         return coef
 
     @staticmethod

@@ -75,7 +75,30 @@ def fused_linear(linears: list[nn.Linear]) -> nn.Linear:
     return out
 
 
-class Fp8Linear(nn.Module):
+class _StaticInputScale(nn.Module):
+    """What every FP8 layer with a static input scale shares: before :meth:`calibrate` the layer records the running
+    max of its inputs' magnitude (``_observe``); ``calibrate`` fixes ``input_scale`` [] = margin x that max / FP8_MAX
+    (post-training calibration as in TensorRT; saturating, not overflowing, beyond it). Subclasses register the
+    ``input_scale`` buffer (None until calibrated) and set ``scaling``."""
+
+    observed_amax: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def calibrate(self, margin: float = FP8_CALIBRATION_MARGIN) -> None:
+        if self.scaling != "static":
+            raise RuntimeError("calibrate() applies to scaling='static' only")
+        if self.observed_amax is None:
+            raise RuntimeError(f"{type(self).__name__}.calibrate: no input observed yet; run the decoder on "
+                               "calibration inputs")
+        self.input_scale = (self.observed_amax.float().clamp_min(1e-12) * margin / FP8_MAX).reshape(())
+        self.observed_amax = None
+
+    def _observe(self, x: torch.Tensor) -> None:  # calibration pass: keep the running max of |x|
+        amax = x.detach().abs().amax().float()
+        self.observed_amax = amax if self.observed_amax is None else torch.maximum(self.observed_amax, amax)
+
+
+class Fp8Linear(_StaticInputScale):
     """y = x W^T + b with W in float8 e4m3 (scale per output channel) and x quantised to e4m3 at run time.
 
     weight_fp8 [out,in] e4m3fn, weight_scale [1,out] fp32, bias [out] bf16. ``scaling``: "row" (x's scale per row,
@@ -98,7 +121,6 @@ class Fp8Linear(nn.Module):
         self.register_buffer("_one", torch.ones((), dtype=torch.float32), persistent=False)
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.scaling = scaling
-        self.observed_amax: torch.Tensor | None = None  # static scaling, before calibrate(): running max of |x|
 
     @staticmethod
     def quantize_rows(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,20 +131,6 @@ class Fp8Linear(nn.Module):
     def quantize_static(self, x2: torch.Tensor) -> torch.Tensor:
         """x2 [M,K] -> float8 e4m3 [M,K] with x2 ~= q * input_scale (saturating at +-FP8_MAX)."""
         return (x2.float() / self.input_scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
-
-    @torch.no_grad()
-    def calibrate(self, margin: float = FP8_CALIBRATION_MARGIN) -> None:
-        """Fix the static input scale from the inputs seen since construction (``scaling="static"`` only)."""
-        if self.scaling != "static":
-            raise RuntimeError("calibrate() applies to scaling='static' only")
-        if self.observed_amax is None:
-            raise RuntimeError("Fp8Linear.calibrate: no input observed yet; run the decoder on calibration inputs")
-        self.input_scale = (self.observed_amax.float().clamp_min(1e-12) * margin / FP8_MAX).reshape(())
-        self.observed_amax = None
-
-    def _observe(self, x2: torch.Tensor) -> None:  # calibration pass: keep the running max of |x|
-        amax = x2.detach().abs().amax().float()
-        self.observed_amax = amax if self.observed_amax is None else torch.maximum(self.observed_amax, amax)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [..., in] -> [..., out] bf16
         x2 = x.reshape(-1, self.in_features)
@@ -175,7 +183,7 @@ class Fp8Linear(nn.Module):
         return y.to(torch.bfloat16).reshape(*x.shape[:-1], self.out_features)
 
 
-class Fp8ConvLayer(nn.Module):
+class Fp8ConvLayer(_StaticInputScale):
     """A StyleGAN ``SynthesisLayer`` (its folded 3x3 weight; an up-conv in its sub-pixel form, then the pixel
     shuffle) with float8 e4m3 operands: the weight with one scale per output channel, the input with one static
     scale (``input_scale`` [], set by :meth:`calibrate`; until then the layer records its inputs' max and convolves
@@ -198,20 +206,12 @@ class Fp8ConvLayer(nn.Module):
         self.register_buffer("weight_scale", w_scale)  # [N]
         self.register_buffer("bias", bias.contiguous())  # [N] fp32
         self.register_buffer("input_scale", None)  # [] fp32 once calibrated
-        self.observed_amax: torch.Tensor | None = None
         self.scaling = "static"
-
-    def calibrate(self, margin: float = FP8_CALIBRATION_MARGIN) -> None:
-        if self.observed_amax is None:
-            raise RuntimeError("Fp8ConvLayer.calibrate: no input observed yet; run the decoder on calibration inputs")
-        self.input_scale = (self.observed_amax.float().clamp_min(1e-12) * margin / FP8_MAX).reshape(())
-        self.observed_amax = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x_nhwc = x.permute(0, 2, 3, 1).contiguous()  # a view when x is channels-last
         if self.input_scale is None:  # calibration pass: observe |x|, convolve unquantised
-            amax = x_nhwc.detach().abs().amax().float()
-            self.observed_amax = amax if self.observed_amax is None else torch.maximum(self.observed_amax, amax)
+            self._observe(x_nhwc)
             one = torch.ones((), device=x.device)
             y = conv_reference(x_nhwc, self.weight_fp8, self.weight_scale, self.bias, one).to(torch.bfloat16)
         else:

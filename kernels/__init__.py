@@ -13,10 +13,11 @@ Differentiable (autograd, for fitting and training; ``differentiable``):
     rgb, alpha = rasterize_differentiable(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
                                           background=None, backend="auto" | "torch" | "gsplat")
 
-FP8 GEMMs with fused epilogues (the decoder's feed forward and residual adds; Triton on FP8 GPUs, reference ops on
-a CPU; ``fp8_gemm``):
+FP8 GEMMs with fused epilogues (the decoder's q|k|v with its head norms, feed forward and residual adds; Triton on
+FP8 GPUs, TMA on Hopper, reference ops on a CPU; ``fp8_gemm``):
 
-    from flexrt.kernels.fp8_gemm import fp8_linear_gelu_quantize, fp8_linear_residual, fused_fp8_status
+    from flexrt.kernels.fp8_gemm import (fp8_linear_gelu_quantize, fp8_linear_residual, fp8_qkv_rmsnorm,
+                                         fused_fp8_status)
 
 FP8 3x3 convolutions with the StyleGAN layer's epilogue (the decoder's upsampler; same backends; ``fp8_conv``):
 

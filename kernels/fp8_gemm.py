@@ -1,32 +1,42 @@
-"""FP8 GEMMs with their epilogues fused: the decoder's feed forward and residual adds in one kernel each.
+"""FP8 GEMMs with their epilogues fused: the decoder's q|k|v (with the head RMS norms), feed forward and residual
+adds in one kernel each.
 
-    from flexrt.kernels.fp8_gemm import fp8_linear_gelu_quantize, fp8_linear_residual, fused_fp8_status
+    from flexrt.kernels.fp8_gemm import fp8_linear_gelu_quantize, fp8_linear_residual, fp8_qkv_rmsnorm
     h8 = fp8_linear_gelu_quantize(x8, w8, w_scale, bias, x_scale, out_scale)  # [M,K] e4m3 -> [M,N] e4m3
     y = fp8_linear_residual(x8, w8, w_scale, bias, x_scale, residual)          # [M,K] e4m3 -> [M,N] bf16
+    qkv = fp8_qkv_rmsnorm(x8, w8, w_scale, bias, x_scale, gains, context, eps) # [B*N,K] -> [3,B,N+M,H,hd] bf16
 
 Operands (``Fp8Linear`` of model/deploy.py holds them): x8 [M,K] float8 e4m3fn with one tensor-wise scale x_scale []
-fp32; w8 [N,K] e4m3fn with one scale per output channel w_scale [N] fp32; bias [N] bf16. The two functions:
+fp32; w8 [N,K] e4m3fn with one scale per output channel w_scale [N] fp32; bias [N] bf16. The functions:
 
     fp8_linear_gelu_quantize: e4m3( clamp( gelu_tanh(x W^T + b) / out_scale, +-448 ) )   (ff_in, and ff_out's input
                               quantised with ff_out's static scale: the next GEMM reads it as is)
     fp8_linear_residual:      bf16( residual + x W^T + b )                                (to_out, ff_out)
+    fp8_qkv_rmsnorm:          bf16 q|k|v of a joint block's sample stream, q and k per-head RMS-normed (spec 5.3),
+                              joined with the context stream's rows: what attention reads (to_qkv)
 
 with x = x8 * x_scale and W = w8 * w_scale. Without fusion these are a cuBLAS FP8 GEMM writing bf16, then a
-memory-bound kernel reading it back for the scale, bias, GELU and quantisation (or the residual add): at batch 32 on
-the H200 the fused kernel takes 0.29 instead of 0.38 ms (ff_in), 0.23 vs 0.27 (ff_out), 0.13 vs 0.17 (to_out); the
-epilogue also computes in fp32 with no bf16 rounding of the product, so it is closer to the fp32 function
-(docs/BENCHMARKS.md, "2026-12-02, 22:56-23:09 UTC").
+memory-bound kernel reading it back for the scale, bias, GELU and quantisation (or the residual add, or the norms
+and joins); the epilogues also compute in fp32 with no bf16 rounding of the product, so they are closer to the fp32
+function. H200, 64 frames (docs/BENCHMARKS.md, "2026-12-03, 07:09-07:55 UTC"): q|k|v 0.43 ms against 0.86 for
+cuBLAS + the compiled norms and joins; the three epilogue GEMMs 1.3-2x cuBLAS's bare product (their epilogues do
+not overlap the MMAs: docs/SERVING.md, "What holds 64 streams back").
 
-Backends (``fused_fp8_status``): "triton" (a CUDA GPU with FP8 tensor cores, compute capability >= 8.9, and Triton
-importable; tiles autotuned per shape class at first use, i.e. during a server's warm-up), "torch" (the reference:
-the same function in fp32 with plain ops, any device; what the tests compare the kernel against, and what a CPU
-runs). A CUDA tensor never silently takes the reference: without Triton the functions raise. Both are torch custom
-ops (``torch.ops.flexrt.*``), so ``torch.compile`` keeps each as one call and inductor fuses what is around them
-(the LayerNorm + quantisation that produces x8).
+Kernels (kernels/_fp8_gemm_triton.py): on compute capability >= 9.0 the operands, residual and output go through TMA
+descriptors and a persistent grid walks the tiles (``FLEXRT_FP8_GEMM=pointer`` forces the pointer-load kernel, for
+A/B measurements); on 8.9 (Ada) the pointer-load kernel runs the GEMMs, and the q|k|v function runs as separate
+ops (the decoder then keeps its unfused q|k|v path: ``fused_qkv_available``). Backends (``fused_fp8_status``, one
+line that names the kernels): "triton" (a CUDA GPU with FP8 tensor cores and Triton importable; tiles autotuned per
+shape class at first use, i.e. during a server's warm-up), "torch" (the reference: the same functions in fp32 with
+plain ops, any device; what the tests compare the kernels against, and what a CPU runs). A CUDA tensor never
+silently takes the reference: without Triton the functions raise. All are torch custom ops (``torch.ops.flexrt.*``),
+so ``torch.compile`` keeps each as one call and inductor fuses what is around them (the LayerNorm + quantisation that
+produces x8).
 """
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 import torch.nn.functional as F
@@ -64,7 +74,51 @@ def _status(device: torch.device) -> tuple[str | None, str]:
     version = _triton_version()
     if version is None:
         return None, "fused FP8 epilogues need Triton (pip install triton; torch's CUDA wheels ship it)"
-    return "triton", f"fused FP8 epilogues: Triton {version} kernel on compute capability {cap[0]}.{cap[1]}"
+    kernel = _gemm_kernel_for(device)
+    how = ("TMA persistent kernels, q|k|v with the head RMS norms in its epilogue" if kernel == "tma" else
+           "pointer-load kernel, q|k|v unfused (cuBLAS, then the norms compiled)" +
+           (f" ({GEMM_KERNEL_ENV}=pointer)" if os.environ.get(GEMM_KERNEL_ENV) == "pointer" else
+            " (TMA needs compute capability >= 9.0)"))
+    return "triton", f"fused FP8 epilogues: Triton {version} {how} on compute capability {cap[0]}.{cap[1]}"
+
+
+GEMM_KERNEL_ENV = "FLEXRT_FP8_GEMM"  # "pointer": the pointer-load kernels on Hopper too (A/B measurements)
+
+
+@functools.lru_cache(maxsize=None)
+def _gemm_kernel_for(device: torch.device) -> str:
+    """"tma" on compute capability >= 9.0 unless FLEXRT_FP8_GEMM=pointer, else "pointer" (read once a device)."""
+    choice = os.environ.get(GEMM_KERNEL_ENV, "auto")
+    if choice not in ("auto", "tma", "pointer"):
+        raise ValueError(f"{GEMM_KERNEL_ENV} must be auto, tma or pointer, got {choice!r}")
+    tma = torch.cuda.get_device_capability(device) >= (9, 0)
+    if choice == "tma" and not tma:
+        raise RuntimeError(f"{GEMM_KERNEL_ENV}=tma: TMA needs compute capability >= 9.0, {device} has "
+                           f"{torch.cuda.get_device_capability(device)}")
+    return "pointer" if choice == "pointer" or not tma else "tma"
+
+
+def fused_qkv_available(device) -> bool:
+    """Whether fp8_qkv_rmsnorm runs as its one kernel on ``device`` (a CUDA GPU with TMA and the default kernel
+    choice), or as the reference ops (a CPU). Elsewhere (compute capability 8.9, FLEXRT_FP8_GEMM=pointer) its
+    composed fallback is eager and slow (3.9 ms for 64 frames on the H200 against 0.43 for the kernel), and the
+    decoder keeps the unfused q|k|v path instead (DeployedFrameDecoder(fused_qkv=False))."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return True
+    if device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return _status(device)[0] == "triton" and _gemm_kernel_for(device) == "tma"
+
+
+def _gemm_kernel(x8: torch.Tensor, *others: torch.Tensor) -> str:
+    """The device's kernel; "pointer" also where a TMA descriptor cannot describe an operand (rows not 16-byte
+    aligned: K or N not a multiple of 16 for e4m3, of 8 for bf16; FLEX-1's are all multiples of 256)."""
+    kernel = _gemm_kernel_for(torch.device("cuda", x8.device.index if x8.device.index is not None
+                                           else torch.cuda.current_device()))
+    aligned = all(t.stride(-1) == 1 and (t.stride(0) * t.element_size()) % 16 == 0 and t.data_ptr() % 16 == 0
+                  for t in (x8, *others))
+    return kernel if aligned else "pointer"
 
 
 def _m_class(m: int) -> int:
@@ -74,72 +128,80 @@ def _m_class(m: int) -> int:
 
 
 @functools.lru_cache(maxsize=None)
+def _num_sms(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+@functools.lru_cache(maxsize=None)
 def _build(autotune: bool = True):
-    """-> launch(x8, w8, w_scale, bias, x_scale, out, out_scale=None, residual=None); ``autotune=False``: one small
-    fixed tile (Triton's CPU interpreter, TRITON_INTERPRET=1, has no driver to time configs with)."""
+    """-> (launch, launch_qkv). ``launch(x8, w8, w_scale, bias, x_scale, out, out_scale=None, residual=None,
+    kernel="tma"|"pointer")``: the GEMM with one of its two epilogues; ``launch_qkv(x8, w8, w_scale, bias, x_scale,
+    gains, out, n_tokens, n_joint, n_heads, eps)``: the q|k|v GEMM with the head RMS norms in its epilogue.
+    ``autotune=False``: one small fixed tile (Triton's CPU interpreter, TRITON_INTERPRET=1, has no driver to time
+    configs with)."""
     import triton
     import triton.language as tl
     import triton.testing
+    from triton.tools.tensor_descriptor import TensorDescriptor
 
-    @triton.jit
-    def fp8_gemm_epilogue(x_ptr, w_ptr, w_scale_ptr, bias_ptr, out_ptr, x_scale_ptr, out_scale_ptr, res_ptr,
-                          M, N, K, M_CLASS, stride_xm, stride_xk, stride_wn, stride_wk, stride_om, stride_on,
-                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-                          RESIDUAL: tl.constexpr):
-        # 1. the tile this program computes, in grouped order: GROUP_M consecutive programs share rows of x (L2 reuse)
-        pid = tl.program_id(0)
-        grid_m, grid_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
-        group = GROUP_M * grid_n
-        first_m = (pid // group) * GROUP_M
-        rows = min(grid_m - first_m, GROUP_M)
-        pid_m = first_m + (pid % group) % rows
-        pid_n = (pid % group) // rows
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        offs_k = tl.arange(0, BLOCK_K)
-        # 2. acc [BM,BN] fp32 = x8 tile @ w8^T tile (w is [N,K], K contiguous: the K-major B operand FP8 MMAs want)
-        x_ptrs = x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk  # [BM,BK]
-        w_ptrs = w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None] * stride_wk  # [BK,BN]
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for k in range(0, tl.cdiv(K, BLOCK_K)):
-            k_left = K - k * BLOCK_K
-            a = tl.load(x_ptrs, mask=(offs_m[:, None] < M) & (offs_k[None, :] < k_left), other=0.0)
-            b = tl.load(w_ptrs, mask=(offs_n[None, :] < N) & (offs_k[:, None] < k_left), other=0.0)
-            acc = tl.dot(a, b, acc)
-            x_ptrs += BLOCK_K * stride_xk
-            w_ptrs += BLOCK_K * stride_wk
-        # 3. epilogue in fp32: dequantise (tensor-wise x scale, per-channel w scale), bias, then the residual add
-        #    (bf16 out) or tanh GELU and the next GEMM's quantisation (e4m3 out, saturating)
-        n_ok = offs_n < N
-        out_mask = (offs_m[:, None] < M) & n_ok[None, :]
-        w_scale = tl.load(w_scale_ptr + offs_n, mask=n_ok, other=0.0)
-        bias = tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
-        y = acc * (tl.load(x_scale_ptr) * w_scale)[None, :] + bias[None, :]
-        out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :] * stride_on
-        if RESIDUAL:
-            res = tl.load(res_ptr + offs_m[:, None] * stride_om + offs_n[None, :] * stride_on, mask=out_mask, other=0.0)
-            tl.store(out_ptrs, (res.to(tl.float32) + y).to(out_ptr.dtype.element_ty), mask=out_mask)
-        else:
-            # tanh GELU (Hendrycks & Gimpel 2016), tanh(z) = 2 sigmoid(2z) - 1, sqrt(2/pi) = 0.79788...
-            g = y * tl.sigmoid(2.0 * 0.7978845608028654 * (y + 0.044715 * y * y * y))
-            q = tl.minimum(tl.maximum(g / tl.load(out_scale_ptr), -448.0), 448.0)  # FP8_MAX (no globals in jit)
-            tl.store(out_ptrs, q.to(out_ptr.dtype.element_ty), mask=out_mask)
+    from flexrt.kernels._fp8_gemm_triton import fp8_gemm_epilogue, fp8_gemm_epilogue_tma, fp8_qkv_rmsnorm_tma
 
     # tiles measured on the H200 (dev/fused_ffn_probe.py): 128-256 x 128-256 with BLOCK_K 64-128 win at FLEX-1's shapes
     configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
                for bm, bn, bk, w, s in ((128, 128, 128, 8, 3), (128, 256, 128, 8, 3), (128, 128, 64, 4, 4),
                                         (256, 128, 128, 8, 3), (128, 256, 64, 8, 4), (64, 128, 128, 4, 4))]
-    bench = lambda kernel_call, quantiles: triton.testing.do_bench(  # noqa: E731 (short timing: 6 configs a shape)
+
+    def _tma_blocks(nargs):  # the descriptors' block shapes follow the config being run
+        nargs["x_desc"].block_shape = [nargs["BLOCK_M"], nargs["BLOCK_K"]]
+        nargs["w_desc"].block_shape = [nargs.get("SUB", nargs.get("BLOCK_N")), nargs["BLOCK_K"]]
+        for name in ("out_desc", "res_desc"):
+            if name in nargs:
+                nargs[name].block_shape = [nargs["BLOCK_M"], nargs["BLOCK_N"]]
+
+    # TMA: 1 or 2 programs an SM (2 where shared memory and registers allow: 128x128 tiles, <= 3 stages, registers
+    # capped at 128 a thread so that two 256-thread programs fit the SM's 64 K)
+    tma_configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "CTAS": c, "FLATTEN": f},
+                                 num_warps=8, num_stages=s, maxnreg=128 if c == 2 else None, pre_hook=_tma_blocks)
+                   for bm, bn, bk, s, c in ((128, 256, 128, 3, 1), (128, 256, 64, 4, 1), (128, 128, 128, 3, 1),
+                                            (128, 128, 128, 3, 2), (128, 128, 64, 3, 2), (256, 128, 128, 3, 1))
+                   for f in (True, False)]
+    qkv_configs = [triton.Config({"BLOCK_M": bm, "BLOCK_K": bk, "GROUP_M": 8, "CTAS": c, "FLATTEN": f},
+                                 num_warps=w, num_stages=s, maxnreg=(65536 // (2 * 32 * w)) if c == 2 else None,
+                                 pre_hook=_tma_blocks)
+                   for bm, bk, w, s, c in ((128, 128, 8, 3, 1), (128, 64, 8, 4, 1), (128, 128, 8, 4, 1),
+                                           (64, 128, 4, 4, 1), (64, 128, 4, 3, 2), (128, 64, 8, 3, 2))
+                   for f in (True, False)]
+    bench = lambda kernel_call, quantiles: triton.testing.do_bench(  # noqa: E731 (short timing: few configs a shape)
         kernel_call, warmup=5, rep=20, quantiles=quantiles)
-    tuned = triton.autotune(configs=configs, key=["M_CLASS", "N", "K", "RESIDUAL"], do_bench=bench)(fp8_gemm_epilogue)
+    key = ["M_CLASS", "N", "K", "RESIDUAL"]
+    tuned = triton.autotune(configs=configs, key=key, do_bench=bench)(fp8_gemm_epilogue)
+    tuned_tma = triton.autotune(configs=tma_configs, key=key, do_bench=bench)(fp8_gemm_epilogue_tma)
+    tuned_qkv = triton.autotune(configs=qkv_configs, key=["M_CLASS", "K", "N_HEADS", "SUB"], do_bench=bench)(
+        fp8_qkv_rmsnorm_tma)
     fixed = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}
 
-    def launch(x8, w8, w_scale, bias, x_scale, out, out_scale=None, residual=None):
+    def launch(x8, w8, w_scale, bias, x_scale, out, out_scale=None, residual=None, kernel="tma"):
         m, k = x8.shape
         n = w8.shape[0]
+        epi = (w_scale, bias, out, x_scale, x_scale if out_scale is None else out_scale,
+               out if residual is None else residual)
+        if kernel == "tma":
+            sms = 4 if not autotune else _num_sms(x8.device)
+            grid = lambda meta: (min(meta["CTAS"] * sms,  # noqa: E731
+                                     triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])),)
+            descs = [TensorDescriptor.from_tensor(t, [64, 64]) for t in (x8, w8, out, out if residual is None else residual)]
+            args = (descs[0], descs[1], w_scale, bias, descs[2], x_scale, x_scale if out_scale is None else out_scale,
+                    descs[3], m, n, k, _m_class(m))
+            if autotune:
+                tuned_tma[grid](*args, NUM_SMS=sms, RESIDUAL=residual is not None)
+            else:
+                _tma_blocks({"x_desc": descs[0], "w_desc": descs[1], "out_desc": descs[2], "res_desc": descs[3],
+                             **fixed})
+                fp8_gemm_epilogue_tma[grid](*args, NUM_SMS=sms, CTAS=1, FLATTEN=True, RESIDUAL=residual is not None,
+                                            **fixed)
+            return out
         grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
-        args = (x8, w8, w_scale, bias, out, x_scale, x_scale if out_scale is None else out_scale,
-                out if residual is None else residual, m, n, k, _m_class(m),
+        args = (x8, w8, *epi, m, n, k, _m_class(m),
                 x8.stride(0), x8.stride(1), w8.stride(0), w8.stride(1), out.stride(0), out.stride(1))
         if autotune:
             tuned[grid](*args, RESIDUAL=residual is not None)
@@ -147,7 +209,22 @@ def _build(autotune: bool = True):
             fp8_gemm_epilogue[grid](*args, RESIDUAL=residual is not None, **fixed)
         return out
 
-    return launch
+    def launch_qkv(x8, w8, w_scale, bias, x_scale, gains, out, n_tokens, n_joint, n_heads, eps):
+        m, k = x8.shape
+        sub = gains.shape[1] // 3
+        sms = 4 if not autotune else _num_sms(x8.device)
+        grid = lambda meta: (min(meta["CTAS"] * sms, triton.cdiv(m, meta["BLOCK_M"]) * 3 * n_heads),)  # noqa: E731
+        descs = (TensorDescriptor.from_tensor(x8, [64, 64]), TensorDescriptor.from_tensor(w8, [sub, 64]))
+        args = (*descs, w_scale, bias, x_scale, gains, out, m, k, _m_class(m), n_tokens, n_joint, n_heads, eps)
+        if autotune:
+            tuned_qkv[grid](*args, SUB=sub, NUM_SMS=sms)
+        else:
+            descs[0].block_shape, descs[1].block_shape = [64, 32], [sub, 32]
+            fp8_qkv_rmsnorm_tma[grid](*args, SUB=sub, BLOCK_M=64, BLOCK_K=32, GROUP_M=8, NUM_SMS=sms, CTAS=1,
+                                      FLATTEN=True)
+        return out
+
+    return launch, launch_qkv
 
 
 def _check(x8, w8, w_scale, bias, x_scale, residual=None) -> None:
@@ -189,7 +266,7 @@ def fp8_linear_gelu_quantize(x8: torch.Tensor, w8: torch.Tensor, w_scale: torch.
     _check(x8, w8, w_scale, bias, x_scale)
     if _use_triton(x8):
         out = torch.empty(x8.shape[0], w8.shape[0], device=x8.device, dtype=torch.float8_e4m3fn)
-        return _build()(x8, w8, w_scale, bias, x_scale, out, out_scale=out_scale)
+        return _build()[0](x8, w8, w_scale, bias, x_scale, out, out_scale=out_scale, kernel=_gemm_kernel(x8, w8, out))
     y = F.gelu(_product_reference(x8, w8, w_scale, bias, x_scale), approximate="tanh")
     return (y / out_scale.float()).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
 
@@ -207,7 +284,8 @@ def fp8_linear_residual(x8: torch.Tensor, w8: torch.Tensor, w_scale: torch.Tenso
     _check(x8, w8, w_scale, bias, x_scale, residual)
     if _use_triton(x8):
         out = torch.empty_like(residual)
-        return _build()(x8, w8, w_scale, bias, x_scale, out, residual=residual)
+        return _build()[0](x8, w8, w_scale, bias, x_scale, out, residual=residual,
+                           kernel=_gemm_kernel(x8, w8, out, residual))
     return (residual.float() + _product_reference(x8, w8, w_scale, bias, x_scale)).to(torch.bfloat16)
 
 
@@ -216,34 +294,113 @@ def _(x8, w8, w_scale, bias, x_scale, residual):
     return torch.empty_like(residual)
 
 
+def _qkv_kernel_fits(head_dim: int) -> bool:
+    """The q|k|v kernel computes a head as three MMAs of head_dim / 3 channels, a power of two >= 16 (FLEX-1: 64)."""
+    sub = head_dim // 3
+    return head_dim % 3 == 0 and sub >= 16 and sub & (sub - 1) == 0
+
+
+def _qkv_composed(x8, w8, w_scale, bias, x_scale, gains, context, eps) -> torch.Tensor:
+    """fp8_qkv_rmsnorm as separate ops: the product in fp32 (a CPU), or cuBLAS's FP8 GEMM writing bf16 then the
+    scale and bias in fp32 (a CUDA GPU without TMA: the unfused path's numbers); the norms in fp32, one rounding."""
+    _, b, m, h, hd = context.shape
+    if x8.device.type == "cuda" and x8.shape[1] % 16 == 0 and w8.shape[0] % 16 == 0:
+        one = torch.ones((), device=x8.device)
+        y = torch._scaled_mm(x8, w8.t(), scale_a=x_scale, scale_b=one, out_dtype=torch.bfloat16, use_fast_accum=True)
+        y = y.float() * w_scale + bias.float()
+    else:
+        y = _product_reference(x8, w8, w_scale, bias, x_scale)
+    y = y.view(b, -1, 3, h, hd).movedim(2, 0)  # [3,B,N,H,hd] fp32
+    rms = torch.rsqrt(y[:2].pow(2).mean(-1, keepdim=True) + eps) * gains.float()[:, None, None, None, :]
+    sample = torch.cat([y[:2] * rms, y[2:]]).to(torch.bfloat16)
+    return torch.cat([sample, context], 2)
+
+
+@torch.library.custom_op("flexrt::fp8_qkv_rmsnorm", mutates_args=())
+def fp8_qkv_rmsnorm(x8: torch.Tensor, w8: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor,
+                    x_scale: torch.Tensor, gains: torch.Tensor, context: torch.Tensor, eps: float) -> torch.Tensor:
+    """The joint block's q|k|v projection of the sample stream with the per-head RMS norms of q and k (spec 5.3,
+    steps 2-3), written next to the context stream's, ready for joint attention:
+
+    x8 [B*N,K] e4m3 (N sample tokens a frame), w8 [3D,K] e4m3 (q|k|v rows, D = H*hd), w_scale [3D] fp32, bias [3D]
+    bf16, x_scale [] fp32, gains [2,hd] fp32 (norm_q's and norm_k's), context [3,B,M,H,hd] bf16 (the context
+    stream's normed q, normed k and v) -> [3,B,N+M,H,hd] bf16: planes q, k, v, each [B,S,H,hd] with the sample tokens
+    first; q = (x W_q^T + b_q) rsqrt(mean over hd of its square + eps) g_q in fp32, rounded once (k alike, v
+    without the norm).
+
+    One Triton kernel (TMA, compute capability >= 9.0, head_dim / 3 a power of two >= 16: FLEX-1's 192); otherwise
+    ``_qkv_composed`` (reported by ``fused_fp8_status``)."""
+    _check(x8, w8, w_scale, bias, x_scale)
+    three, b, m, h, hd = context.shape
+    if three != 3 or w8.shape[0] != 3 * h * hd or x8.shape[0] % b or gains.shape != (2, hd) \
+            or context.dtype != torch.bfloat16:
+        raise ValueError(f"expected context [3,B,M,H,hd] bf16 with 3*H*hd = {w8.shape[0]} rows of w8, B dividing "
+                         f"{x8.shape[0]} tokens, gains [2,hd]; got context {context.dtype}{list(context.shape)}, "
+                         f"gains {list(gains.shape)}")
+    if not _use_triton(x8) or _gemm_kernel(x8, w8) != "tma" or not _qkv_kernel_fits(hd):
+        return _qkv_composed(x8, w8, w_scale, bias, x_scale, gains, context, eps)
+    n = x8.shape[0] // b
+    out = torch.empty(3, b, n + m, h, hd, device=x8.device, dtype=torch.bfloat16)
+    _build()[1](x8, w8, w_scale, bias, x_scale, gains.float().contiguous(), out, n, n + m, h, eps)
+    out[:, :, n:].copy_(context)
+    return out
+
+
+@fp8_qkv_rmsnorm.register_fake
+def _(x8, w8, w_scale, bias, x_scale, gains, context, eps):
+    three, b, m, h, hd = context.shape
+    return context.new_empty(three, b, x8.shape[0] // b + m, h, hd)
+
+
+def _steps(out: torch.Tensor, ref: torch.Tensor, size: torch.Tensor, bits: int) -> dict:
+    """The largest |out - ref| in steps of the format (``bits`` mantissa bits) at ``size``, and the share differing."""
+    step = torch.exp2(torch.floor(torch.log2(size.clamp_min(2.0 ** -6))) - bits)
+    return {"max_diff_steps": float(((out - ref).abs() / step).max()), "share_differing": float((out != ref).float().mean())}
+
+
 def interpreter_check(seed: int = 0) -> dict:
-    """The Triton kernel's logic on a CPU (call with TRITON_INTERPRET=1 set before Triton is imported): both
-    epilogues at a small ragged shape (every mask exercised), one fixed tile, against the reference ops. -> for each
-    epilogue, the largest difference in units of the output format's step at the reference value and the share of
+    """The Triton kernels' logic on a CPU (call with TRITON_INTERPRET=1 set before Triton is imported): both
+    epilogues of the pointer-load and the TMA kernels at a small ragged shape (every mask and zero-filled edge
+    exercised), and the q|k|v kernel with its head RMS norms, one fixed tile each, against the reference ops. -> for
+    each, the largest difference in units of the output format's step at the reference value and the share of
     elements that differ. ``tests/test_fp8_gemm.py`` runs it in a subprocess."""
     g = torch.Generator().manual_seed(seed)
-    m, n, k = 96, 200, 160
-    w32 = torch.randn(n, k, generator=g) / k ** 0.5
-    w_scale = w32.abs().amax(1) / FP8_MAX
-    w8 = (w32 / w_scale[:, None]).to(torch.float8_e4m3fn)
-    bias = (0.1 * torch.randn(n, generator=g)).to(torch.bfloat16)
+    m, n, k = 96, 208, 176  # partial tiles in M, N and K of the 64 x 64 x 32 tile; rows 16-byte aligned (TMA)
+
+    def weights(n, k):
+        w32 = torch.randn(n, k, generator=g) / k ** 0.5
+        w_scale = w32.abs().amax(1) / FP8_MAX
+        return (w32 / w_scale[:, None]).to(torch.float8_e4m3fn), w_scale, (0.1 * torch.randn(n, generator=g)).to(torch.bfloat16)
+
+    w8, w_scale, bias = weights(n, k)
     x_scale, out_scale = torch.tensor(20.0 / FP8_MAX), torch.tensor(12.0 / FP8_MAX)
     x8 = (torch.randn(m, k, generator=g) / x_scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
     residual = torch.randn(m, n, generator=g).to(torch.bfloat16)
-    launch = _build(autotune=False)
+    launch, launch_qkv = _build(autotune=False)
     result = {}
-    for name, kw, dtype, bits, ref in (
-            ("gelu_quantize", {"out_scale": out_scale}, torch.float8_e4m3fn, 3,
-             fp8_linear_gelu_quantize(x8, w8, w_scale, bias, x_scale, out_scale)),
-            ("residual", {"residual": residual}, torch.bfloat16, 7,
-             fp8_linear_residual(x8, w8, w_scale, bias, x_scale, residual))):
-        out = launch(x8, w8, w_scale, bias, x_scale, torch.empty(m, n, dtype=dtype), **kw).float()
-        ref = ref.float()
-        size = ref.abs() if name == "gelu_quantize" else torch.maximum(ref.abs(), residual.float().abs())
-        step = torch.exp2(torch.floor(torch.log2(size.clamp_min(2.0 ** -6))) - bits)
-        result[name] = {"max_diff_steps": float(((out - ref).abs() / step).max()),
-                        "share_differing": float((out != ref).float().mean())}
+    for kernel in ("pointer", "tma"):
+        for name, kw, dtype, bits, ref in (
+                ("gelu_quantize", {"out_scale": out_scale}, torch.float8_e4m3fn, 3,
+                 fp8_linear_gelu_quantize(x8, w8, w_scale, bias, x_scale, out_scale)),
+                ("residual", {"residual": residual}, torch.bfloat16, 7,
+                 fp8_linear_residual(x8, w8, w_scale, bias, x_scale, residual))):
+            out = launch(x8, w8, w_scale, bias, x_scale, torch.empty(m, n, dtype=dtype), kernel=kernel, **kw).float()
+            ref = ref.float()
+            size = ref.abs() if name == "gelu_quantize" else torch.maximum(ref.abs(), residual.float().abs())
+            result[f"{kernel}/{name}"] = _steps(out, ref, size, bits)
+    # q|k|v: 2 frames of 40 tokens (one partial row tile a frame boundary runs through), 2 heads of 3 x 16
+    b, n_tok, m_ctx, h, hd = 2, 40, 3, 2, 48
+    w8, w_scale, bias = weights(3 * h * hd, k)
+    x8 = x8[:b * n_tok].contiguous()
+    gains = 1.0 + 0.1 * torch.randn(2, hd, generator=g)
+    context = torch.randn(3, b, m_ctx, h, hd, generator=g).to(torch.bfloat16)
+    ref = _qkv_composed(x8, w8, w_scale, bias, x_scale, gains, context, 1e-6).float()
+    out = torch.full((3, b, n_tok + m_ctx, h, hd), float("nan"), dtype=torch.bfloat16)
+    launch_qkv(x8, w8, w_scale, bias, x_scale, gains, out, n_tok, n_tok + m_ctx, h, 1e-6)
+    out[:, :, n_tok:] = context
+    result["qkv_rmsnorm"] = _steps(out.float(), ref, ref.abs(), 7)
     return result
 
 
-__all__ = ["fp8_linear_gelu_quantize", "fp8_linear_residual", "fused_fp8_status", "interpreter_check", "FP8_MAX"]
+__all__ = ["fp8_linear_gelu_quantize", "fp8_linear_residual", "fp8_qkv_rmsnorm", "fused_fp8_status",
+           "fused_qkv_available", "interpreter_check", "FP8_MAX"]

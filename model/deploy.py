@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flexrt.kernels.fp8_conv import conv_reference, fp8_conv3x3_lrelu, quantize_weight
-from flexrt.kernels.fp8_gemm import FP8_MAX, fp8_linear_gelu_quantize, fp8_linear_residual
+from flexrt.kernels.fp8_gemm import FP8_MAX, fp8_linear_gelu_quantize, fp8_linear_residual, fp8_qkv_rmsnorm
 
 from .flexavatar import DATASET_ID_3D, MAX_SCALE, MAX_XYZ_OFFSET_STEP, FlexAvatarModel
 from .gaussians import Gaussians
@@ -160,6 +160,14 @@ class Fp8Linear(_StaticInputScale):
         x8, w = self._fused_operands(x)
         return fp8_linear_gelu_quantize(x8, *w, out_scale).reshape(*x.shape[:-1], self.out_features)
 
+    def forward_qkv_rmsnorm(self, x: torch.Tensor, gains: torch.Tensor, context: torch.Tensor,
+                            eps: float) -> torch.Tensor:
+        """A joint block's q|k|v projection (this layer's rows q|k|v, D each) with the q and k heads' RMS norms in
+        the epilogue, joined with the context stream's: x [B,N,D] bf16, gains [2,hd] fp32, context [3,B,M,H,hd]
+        bf16 -> [3,B,N+M,H,hd] bf16 (kernels.fp8_gemm.fp8_qkv_rmsnorm; static scaling, calibrated)."""
+        x8, w = self._fused_operands(x)
+        return fp8_qkv_rmsnorm(x8, *w, gains, context, eps)
+
     def forward_residual(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """bf16 [..., out] = residual + x W^T + b, the residual add in the GEMM's epilogue (kernels.fp8_gemm).
         x: bf16 or already-quantised e4m3 [..., in]; residual: contiguous bf16 [..., out]."""
@@ -237,6 +245,9 @@ class DeployedJointBlock(nn.Module):
         self.to_add_out = None if block.context_pre_only else attn.to_add_out
         self.ff_in, self.ff_out = block.ff.net[0].proj, block.ff.net[2]
         self.fused_epilogues = False  # fp8="fused": set by DeployedFrameDecoder once the sample linears are Fp8Linear
+        self.fused_qkv = False  # fp8="fused" where kernels.fp8_gemm.fused_qkv_available: q|k|v + norms in one kernel
+        self.register_buffer("qk_gains", torch.stack([attn.norm_q.weight, attn.norm_k.weight]).detach().float(),
+                             persistent=False)  # [2,hd]: the sample stream's q / k RMS-norm gains, for fused q|k|v
         if not block.context_pre_only:
             self.ff_context_in, self.ff_context_out = block.ff_context.net[0].proj, block.ff_context.net[2]
 
@@ -249,11 +260,19 @@ class DeployedJointBlock(nn.Module):
         #    rows, and attention's output comes back token-major too, so step 3 needs no transposing copy.
         #    The q/k norms compute in fp32 (HeadRMSNorm) and are cast back to the stream's dtype here, in the same
         #    kernel, which is what autocast would do at the attention call.
-        qs, ks, vs = self.to_qkv(self.norm1(x)).view(b, n, 3, h, hd).unbind(2)  # [B,N,H,hd] each
         qc, kc, vc = self.add_qkv(self.norm1_context(c)).view(b, m, 3, h, hd).unbind(2)  # [B,M,H,hd] each
-        q = torch.cat([self.norm_q(qs).to(qs.dtype), self.norm_added_q(qc).to(qc.dtype)], 1)  # [B,S,H,hd]
-        k = torch.cat([self.norm_k(ks).to(ks.dtype), self.norm_added_k(kc).to(kc.dtype)], 1)
-        v = torch.cat([vs, vc], 1)
+        qc, kc = self.norm_added_q(qc).to(qc.dtype), self.norm_added_k(kc).to(kc.dtype)
+        if self.fused_qkv and self.to_qkv.input_scale is not None:
+            # 1'. fp8="fused": the sample stream's GEMM writes its normed q, k and v straight into the joined
+            #     tensors (kernels.fp8_gemm.fp8_qkv_rmsnorm), the context stream's rows copied after them
+            qkv = self.to_qkv.forward_qkv_rmsnorm(self.norm1(x), self.qk_gains, torch.stack([qc, kc, vc]),
+                                                  self.norm_q.eps)
+            q, k, v = qkv.unbind(0)  # [B,S,H,hd] each
+        else:
+            qs, ks, vs = self.to_qkv(self.norm1(x)).view(b, n, 3, h, hd).unbind(2)  # [B,N,H,hd] each
+            q = torch.cat([self.norm_q(qs).to(qs.dtype), qc], 1)  # [B,S,H,hd]
+            k = torch.cat([self.norm_k(ks).to(ks.dtype), kc], 1)
+            v = torch.cat([vs, vc], 1)
         # 2. joint attention (scale 1/sqrt(hd)); the kernel takes [B,H,S,hd] views of the token-major tensors
         y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return y.transpose(1, 2).reshape(b, s, d)  # [B,S,D], sample tokens first
@@ -286,7 +305,7 @@ class DeployedFrameDecoder(nn.Module):
     """avatar_code [B,HT,D], expression_codes [B,135] -> Gaussians [B,G,*] (fp32), 3D bias sink."""
 
     def __init__(self, model: FlexAvatarModel, precision: str = "fp32", fp8: str = "off", upsampler: str = "fp32",
-                 residual: str = "fp32"):
+                 residual: str = "fp32", fused_qkv: bool = True):
         super().__init__()
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
@@ -345,6 +364,7 @@ class DeployedFrameDecoder(nn.Module):
                 for name, linear in block.sample_linears().items():
                     setattr(block, name, Fp8Linear(linear, scaling="row" if fp8 == "row" else "static"))
                 block.fused_epilogues = fp8 == "fused"
+                block.fused_qkv = fp8 == "fused" and fused_qkv
         if upsampler in ("bf16", "fp8"):
             self.upsampler.to(torch.bfloat16).to(memory_format=torch.channels_last)
         if upsampler == "fp8":  # the 3x3 convolutions (nearly all the upsampler's FLOPs) with e4m3 operands

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flexrt.kernels.fp8_gemm import FP8_MAX, fp8_linear_gelu_quantize, fp8_linear_residual, fused_fp8_status
+from flexrt.kernels.fp8_gemm import (FP8_MAX, _build, fp8_linear_gelu_quantize, fp8_linear_residual, fp8_qkv_rmsnorm,
+                                     fused_fp8_status)
 from flexrt.model.deploy import Fp8Linear
 from flexrt.model.pipeline import build_pipeline
 from flexrt.runtime.engines import TorchEngine
@@ -113,6 +114,15 @@ def test_engine_fp8_fused_close_to_fp32_and_to_static():
         assert rel(out) < max(1.5 * rel(static), 2e-3), (k, rel(out), rel(static))
         assert float((out[k] - static[k]).abs().max()) > 0  # really another path
     assert float(_render_psnr(out, ref).min()) >= 45.0
+    # the q|k|v GEMM with its head norms in one op (fp8_qkv_rmsnorm) against the unfused q|k|v path the decoder
+    # keeps where that kernel cannot run: the same function up to the bf16 rounding of q|k|v before the norms
+    assert all(b.fused_qkv for b in eng.decoder.blocks)
+    for b in eng.decoder.blocks:
+        b.fused_qkv = False
+    unfused_qkv = eng.decode(code, expr)
+    for k in ref.keys():
+        assert float((out[k] - unfused_qkv[k]).abs().max()) > 0, k  # really another path
+        torch.testing.assert_close(out[k], unfused_qkv[k], rtol=0.05, atol=0.02 * float(ref[k].abs().max()))
     with pytest.raises(ValueError, match="needs residual='bf16'"):
         p.model.deploy_decoder("bf16", fp8="fused")
 
@@ -130,12 +140,45 @@ def interpreter_check_of(module: str) -> dict:
 
 
 def test_triton_kernel_in_the_interpreter():
-    """The kernel's tiles, masks and both epilogues, run by Triton's CPU interpreter at a ragged shape: GELU +
-    quantise within 4 e4m3 steps of the reference ops on < 5 % of elements (tanh vs its sigmoid form and the
-    summation order), the residual add within 1 bf16 step (the interpreter truncates to bf16 where a GPU rounds)."""
+    """Both kernels' tiles, masks (pointer loads) or zero-filled TMA edges, and both epilogues, run by Triton's CPU
+    interpreter at a ragged shape: GELU + quantise within 4 e4m3 steps of the reference ops on < 5 % of elements
+    (tanh vs its sigmoid form and the summation order), the residual add within 1 bf16 step (the interpreter
+    truncates to bf16 where a GPU rounds); the q|k|v kernel's norms, rows (a frame boundary inside a tile) and
+    planes within 1 bf16 step of the composed ops, every sample row written (NaN-filled before)."""
     result = interpreter_check_of("flexrt.kernels.fp8_gemm")
-    assert result["gelu_quantize"]["max_diff_steps"] <= 4 and result["gelu_quantize"]["share_differing"] < 0.05
-    assert result["residual"]["max_diff_steps"] <= 1
+    for kernel in ("pointer", "tma"):
+        gelu = result[f"{kernel}/gelu_quantize"]
+        assert gelu["max_diff_steps"] <= 4 and gelu["share_differing"] < 0.05, (kernel, gelu)
+        assert result[f"{kernel}/residual"]["max_diff_steps"] <= 1, kernel
+    assert result["qkv_rmsnorm"]["max_diff_steps"] <= 1
+
+
+def _qkv_operands(b=2, n=24, m=5, h=2, hd=48, k=64, seed=0, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    x8, w8, w_scale, bias, x_scale, _ = _operands(b * n, 3 * h * hd, k, seed, device="cpu")
+    gains = 1.0 + 0.2 * torch.randn(2, hd, generator=g)
+    context = torch.randn(3, b, m, h, hd, generator=g).to(torch.bfloat16)
+    return [t.to(device) for t in (x8, w8, w_scale, bias, x_scale, gains, context)]
+
+
+def test_qkv_rmsnorm_reference_is_the_stated_function():
+    """fp8_qkv_rmsnorm on a CPU against the spec's steps written out in fp64 (q|k|v product, head split, RMS norm
+    of q and k with their gains, v as is, sample tokens then the context's): one bf16 rounding."""
+    b, n, m, h, hd = 2, 24, 5, 2, 48
+    x8, w8, w_scale, bias, x_scale, gains, context = _qkv_operands(b, n, m, h, hd)
+    out = fp8_qkv_rmsnorm(x8, w8, w_scale, bias, x_scale, gains, context, 1e-6)
+    assert out.shape == (3, b, n + m, h, hd) and out.dtype == torch.bfloat16
+    y = ((x8.double() * float(x_scale)) @ (w8.double() * w_scale.double()[:, None]).t() + bias.double())
+    y = y.view(b, n, 3, h, hd)
+    for plane in range(3):
+        t = y[:, :, plane]
+        if plane < 2:
+            t = t / (t.pow(2).mean(-1, keepdim=True) + 1e-6).sqrt() * gains[plane].double()
+        rel = (out[plane, :, :n].double() - t).abs() / t.abs().clamp_min(1e-2)
+        assert float(rel.max()) <= 2.0 ** -8 + 1e-6, plane
+        assert torch.equal(out[plane, :, n:], context[plane])
+    with pytest.raises(ValueError, match=r"context \[3,B,M,H,hd\]"):
+        fp8_qkv_rmsnorm(x8, w8, w_scale, bias, x_scale, gains, context[:2], 1e-6)
 
 
 def _agreement(out, ref, scale=1.0):
@@ -144,15 +187,20 @@ def _agreement(out, ref, scale=1.0):
 
 
 @pytest.mark.gpu
-def test_gpu_triton_kernel_matches_the_reference_ops():
-    """The compiled kernel against the reference ops (fp32 on the CPU), beside the unfused path the decoder runs
-    with fp8="static" (cuBLAS FP8 GEMM with bf16 output, then the epilogue). Hopper's FP8 MMAs accumulate with
-    fewer bits than fp32 in both paths (an error relative to the sum of |terms|, not to the result: near-zero
-    outputs differ by many steps of their own size; dev/fused_ffn_probe.py measured it), so the bar is the unfused
-    path's own agreement: the kernel's largest error within 1.5x of it, and no more elements differing (+0.5 %)."""
+@pytest.mark.parametrize("kernel", ["pointer", "tma"])
+def test_gpu_triton_kernel_matches_the_reference_ops(kernel):
+    """Each compiled kernel (pointer loads; TMA + persistent, the Hopper default) against the reference ops (fp32 on
+    the CPU), beside the unfused path the decoder runs with fp8="static" (cuBLAS FP8 GEMM with bf16 output, then the
+    epilogue). Hopper's FP8 MMAs accumulate with fewer bits than fp32 in both paths (an error relative to the sum of
+    |terms|, not to the result: near-zero outputs differ by many steps of their own size; dev/fused_ffn_probe.py
+    measured it), so the bar is the unfused path's own agreement: the kernel's largest error within 1.5x of it, and
+    no more elements differing (+0.5 %)."""
     backend, why = fused_fp8_status("cuda")
     if backend != "triton":
         pytest.skip(why)
+    if kernel == "tma" and torch.cuda.get_device_capability() < (9, 0):
+        pytest.skip("the TMA kernel needs compute capability >= 9.0")
+    launch = _build()[0]
     one = torch.ones((), device="cuda")
     # FLEX-1 shapes, and partial tiles in M, N and K (sizes divisible by 16, as torch._scaled_mm requires)
     for m, n, k in ((4096, 3072, 768), (1000, 768, 3072), (96, 208, 160)):
@@ -161,19 +209,41 @@ def test_gpu_triton_kernel_matches_the_reference_ops():
         cpu = [t.cpu() for t in (x8, w8, w_scale, bias, x_scale)]
         unfused = (torch._scaled_mm(x8, w8.t(), scale_a=x_scale, scale_b=one, out_dtype=torch.bfloat16,
                                     use_fast_accum=True).float() * w_scale + bias.float()).to(torch.bfloat16)
-        q = fp8_linear_gelu_quantize(x8, w8, w_scale, bias, x_scale, out_scale).float()
+        q = launch(x8, w8, w_scale, bias, x_scale, torch.empty(m, n, device="cuda", dtype=torch.float8_e4m3fn),
+                   out_scale=out_scale, kernel=kernel).float()
         q_ref = fp8_linear_gelu_quantize(*cpu, out_scale.cpu()).float().cuda()
         q_unfused = (F.gelu(unfused, approximate="tanh").float() / out_scale).clamp(-FP8_MAX, FP8_MAX)
         err, share = _agreement(q, q_ref, float(out_scale))
         err_unfused, share_unfused = _agreement(q_unfused.to(torch.float8_e4m3fn).float(), q_ref, float(out_scale))
         assert err <= 1.5 * err_unfused + 1e-6 and share <= share_unfused + 5e-3, \
             ("gelu", m, n, k, err, err_unfused, share, share_unfused)
-        r = fp8_linear_residual(x8, w8, w_scale, bias, x_scale, residual).float()
+        r = launch(x8, w8, w_scale, bias, x_scale, torch.empty_like(residual), residual=residual, kernel=kernel).float()
         r_ref = fp8_linear_residual(*cpu, residual.cpu()).float().cuda()
         err, share = _agreement(r, r_ref)
         err_unfused, share_unfused = _agreement((residual + unfused).float(), r_ref)
         assert err <= 1.5 * err_unfused + 1e-6 and share <= share_unfused + 5e-3, \
             ("residual", m, n, k, err, err_unfused, share, share_unfused)
+
+
+@pytest.mark.gpu
+def test_gpu_qkv_rmsnorm_kernel_matches_the_reference_ops():
+    """The q|k|v kernel (FLEX-1's 4 heads of 192; 1,024 tokens a frame, and 1,000 so frames end inside row tiles)
+    against the composed ops in fp32 on the CPU, with the same bar as the GEMM kernels: within 1.5x the error of the
+    path it replaces (cuBLAS FP8 GEMM writing bf16, then scale, bias and norms) and no more elements differing
+    (+0.5 %); the context rows copied exactly."""
+    backend, why = fused_fp8_status("cuda")
+    if backend != "triton" or torch.cuda.get_device_capability() < (9, 0):
+        pytest.skip(why if backend != "triton" else "the q|k|v kernel needs compute capability >= 9.0 (TMA)")
+    from flexrt.kernels.fp8_gemm import _qkv_composed
+    for b, n in ((4, 1024), (3, 1000)):
+        ops = _qkv_operands(b, n, 5, 4, 192, 768, device="cuda")
+        out = fp8_qkv_rmsnorm(*ops, 1e-6).float()
+        ref = fp8_qkv_rmsnorm(*[t.cpu() for t in ops], 1e-6).float().cuda()
+        err, share = _agreement(out, ref)
+        err_composed, share_composed = _agreement(_qkv_composed(*ops, 1e-6).float(), ref)
+        assert err <= 1.5 * err_composed + 1e-6 and share <= share_composed + 5e-3, \
+            (b, n, err, err_composed, share, share_composed)
+        assert torch.equal(out[:, :, n:], ops[-1].float())
 
 
 @pytest.mark.gpu

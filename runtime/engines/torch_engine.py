@@ -20,7 +20,7 @@ import torch
 import torch._dynamo
 
 from flexrt.kernels.fp8_conv import fp8_conv_status
-from flexrt.kernels.fp8_gemm import fused_fp8_status
+from flexrt.kernels.fp8_gemm import fused_fp8_status, fused_qkv_available
 from flexrt.model.flexavatar import FlexAvatarModel
 from flexrt.model.gaussians import GAUSSIAN_ATTRIBUTES, Gaussians
 from flexrt.model.pipeline import Pipeline
@@ -76,8 +76,8 @@ class TorchEngine(Engine):
         if upsampler == "auto":  # bf16 with bf16: 0.74 -> 0.59 ms a frame at batch 32, render PSNR 84.5 dB vs fp32
             upsampler = "bf16" if precision == "bf16" else "fp32"
         # the per-frame decoder: its own copy of the weights (fused, cast); the model stays fp32 for avatar creation
-        self.decoder = self.model.deploy_decoder(precision=precision, fp8=fp8, upsampler=upsampler,
-                                                 residual=residual).to(device)
+        self.decoder = self.model.deploy_decoder(precision=precision, fp8=fp8, upsampler=upsampler, residual=residual,
+                                                 fused_qkv=fused_qkv_available(device)).to(device)
         if self.decoder.needs_calibration:  # static FP8 activation scales, fixed before any compile or capture
             self.decoder.calibrate_fp8(*fp8_calibration_inputs(self.model, device))
         self.model.to(device).eval()

@@ -15,25 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 
 import torch
 
 
 def timed(fn, iters=50, warmup=10) -> float:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
+    """Median ms of ``fn()`` by CUDA events (benchmarks.timing; as run on 2026-12-03 the probe had its own loop with
+    the same warm-up, events and median)."""
+    from flexrt.benchmarks.timing import time_fn
+    return time_fn(lambda i: fn(), "cuda", warmup=warmup, iters=iters).median_ms
 
 
 def main() -> int:
@@ -54,7 +45,8 @@ def main() -> int:
         ws = w.abs().amax(1) / FP8_MAX
         x_scale = torch.tensor(8.0 / FP8_MAX, device=dev)
         x8 = (torch.randn(m, k, device=dev, generator=g) / x_scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
-        return x8, (w / ws[:, None]).to(torch.float8_e4m3fn), ws, torch.zeros(n, device=dev, dtype=torch.bfloat16), x_scale
+        bias = torch.zeros(n, device=dev, dtype=torch.bfloat16)
+        return x8, (w / ws[:, None]).to(torch.float8_e4m3fn), ws, bias, x_scale
 
     for name, n, k, residual in (("to_out", 768, 768, True), ("ff_in", 3072, 768, False), ("ff_out", 768, 3072, True)):
         x8, w8, ws, bias, xs = operands(n, k)

@@ -183,25 +183,23 @@ def _build(autotune: bool = True):
     def launch(x8, w8, w_scale, bias, x_scale, out, out_scale=None, residual=None, kernel="tma"):
         m, k = x8.shape
         n = w8.shape[0]
-        epi = (w_scale, bias, out, x_scale, x_scale if out_scale is None else out_scale,
-               out if residual is None else residual)
+        o_scale = x_scale if out_scale is None else out_scale  # (unused with a residual: any fp32 pointer)
+        res = out if residual is None else residual  # (unused without a residual)
         if kernel == "tma":
             sms = 4 if not autotune else _num_sms(x8.device)
             grid = lambda meta: (min(meta["CTAS"] * sms,  # noqa: E731
                                      triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])),)
-            descs = [TensorDescriptor.from_tensor(t, [64, 64]) for t in (x8, w8, out, out if residual is None else residual)]
-            args = (descs[0], descs[1], w_scale, bias, descs[2], x_scale, x_scale if out_scale is None else out_scale,
-                    descs[3], m, n, k, _m_class(m))
+            x_d, w_d, out_d, res_d = (TensorDescriptor.from_tensor(t, [64, 64]) for t in (x8, w8, out, res))
+            args = (x_d, w_d, w_scale, bias, out_d, x_scale, o_scale, res_d, m, n, k, _m_class(m))
             if autotune:
                 tuned_tma[grid](*args, NUM_SMS=sms, RESIDUAL=residual is not None)
             else:
-                _tma_blocks({"x_desc": descs[0], "w_desc": descs[1], "out_desc": descs[2], "res_desc": descs[3],
-                             **fixed})
+                _tma_blocks({"x_desc": x_d, "w_desc": w_d, "out_desc": out_d, "res_desc": res_d, **fixed})
                 fp8_gemm_epilogue_tma[grid](*args, NUM_SMS=sms, CTAS=1, FLATTEN=True, RESIDUAL=residual is not None,
                                             **fixed)
             return out
         grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
-        args = (x8, w8, *epi, m, n, k, _m_class(m),
+        args = (x8, w8, w_scale, bias, out, x_scale, o_scale, res, m, n, k, _m_class(m),
                 x8.stride(0), x8.stride(1), w8.stride(0), w8.stride(1), out.stride(0), out.stride(1))
         if autotune:
             tuned[grid](*args, RESIDUAL=residual is not None)
@@ -355,7 +353,8 @@ def _(x8, w8, w_scale, bias, x_scale, gains, context, eps):
 def _steps(out: torch.Tensor, ref: torch.Tensor, size: torch.Tensor, bits: int) -> dict:
     """The largest |out - ref| in steps of the format (``bits`` mantissa bits) at ``size``, and the share differing."""
     step = torch.exp2(torch.floor(torch.log2(size.clamp_min(2.0 ** -6))) - bits)
-    return {"max_diff_steps": float(((out - ref).abs() / step).max()), "share_differing": float((out != ref).float().mean())}
+    return {"max_diff_steps": float(((out - ref).abs() / step).max()),
+            "share_differing": float((out != ref).float().mean())}
 
 
 def interpreter_check(seed: int = 0) -> dict:
@@ -370,7 +369,8 @@ def interpreter_check(seed: int = 0) -> dict:
     def weights(n, k):
         w32 = torch.randn(n, k, generator=g) / k ** 0.5
         w_scale = w32.abs().amax(1) / FP8_MAX
-        return (w32 / w_scale[:, None]).to(torch.float8_e4m3fn), w_scale, (0.1 * torch.randn(n, generator=g)).to(torch.bfloat16)
+        bias = (0.1 * torch.randn(n, generator=g)).to(torch.bfloat16)
+        return (w32 / w_scale[:, None]).to(torch.float8_e4m3fn), w_scale, bias
 
     w8, w_scale, bias = weights(n, k)
     x_scale, out_scale = torch.tensor(20.0 / FP8_MAX), torch.tensor(12.0 / FP8_MAX)

@@ -25,7 +25,8 @@ timeout 60 python3 -m flexrt.benchmarks.fp16_render_psnr --preset flex1 --pairs 
   --out $OUT/psnr 2>&1 | tail -2
 el stage costs
 LEFT=$(( 560 - $(date +%s) + T0 ))
-timeout $LEFT python3 "$REPO/dev/stage_costs_probe.py" --backend torch-compiled-fp8-up8 --batches 1,4,8,16,24,32,48,64 \
-  --out $OUT/stage > $OUT/stage_costs.log 2>&1; echo "rc=$?"
+TRITON_PRINT_AUTOTUNING=1 timeout $LEFT python3 "$REPO/dev/stage_costs_probe.py" --backend torch-compiled-fp8-up8 \
+  --batches 1,4,8,16,24,32,48,64 --out $OUT/stage > $OUT/stage_costs.log 2>&1; echo "rc=$?"
 grep "^{" $OUT/stage_costs.log | cut -c1-250
+grep -i "best config" $OUT/stage_costs.log | sort | uniq -c | sort -rn | head -12 | cut -c1-220  # to prune the configs
 el done

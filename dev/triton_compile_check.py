@@ -1,4 +1,4 @@
-"""Compile the FP8 GEMM kernels (kernels/_fp8_gemm_triton.py) for sm_90 on a machine without a GPU: Triton's own
+"""Compile the FP8 GEMM and convolution kernels (kernels/_fp8_triton.py) for sm_90 on a machine without a GPU: Triton's own
 front end, LLVM and the ptxas it bundles, every autotuning config of kernels/fp8_gemm.py. Catches what the CPU
 interpreter cannot (layouts, TMA and wgmma lowering, shared memory over the limit); says nothing about speed or
 numbers. Run it with the Triton the device has (a venv: pip install --no-deps triton==3.6.0):
@@ -12,7 +12,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from flexrt.kernels import _fp8_gemm_triton as K
+from flexrt.kernels import _fp8_triton as K
 
 TARGET = GPUTarget("cuda", 90, 32)
 
@@ -81,6 +81,18 @@ def main() -> int:
             except Exception as e:  # noqa: BLE001
                 failures += 1
                 print(f"FAIL {name}: {type(e).__name__}: {str(e)[:400]}")
+    conv = {"x_ptr": "*fp8e4nv", "w_ptr": "*fp8e4nv", "w_scale_ptr": "*fp32", "bias_ptr": "*fp32", "out_ptr": "*bf16",
+            "x_scale_ptr": "*fp32", "B": "i32", "H": "i32", "W": "i32", "C": "i32", "N": "i32", "B_CLASS": "i32"}
+    for bm, bn, bk, w, s in ((128, 128, 128, 8, 3), (128, 256, 128, 8, 3), (128, 128, 64, 4, 4),
+                             (256, 128, 128, 8, 3), (128, 256, 64, 8, 4), (64, 128, 128, 4, 4)):
+        name = f"fp8_conv3x3 {bm}x{bn}x{bk} w{w} s{s}"
+        try:
+            dt, smem, regs = compile_one(K.fp8_conv3x3_kernel, conv,
+                                         {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, w, s)
+            print(f"ok   {name}: {dt:.1f} s, {smem} B shared, {regs} registers")
+        except Exception as e:  # noqa: BLE001
+            failures += 1
+            print(f"FAIL {name}: {type(e).__name__}: {str(e)[:400]}")
     print(f"triton {triton.__version__}: {failures} failures")
     return 1 if failures else 0
 

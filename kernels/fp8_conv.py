@@ -33,7 +33,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .fp8_gemm import FP8_MAX, _use_triton, fused_fp8_status
+from .fp8_gemm import FP8_MAX, _triton_version, _use_triton, fused_fp8_status
 
 LRELU_SLOPE = 0.2
 LRELU_GAIN = math.sqrt(2.0)  # model/stylegan.py's constants, repeated in the kernel's epilogue
@@ -43,7 +43,11 @@ CONV_CLAMP = 256.0
 def fp8_conv_status(device) -> tuple[str | None, str]:
     """-> (backend, why): "triton" on a CUDA device with FP8 tensor cores and Triton, "torch" (reference ops) on a
     CPU, None on a CUDA device that cannot run the kernel; ``why`` says which and why, in one line."""
-    backend, why = fused_fp8_status(device)
+    backend, why = fused_fp8_status(device)  # same requirements as the FP8 GEMMs; the kernel is this module's
+    if backend == "triton":
+        cap = torch.cuda.get_device_capability(torch.device(device))
+        return backend, f"FP8 convolutions: Triton {_triton_version()} implicit-GEMM kernel on compute capability " \
+                        f"{cap[0]}.{cap[1]}"
     return backend, why.replace("fused FP8 epilogues", "FP8 convolutions")
 
 
@@ -57,62 +61,15 @@ def _build(autotune: bool = True):
     """-> launch(x8, w8, w_scale, bias, x_scale, out); ``autotune=False``: one small fixed tile (Triton's CPU
     interpreter, TRITON_INTERPRET=1, has no driver to time configs with)."""
     import triton
-    import triton.language as tl
-    import triton.testing
 
-    @triton.jit
-    def fp8_conv3x3_kernel(x_ptr, w_ptr, w_scale_ptr, bias_ptr, out_ptr, x_scale_ptr, B, H, W, C, N, B_CLASS,
-                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                           GROUP_M: tl.constexpr):
-        # x [B,H,W,C] e4m3, w [N,3,3,C] e4m3, out [B,H,W,N] bf16, all contiguous
-        # 1. the tile: BLOCK_M output pixels x BLOCK_N channels, grouped order (neighbouring programs share pixels)
-        m_total = B * H * W
-        pid = tl.program_id(0)
-        grid_m, grid_n = tl.cdiv(m_total, BLOCK_M), tl.cdiv(N, BLOCK_N)
-        group = GROUP_M * grid_n
-        first_m = (pid // group) * GROUP_M
-        rows = min(grid_m - first_m, GROUP_M)
-        pid_m = first_m + (pid % group) % rows
-        pid_n = (pid % group) // rows
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # (b, h, w) flattened
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        offs_k = tl.arange(0, BLOCK_K)
-        m_ok = offs_m < m_total
-        n_ok = offs_n < N
-        w_pix = offs_m % W
-        h_pix = (offs_m // W) % H
-        # 2. implicit GEMM: K = 9 taps x C channels; a tap reads the pixel shifted by (dy, dx), zero outside
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for tap in range(9):
-            dy = tap // 3 - 1
-            dx = tap % 3 - 1
-            hs = h_pix + dy
-            ws = w_pix + dx
-            inside = m_ok & (hs >= 0) & (hs < H) & (ws >= 0) & (ws < W)
-            src = (offs_m + dy * W + dx) * C  # same image: the shifted row / column
-            for c0 in range(0, C, BLOCK_K):
-                c_ok = (c0 + offs_k) < C
-                a = tl.load(x_ptr + src[:, None] + (c0 + offs_k)[None, :], mask=inside[:, None] & c_ok[None, :],
-                            other=0.0)
-                b = tl.load(w_ptr + offs_n[None, :] * (9 * C) + tap * C + (c0 + offs_k)[:, None],
-                            mask=n_ok[None, :] & c_ok[:, None], other=0.0)
-                acc = tl.dot(a, b, acc)
-        # 3. epilogue in fp32: dequantise, bias, leaky ReLU x sqrt(2), clamp +-256, one rounding to bf16
-        w_scale = tl.load(w_scale_ptr + offs_n, mask=n_ok, other=0.0)
-        bias = tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0)
-        y = acc * (tl.load(x_scale_ptr) * w_scale)[None, :] + bias[None, :]
-        y = tl.where(y >= 0, y, 0.2 * y) * 1.4142135623730951  # LRELU_SLOPE, LRELU_GAIN (no globals in jit)
-        y = tl.minimum(tl.maximum(y, -256.0), 256.0)  # CONV_CLAMP
-        tl.store(out_ptr + offs_m[:, None] * N + offs_n[None, :], y.to(out_ptr.dtype.element_ty),
-                 mask=m_ok[:, None] & n_ok[None, :])
+    from flexrt.kernels._fp8_triton import fp8_conv3x3_kernel, quick_bench
 
     # tiles measured on the H200 (dev/fp8_conv_probe.py) at FLEX-1's four convolutions
     configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=wp, num_stages=st)
                for bm, bn, bk, wp, st in ((128, 128, 128, 8, 3), (128, 256, 128, 8, 3), (128, 128, 64, 4, 4),
                                           (256, 128, 128, 8, 3), (128, 256, 64, 8, 4), (64, 128, 128, 4, 4))]
-    bench = lambda kernel_call, quantiles: triton.testing.do_bench(  # noqa: E731 (short timing: 6 configs a shape)
-        kernel_call, warmup=5, rep=20, quantiles=quantiles)
-    tuned = triton.autotune(configs=configs, key=["B_CLASS", "H", "W", "C", "N"], do_bench=bench)(fp8_conv3x3_kernel)
+    tuned = triton.autotune(configs=configs, key=["B_CLASS", "H", "W", "C", "N"], do_bench=quick_bench)(
+        fp8_conv3x3_kernel)
     fixed = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4}
 
     def launch(x8, w8, w_scale, bias, x_scale, out):

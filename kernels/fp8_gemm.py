@@ -22,7 +22,7 @@ function. H200, 64 frames (docs/BENCHMARKS.md, "2026-12-03, 07:09-07:55 UTC"): q
 cuBLAS + the compiled norms and joins; the three epilogue GEMMs 1.3-2x cuBLAS's bare product (their epilogues do
 not overlap the MMAs: docs/SERVING.md, "What holds 64 streams back").
 
-Kernels (kernels/_fp8_gemm_triton.py): on compute capability >= 9.0 the operands, residual and output go through TMA
+Kernels (kernels/_fp8_triton.py): on compute capability >= 9.0 the operands, residual and output go through TMA
 descriptors and a persistent grid walks the tiles (``FLEXRT_FP8_GEMM=pointer`` forces the pointer-load kernel, for
 A/B measurements); on 8.9 (Ada) the pointer-load kernel runs the GEMMs, and the q|k|v function runs as separate
 ops (the decoder then keeps its unfused q|k|v path: ``fused_qkv_available``). Backends (``fused_fp8_status``, one
@@ -140,11 +140,9 @@ def _build(autotune: bool = True):
     ``autotune=False``: one small fixed tile (Triton's CPU interpreter, TRITON_INTERPRET=1, has no driver to time
     configs with)."""
     import triton
-    import triton.language as tl
-    import triton.testing
     from triton.tools.tensor_descriptor import TensorDescriptor
 
-    from flexrt.kernels._fp8_gemm_triton import fp8_gemm_epilogue, fp8_gemm_epilogue_tma, fp8_qkv_rmsnorm_tma
+    from flexrt.kernels._fp8_triton import fp8_gemm_epilogue, fp8_gemm_epilogue_tma, fp8_qkv_rmsnorm_tma, quick_bench
 
     # tiles measured on the H200 (dev/fused_ffn_probe.py): 128-256 x 128-256 with BLOCK_K 64-128 win at FLEX-1's shapes
     configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
@@ -171,13 +169,11 @@ def _build(autotune: bool = True):
                    for bm, bk, w, s, c in ((128, 128, 8, 3, 1), (128, 64, 8, 4, 1), (128, 128, 8, 4, 1),
                                            (64, 128, 4, 4, 1), (64, 128, 4, 3, 2), (128, 64, 8, 3, 2))
                    for f in (True, False)]
-    bench = lambda kernel_call, quantiles: triton.testing.do_bench(  # noqa: E731 (short timing: few configs a shape)
-        kernel_call, warmup=5, rep=20, quantiles=quantiles)
     key = ["M_CLASS", "N", "K", "RESIDUAL"]
-    tuned = triton.autotune(configs=configs, key=key, do_bench=bench)(fp8_gemm_epilogue)
-    tuned_tma = triton.autotune(configs=tma_configs, key=key, do_bench=bench)(fp8_gemm_epilogue_tma)
-    tuned_qkv = triton.autotune(configs=qkv_configs, key=["M_CLASS", "K", "N_HEADS", "SUB"], do_bench=bench)(
-        fp8_qkv_rmsnorm_tma)
+    tuned = triton.autotune(configs=configs, key=key, do_bench=quick_bench)(fp8_gemm_epilogue)
+    tuned_tma = triton.autotune(configs=tma_configs, key=key, do_bench=quick_bench)(fp8_gemm_epilogue_tma)
+    tuned_qkv = triton.autotune(configs=qkv_configs, key=["M_CLASS", "K", "N_HEADS", "SUB"],
+                                do_bench=quick_bench)(fp8_qkv_rmsnorm_tma)
     fixed = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}
 
     def launch(x8, w8, w_scale, bias, x_scale, out, out_scale=None, residual=None, kernel="tma"):

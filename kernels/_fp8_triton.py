@@ -1,7 +1,14 @@
-"""Triton kernels of kernels/fp8_gemm.py (imported by it on first use; Triton resolves the helpers a kernel calls
-as module globals, so they live here at module level). Shapes, operands and the autotuning are fp8_gemm.py's."""
+"""Triton kernels of kernels/fp8_gemm.py and kernels/fp8_conv.py (imported by them on first use; Triton resolves
+the helpers a kernel calls as module globals, so they live here at module level). Shapes, operands and the
+autotuning configs are those modules'."""
 import triton
 import triton.language as tl
+import triton.testing
+
+
+def quick_bench(kernel_call, quantiles):
+    """The autotuners' timing: short (5 ms warm-up, 20 ms of repetitions), a handful of configs a shape at warm-up."""
+    return triton.testing.do_bench(kernel_call, warmup=5, rep=20, quantiles=quantiles)
 
 
 @triton.jit
@@ -148,3 +155,44 @@ def fp8_qkv_rmsnorm_tma(x_desc, w_desc, w_scale_ptr, bias_ptr, x_scale_ptr, gain
         tl.store(ptrs, y0.to(out_ptr.dtype.element_ty), mask=m_ok)
         tl.store(ptrs + SUB, y1.to(out_ptr.dtype.element_ty), mask=m_ok)
         tl.store(ptrs + 2 * SUB, y2.to(out_ptr.dtype.element_ty), mask=m_ok)
+
+
+@triton.jit
+def fp8_conv3x3_kernel(x_ptr, w_ptr, w_scale_ptr, bias_ptr, out_ptr, x_scale_ptr, B, H, W, C, N, B_CLASS,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                       GROUP_M: tl.constexpr):
+    # x [B,H,W,C] e4m3, w [N,3,3,C] e4m3, out [B,H,W,N] bf16, all contiguous
+    # 1. the tile: BLOCK_M output pixels x BLOCK_N channels, grouped order (neighbouring programs share pixels)
+    m_total = B * H * W
+    pid_m, pid_n = _tile(tl.program_id(0), tl.cdiv(m_total, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # (b, h, w) flattened
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    m_ok = offs_m < m_total
+    n_ok = offs_n < N
+    w_pix = offs_m % W
+    h_pix = (offs_m // W) % H
+    # 2. implicit GEMM: K = 9 taps x C channels; a tap reads the pixel shifted by (dy, dx), zero outside
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for tap in range(9):
+        dy = tap // 3 - 1
+        dx = tap % 3 - 1
+        hs = h_pix + dy
+        ws = w_pix + dx
+        inside = m_ok & (hs >= 0) & (hs < H) & (ws >= 0) & (ws < W)
+        src = (offs_m + dy * W + dx) * C  # same image: the shifted row / column
+        for c0 in range(0, C, BLOCK_K):
+            c_ok = (c0 + offs_k) < C
+            a = tl.load(x_ptr + src[:, None] + (c0 + offs_k)[None, :], mask=inside[:, None] & c_ok[None, :],
+                        other=0.0)
+            b = tl.load(w_ptr + offs_n[None, :] * (9 * C) + tap * C + (c0 + offs_k)[:, None],
+                        mask=n_ok[None, :] & c_ok[:, None], other=0.0)
+            acc = tl.dot(a, b, acc)
+    # 3. epilogue in fp32: dequantise, bias, leaky ReLU x sqrt(2), clamp +-256, one rounding to bf16
+    w_scale = tl.load(w_scale_ptr + offs_n, mask=n_ok, other=0.0)
+    bias = tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0)
+    y = acc * (tl.load(x_scale_ptr) * w_scale)[None, :] + bias[None, :]
+    y = tl.where(y >= 0, y, 0.2 * y) * 1.4142135623730951  # LRELU_SLOPE, LRELU_GAIN (no globals in jit)
+    y = tl.minimum(tl.maximum(y, -256.0), 256.0)  # CONV_CLAMP
+    tl.store(out_ptr + offs_m[:, None] * N + offs_n[None, :], y.to(out_ptr.dtype.element_ty),
+             mask=m_ok[:, None] & n_ok[None, :])

@@ -242,7 +242,6 @@ def render(
         recA = ws.get(ops, "recA", 4 * IN, np.float32)
         recB = ws.get(ops, "recB", 4 * IN, np.float32)
         recC = ws.get(ops, "recC", IN, np.float32)
-        box = ws.get(ops, "box", 4 * IN, np.float32)
         ops.launch(
             "fr_project", ((IN + _BLOCK - 1) // _BLOCK,), _BLOCK,
             (
@@ -256,9 +255,9 @@ def render(
         mark("project")
         ops.sort_rows(zkey, zsorted, order, I, N)  # stable: ties keep the Gaussian index order
         mark("depth_sort")
-        rec_ptrs = (ops.ptr(recA), ops.ptr(recB), ops.ptr(recC), ops.ptr(box))
+        rec_ptrs = (ops.ptr(recA), ops.ptr(recB), ops.ptr(recC))
     else:
-        rec_ptrs = (0, 0, 0, 0)
+        rec_ptrs = (0, 0, 0)
     bitmap = ws.get(ops, "bitmap", chunk * n_tiles * words, np.uint32)
     counter = ws.get(ops, "counter", 1, np.uint64) if stats is not None else None
     if counter is not None:
@@ -278,14 +277,14 @@ def render(
                     _p(ops.ptr(order)), _p(ops.ptr(geo0)), _p(ops.ptr(geo1)), _p(colors.data_ptr()),
                     np.int32(C), np.int32(N), np.int64(r_lo), np.int64(r_hi), np.int64(i0),
                     np.int32(tiles_x), np.int32(tiles_y), np.int32(words),
-                    _p(rec_ptrs[0]), _p(rec_ptrs[1]), _p(rec_ptrs[2]), _p(rec_ptrs[3]), _p(ops.ptr(bitmap)),
+                    _p(rec_ptrs[0]), _p(rec_ptrs[1]), _p(rec_ptrs[2]), _p(ops.ptr(bitmap)),
                 ),
             )
             mark("emit")
         ops.launch(
             blend, (n_tiles, ic), _BLEND_THREADS,
             (
-                _p(ops.ptr(bitmap)), _p(rec_ptrs[0]), _p(rec_ptrs[1]), _p(rec_ptrs[2]), _p(rec_ptrs[3]),
+                _p(ops.ptr(bitmap)), _p(rec_ptrs[0]), _p(rec_ptrs[1]), _p(rec_ptrs[2]),
                 np.int32(N), np.int32(words), np.int32(width), np.int32(height), np.int32(tiles_x), np.int64(i0),
                 _p(bg_ptr), np.int32(bg_stride), _p(out_rgb.data_ptr()), _p(out_alpha.data_ptr()),
             ),

@@ -54,6 +54,7 @@ static inline float __fmul_rn(float a, float b) { return a * b; }
 static inline float __fadd_rn(float a, float b) { return a + b; }
 static inline float __fsub_rn(float a, float b) { return a - b; }
 static inline float __fdiv_rn(float a, float b) { return a / b; }
+static inline float __fdividef(float a, float b) { return a / b; }
 static inline float __fsqrt_rn(float a) { return std::sqrt(a); }
 static inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
 static inline int __popc(unsigned int v) { return __builtin_popcount(v); }
@@ -146,10 +147,10 @@ extern "C" void emu_fr_project(unsigned gx, unsigned gy, unsigned bx,
 extern "C" void emu_fr_emit(unsigned gx, unsigned gy, unsigned bx,
     const long long* order, const float4* geo0, const float4* geo1, const float* colors, int C, int N,
     long long r_lo, long long r_hi, long long image0, int tiles_x, int tiles_y, int words,
-    float4* recA, float4* recB, float* recC, float4* box, u32* bitmap) {
+    float4* recA, float4* recB, float* recC, u32* bitmap) {
     fr_emu_launch(gx, gy, bx, false, [&] {
         fr_emit(order, geo0, geo1, colors, C, N, r_lo, r_hi, image0, tiles_x, tiles_y, words, recA, recB, recC,
-                box, bitmap);
+                bitmap);
     });
 }
 extern "C" void emu_fr_count_bits(unsigned gx, unsigned gy, unsigned bx, const u32* bitmap, long long n_words,
@@ -158,10 +159,10 @@ extern "C" void emu_fr_count_bits(unsigned gx, unsigned gy, unsigned bx, const u
 }
 #define EMU_BLEND(NAME)                                                                                        \
     extern "C" void emu_##NAME(unsigned gx, unsigned gy, unsigned bx, const u32* bitmap, const float4* recA,  \
-        const float4* recB, const float* recC, const float4* box, int N, int words, int width, int height, int tiles_x,          \
+        const float4* recB, const float* recC, int N, int words, int width, int height, int tiles_x,            \
         long long image0, const float* bg, int bg_stride, void* out_rgb, void* out_alpha) {                    \
         fr_emu_launch(gx, gy, bx, true, [&] {                                                                  \
-            NAME(bitmap, recA, recB, recC, box, N, words, width, height, tiles_x, image0, bg, bg_stride, out_rgb,   \
+            NAME(bitmap, recA, recB, recC, N, words, width, height, tiles_x, image0, bg, bg_stride, out_rgb,        \
                  out_alpha);                                                                                   \
         });                                                                                                    \
     }

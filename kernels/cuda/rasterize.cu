@@ -9,9 +9,10 @@
 //   fr_emit      [I*N threads]   in rank order: the blend record at its rank, and one bit (tile, rank) per tile
 //                                touched (exact ellipse vs tile-row test) with atomicOr
 //   fr_blend_*   [n_tiles, I]    4 warps per tile, one per 8x8 sub-tile: walk the tile's bitmap in rank order,
-//                                drop records whose ellipse box misses the sub-tile (one ballot per 32
-//                                candidates), blend the rest front to back with gsplat's alpha and
-//                                transmittance rules, early exit per warp
+//                                drop records whose alpha stays below 1/255 at every pixel centre of the
+//                                sub-tile (exact ellipse vs rectangle test, one ballot per 32 candidates),
+//                                blend the rest front to back with gsplat's alpha and transmittance rules,
+//                                early exit per warp
 //   fr_count_bits                (statistics only) total number of (tile, Gaussian) pairs
 //
 // Numerics follow kernels/_torch_ref.py (the oracle) operation by operation where it matters.
@@ -23,6 +24,9 @@
 #define FR_ALPHA_MAX 0.999f
 #define FR_EXTEND_CAP 3.33f
 #define FR_FLT_MAX 3.402823466e+38f
+#define FR_LOG2E 1.4426950408889634f
+#define FR_LOG2_255 7.994353436858858f  // alpha >= 1/255  <=>  log2(o) - s >= -log2(255)
+#define FR_CULL_MARGIN 1e-3f            // in s (log2 units): the sub-tile test keeps records within it
 #define FR_FULL 0xffffffffu
 // ranks covered by one bitmap pass of a warp: 32 lanes x 2 words x 32 bits; bitmap rows are padded to it
 #define FR_PASS_RANKS 2048
@@ -197,10 +201,9 @@ extern "C" __global__ void __launch_bounds__(256) fr_emit(
     const float* __restrict__ colors,     // [B, N, 3]
     const int C, const int N, const long long r_lo, const long long r_hi, const long long image0,
     const int tiles_x, const int tiles_y, const int words,  // words = 32-bit words per bitmap row
-    float4* __restrict__ recA,            // [I*N] (mx, my, conic a, conic b) at r
-    float4* __restrict__ recB,            // [I*N] (conic c, opacity, red, green) at r
+    float4* __restrict__ recA,            // [I*N] (mx, my, a2, b2) at r   (the blend's conic form, below)
+    float4* __restrict__ recB,            // [I*N] (c2, log2 opacity, red, green) at r
     float* __restrict__ recC,             // [I*N] blue at r
-    float4* __restrict__ box,             // [I*N] (x0, x1, y0, y1): pixel box of the ellipse at r
     u32* __restrict__ bitmap              // [images of this chunk, n_tiles, words], zero on entry
 ) {
     const long long r = r_lo + (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -216,12 +219,12 @@ extern "C" __global__ void __launch_bounds__(256) fr_emit(
     int ty0, ty1;
     if (!fr_rows(e, tiles_y, &ty0, &ty1)) return;  // misses the image
     const long long bg = (image / C) * N + g;
+    // the conic (a, b, c) = (syy, -sxy, sxx) / det as the blend uses it: s = a2 dx^2 + b2 dx dy + c2 dy^2 is
+    // log2(e) * sigma (gsplat's sigma = (a dx^2 + c dy^2) / 2 + b dx dy), so alpha = o exp(-sigma) = 2^(log2 o - s)
     const float inv_det = 1.f / g1.w;
-    recA[r] = make_float4(g0.x, g0.y, g1.z * inv_det, -g1.y * inv_det);
-    recB[r] = make_float4(g1.x * inv_det, g0.z, colors[bg * 3 + 0], colors[bg * 3 + 1]);
+    recA[r] = make_float4(g0.x, g0.y, 0.5f * FR_LOG2E * g1.z * inv_det, -FR_LOG2E * g1.y * inv_det);
+    recB[r] = make_float4(0.5f * FR_LOG2E * g1.x * inv_det, log2f(g0.z), colors[bg * 3 + 0], colors[bg * 3 + 1]);
     recC[r] = colors[bg * 3 + 2];
-    const float hx = __fmul_rn(e.r, __fsqrt_rn(e.sxx)), hy = __fmul_rn(e.r, __fsqrt_rn(e.syy));
-    box[r] = make_float4(g0.x - hx, g0.x + hx, g0.y - hy, g0.y + hy);
 
     const long long n_tiles = (long long)tiles_x * tiles_y;
     u32* row0 = bitmap + (image - image0) * n_tiles * (long long)words + (rank >> 5);
@@ -247,9 +250,39 @@ __device__ __forceinline__ unsigned short fr_f2h(const float f) {
 #endif
 }
 
+__device__ __forceinline__ float fr_ex2(const float x) {  // 2^x, the SFU's approximation (as __expf uses)
+#ifdef FR_HOST_EMU
+    return std::exp2(x);
+#else
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+#endif
+}
+
+// The smallest s = a2 dx^2 + b2 dx dy + c2 dy^2 (d = p - m, A = (mx, my, a2, b2)) over the rectangle of pixel
+// centres [x0, x1] x [y0, y1]: 0 if m lies inside; else its minimum lies on an edge that faces m (from any other
+// boundary point the segment towards m enters the rectangle, where s is lower), found in closed form along it.
+__device__ __forceinline__ float fr_s_min(const float4 A, const float c2, const float x0, const float x1,
+                                          const float y0, const float y1) {
+    const float ex = fminf(fmaxf(A.x, x0), x1), ey = fminf(fmaxf(A.y, y0), y1);
+    float best = (ex == A.x && ey == A.y) ? 0.f : FR_FLT_MAX;
+    if (ex != A.x) {  // the edge x = ex: s(dy) is smallest at dy = -b2 dx / (2 c2), clamped into the edge
+        const float dx = ex - A.x;
+        const float dy = fminf(fmaxf(__fdividef(-A.w * dx, 2.f * c2), y0 - A.y), y1 - A.y);
+        best = fminf(best, fmaf(fmaf(c2, dy, A.w * dx), dy, A.z * dx * dx));
+    }
+    if (ey != A.y) {  // the edge y = ey
+        const float dy = ey - A.y;
+        const float dx = fminf(fmaxf(__fdividef(-A.w * dy, 2.f * A.z), x0 - A.x), x1 - A.x);
+        best = fminf(best, fmaf(fmaf(A.z, dx, A.w * dy), dx, c2 * dy * dy));
+    }
+    return best;
+}
+
 // front to back over nk records in shared memory, for one lane's two pixels. Branch-free: a record that does
-// not count (done pixel, sigma < 0, alpha < 1/255) has alpha = 0, which leaves T and the colour bit-identical, so
-// consecutive records overlap (ILP).
+// not count (done pixel, s < 0, alpha < 1/255) has alpha = 0, which leaves T and the colour bit-identical, so
+// consecutive records overlap (ILP). Per record and pixel: two FMAs for s, one SFU 2^x for alpha.
 __device__ __forceinline__ void fr_blend_records(const float4* __restrict__ sA, const float4* __restrict__ sB,
                                                  const float* __restrict__ sC, const int nk, const float px,
                                                  const float py[2], float T[2], float acc[2][3], bool done[2]) {
@@ -259,12 +292,13 @@ __device__ __forceinline__ void fr_blend_records(const float4* __restrict__ sA, 
         const float4 Bv = sB[k];
         const float cb = sC[k];
         const float dx = A.x - px;
+        const float sx = A.z * dx * dx, bx = A.w * dx;  // shared by the lane's two pixels (same column)
 #pragma unroll
         for (int p = 0; p < 2; ++p) {
             const float dy = A.y - py[p];
-            const float sigma = 0.5f * (A.z * dx * dx + Bv.x * dy * dy) + A.w * dx * dy;
-            const float alpha = fminf(FR_ALPHA_MAX, Bv.y * __expf(-sigma));
-            const bool hit = !done[p] && sigma >= 0.f && alpha >= FR_ALPHA_THRESHOLD;
+            const float s = fmaf(fmaf(Bv.x, dy, bx), dy, sx);  // log2(e) * sigma
+            const float alpha = fminf(FR_ALPHA_MAX, fr_ex2(Bv.y - s));
+            const bool hit = !done[p] && s >= 0.f && alpha >= FR_ALPHA_THRESHOLD;
             const float next_T = T[p] * (1.f - (hit ? alpha : 0.f));
             const bool stop = hit && next_T <= FR_T_STOP;  // exclusive: this Gaussian is not blended
             const bool use = hit && !stop;
@@ -282,7 +316,6 @@ template <bool HALF>
 __device__ __forceinline__ void fr_blend_impl(
     const u32* __restrict__ bitmap,       // [images of this chunk, n_tiles, words]
     const float4* __restrict__ recA, const float4* __restrict__ recB, const float* __restrict__ recC,
-    const float4* __restrict__ box,
     const int N, const int words, const int width, const int height, const int tiles_x, const long long image0,
     const float* __restrict__ bg,         // [I, 3] (bg_stride 3) or [3] (bg_stride 0) or null (black)
     const int bg_stride,
@@ -316,8 +349,8 @@ __device__ __forceinline__ void fr_blend_impl(
         T[p] = 1.f;
         acc[p][0] = acc[p][1] = acc[p][2] = 0.f;
     }
-    // the sub-tile as whole pixel squares: pixel centres keep a 0.5 px margin inside the culling box
-    const float bx0 = (float)sx0, bx1 = (float)(sx0 + FR_SUB), by0 = (float)sy0, by1 = (float)(sy0 + FR_SUB);
+    // the sub-tile's pixel centres, for the cull test
+    const float cx0 = sx0 + 0.5f, cx1 = sx0 + FR_SUB - 0.5f, cy0 = sy0 + 0.5f, cy1 = sy0 + FR_SUB - 0.5f;
     const u32 lt_mask = (1u << lane) - 1u;
     const u32* row = bitmap + (li * n_tiles + tile) * (long long)words;
     const long long rec0 = image * N;
@@ -351,19 +384,20 @@ __device__ __forceinline__ void fr_blend_impl(
         }
         __syncwarp();
         const long long pass0 = rec0 + (long long)w0 * 32;
-        // 32 candidates at a time, one per lane: box test against this sub-tile + ballot, the kept ones
-        // blended at once; the next 32 are loaded meanwhile
-        float4 bxv = make_float4(1.f, 0.f, 1.f, 0.f), a = bxv, bb = bxv;
+        // 32 candidates at a time, one per lane: does alpha reach 1/255 at a pixel centre of this sub-tile
+        // (the ellipse test; the tile's bitmap came from the 16-px tile's) + ballot, the kept ones blended at
+        // once; the next 32 are loaded meanwhile
+        float4 a = make_float4(0.f, 0.f, 1.f, 0.f), bb = make_float4(1.f, 0.f, 0.f, 0.f);
         float c = 0.f;
         if (lane < total) {
             const long long rr = pass0 + s_list[warp][lane];
-            bxv = box[rr];
             a = recA[rr];
             bb = recB[rr];
             c = recC[rr];
         }
         for (int j0 = 0; j0 < total && !wdone; j0 += 32) {
-            const bool keep = (j0 + lane < total) && bxv.y >= bx0 && bxv.x <= bx1 && bxv.w >= by0 && bxv.z <= by1;
+            const bool keep = (j0 + lane < total) &&
+                              fr_s_min(a, bb.x, cx0, cx1, cy0, cy1) <= bb.y + (FR_LOG2_255 + FR_CULL_MARGIN);
             const u32 m = __ballot_sync(FR_FULL, keep);
             if (keep) {
                 const int q = __popc(m & lt_mask);
@@ -374,7 +408,6 @@ __device__ __forceinline__ void fr_blend_impl(
             __syncwarp();
             if (j0 + 32 + lane < total) {  // prefetch
                 const long long rr = pass0 + s_list[warp][j0 + 32 + lane];
-                bxv = box[rr];
                 a = recA[rr];
                 bb = recB[rr];
                 c = recC[rr];
@@ -417,11 +450,11 @@ __device__ __forceinline__ void fr_blend_impl(
 #define FR_BLEND(NAME, HALF)                                                                                   \
     extern "C" __global__ void __launch_bounds__(128) NAME(                                                    \
         const u32* __restrict__ bitmap, const float4* __restrict__ recA, const float4* __restrict__ recB,      \
-        const float* __restrict__ recC, const float4* __restrict__ box, const int N, const int words,          \
+        const float* __restrict__ recC, const int N, const int words,                                          \
         const int width, const int height, const int tiles_x, const long long image0,                          \
         const float* __restrict__ bg, const int bg_stride, void* __restrict__ out_rgb,                         \
         void* __restrict__ out_alpha) {                                                                        \
-        fr_blend_impl<HALF>(bitmap, recA, recB, recC, box, N, words, width, height, tiles_x, image0, bg,        \
+        fr_blend_impl<HALF>(bitmap, recA, recB, recC, N, words, width, height, tiles_x, image0, bg,             \
                             bg_stride, out_rgb, out_alpha);                                                    \
     }
 

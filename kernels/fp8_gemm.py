@@ -288,6 +288,36 @@ def _(x8, w8, w_scale, bias, x_scale, residual):
     return torch.empty_like(residual)
 
 
+RESIDUAL_GEMM_ENV = "FLEXRT_FP8_RESIDUAL_GEMM"  # "rowwise": to_out / ff_out as torch's row-wise FP8 GEMM (A/B)
+RESIDUAL_GEMMS = ("epilogue", "rowwise")
+
+
+def residual_gemm_choice() -> str:
+    """How the decoder's residual GEMMs (to_out, ff_out) run with fp8="fused": "epilogue" (default:
+    fp8_linear_residual, the residual add in our kernel's epilogue) or "rowwise" (FLEXRT_FP8_RESIDUAL_GEMM=rowwise:
+    fp8_linear_rowwise, the residual add left to the LayerNorm kernel that follows; an A/B of docs/SERVING.md's
+    "next lever")."""
+    choice = os.environ.get(RESIDUAL_GEMM_ENV, "epilogue")
+    if choice not in RESIDUAL_GEMMS:
+        raise ValueError(f"{RESIDUAL_GEMM_ENV} must be one of {RESIDUAL_GEMMS}, got {choice!r}")
+    return choice
+
+
+def fp8_linear_rowwise(x8: torch.Tensor, w8: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor,
+                       x_scale: torch.Tensor) -> torch.Tensor:
+    """x8 [M,K] e4m3, w8 [N,K] e4m3, w_scale [N] fp32, bias [N] bf16, x_scale [] fp32 -> bf16 [M,N] = x W^T + b.
+
+    On a CUDA GPU: ``torch._scaled_mm`` with a scale per row of x (x_scale repeated) and per column of W^T, the
+    bias in its epilogue (ATen's CUTLASS row-wise kernel on compute capability 8.9 / 9.x); elsewhere the reference
+    ops. A plain aten call, so inductor fuses what follows it (the residual add into the next LayerNorm)."""
+    _check(x8, w8, w_scale, bias, x_scale)
+    if x8.device.type != "cuda":
+        return _product_reference(x8, w8, w_scale, bias, x_scale).to(torch.bfloat16)
+    scale_a = x_scale.float().reshape(1, 1).expand(x8.shape[0], 1).contiguous()  # [M,1]
+    return torch._scaled_mm(x8, w8.t(), scale_a=scale_a, scale_b=w_scale.float().reshape(1, -1), bias=bias,
+                            out_dtype=torch.bfloat16, use_fast_accum=True)
+
+
 def _qkv_kernel_fits(head_dim: int) -> bool:
     """The q|k|v kernel computes a head as three MMAs of head_dim / 3 channels, a power of two >= 16 (FLEX-1: 64)."""
     sub = head_dim // 3

@@ -49,7 +49,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from flexrt.kernels.fp8_conv import conv_reference, fp8_conv3x3_lrelu, quantize_weight
-from flexrt.kernels.fp8_gemm import FP8_MAX, fp8_linear_gelu_quantize, fp8_linear_residual, fp8_qkv_rmsnorm
+from flexrt.kernels.fp8_gemm import (FP8_MAX, RESIDUAL_GEMMS, fp8_linear_gelu_quantize, fp8_linear_residual,
+                                     fp8_linear_rowwise, fp8_qkv_rmsnorm)
 
 from .flexavatar import DATASET_ID_3D, MAX_SCALE, MAX_XYZ_OFFSET_STEP, FlexAvatarModel
 from .gaussians import Gaussians
@@ -174,6 +175,12 @@ class Fp8Linear(_StaticInputScale):
         x8, w = self._fused_operands(x)
         return fp8_linear_residual(x8, *w, residual.reshape(-1, self.out_features)).reshape(residual.shape)
 
+    def forward_rowwise(self, x: torch.Tensor) -> torch.Tensor:
+        """bf16 [..., out] = x W^T + b through torch's row-wise-scaled FP8 GEMM, the bias in its epilogue
+        (kernels.fp8_gemm.fp8_linear_rowwise); x: bf16 or already-quantised e4m3 [..., in]."""
+        x8, w = self._fused_operands(x)
+        return fp8_linear_rowwise(x8, *w).reshape(*x.shape[:-1], self.out_features)
+
     def dequantized_weight(self) -> torch.Tensor:  # [out,in] fp32
         return self.weight_fp8.float() * self.weight_scale.t()
 
@@ -246,6 +253,8 @@ class DeployedJointBlock(nn.Module):
         self.ff_in, self.ff_out = block.ff.net[0].proj, block.ff.net[2]
         self.fused_epilogues = False  # fp8="fused": set by DeployedFrameDecoder once the sample linears are Fp8Linear
         self.fused_qkv = False  # fp8="fused" where kernels.fp8_gemm.fused_qkv_available: q|k|v + norms in one kernel
+        self.residual_gemm = "epilogue"  # fp8="fused": to_out / ff_out add the residual in their epilogue, or
+        # "rowwise": torch's row-wise FP8 GEMM, the residual added by the LayerNorm kernel that follows
         self.register_buffer("qk_gains", torch.stack([attn.norm_q.weight, attn.norm_k.weight]).detach().float(),
                              persistent=False)  # [2,hd]: the sample stream's q / k RMS-norm gains, for fused q|k|v
         if not block.context_pre_only:
@@ -284,9 +293,14 @@ class DeployedJointBlock(nn.Module):
         if self.fused_epilogues and self.ff_out.input_scale is not None:  # (not during calibration)
             # 3'. the same with the sample stream's epilogues in the FP8 GEMMs: to_out and ff_out add the residual,
             #     ff_in applies the GELU and quantises for ff_out; x stays bf16 [B,N,D]
-            x = self.to_out.forward_residual(y[:, :n], x)
-            h8 = self.ff_in.forward_gelu_quantized(F.layer_norm(x, (d,), eps=1e-6), self.ff_out.input_scale)
-            x = self.ff_out.forward_residual(h8, x)
+            if self.residual_gemm == "rowwise":  # the adds fuse into the LayerNorm + quantisation after each
+                x = x + self.to_out.forward_rowwise(y[:, :n])
+                h8 = self.ff_in.forward_gelu_quantized(F.layer_norm(x, (d,), eps=1e-6), self.ff_out.input_scale)
+                x = x + self.ff_out.forward_rowwise(h8)
+            else:
+                x = self.to_out.forward_residual(y[:, :n], x)
+                h8 = self.ff_in.forward_gelu_quantized(F.layer_norm(x, (d,), eps=1e-6), self.ff_out.input_scale)
+                x = self.ff_out.forward_residual(h8, x)
         else:
             x = x + self.to_out(y[:, :n])
             x = x + self.ff_out(F.gelu(self.ff_in(F.layer_norm(x, (d,), eps=1e-6)), approximate="tanh"))
@@ -305,8 +319,10 @@ class DeployedFrameDecoder(nn.Module):
     """avatar_code [B,HT,D], expression_codes [B,135] -> Gaussians [B,G,*] (fp32), 3D bias sink."""
 
     def __init__(self, model: FlexAvatarModel, precision: str = "fp32", fp8: str = "off", upsampler: str = "fp32",
-                 residual: str = "fp32", fused_qkv: bool = True):
+                 residual: str = "fp32", fused_qkv: bool = True, residual_gemm: str = "epilogue"):
         super().__init__()
+        if residual_gemm not in RESIDUAL_GEMMS:
+            raise ValueError(f"residual_gemm must be one of {list(RESIDUAL_GEMMS)}, got {residual_gemm!r}")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
         if upsampler not in UPSAMPLER_MODES:
@@ -365,6 +381,7 @@ class DeployedFrameDecoder(nn.Module):
                     setattr(block, name, Fp8Linear(linear, scaling="row" if fp8 == "row" else "static"))
                 block.fused_epilogues = fp8 == "fused"
                 block.fused_qkv = fp8 == "fused" and fused_qkv
+                block.residual_gemm = residual_gemm
         if upsampler in ("bf16", "fp8"):
             self.upsampler.to(torch.bfloat16).to(memory_format=torch.channels_last)
         if upsampler == "fp8":  # the 3x3 convolutions (nearly all the upsampler's FLOPs) with e4m3 operands

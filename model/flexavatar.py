@@ -231,15 +231,16 @@ class FlexAvatarModel(nn.Module):
         return self._decode(avatar_code, expression_codes, ids, 1, None)
 
     def deploy_decoder(self, precision: str = "fp32", fp8: str = "off", upsampler: str = "fp32",
-                       residual: str = "fp32", fused_qkv: bool = True) -> nn.Module:
+                       residual: str = "fp32", fused_qkv: bool = True, residual_gemm: str = "epilogue") -> nn.Module:
         """The per-frame decoder specialised for serving (model/deploy.py): same function as ``decode_frames``, fused
         projections, weights in ``precision`` (optionally FP8 GEMMs "row" / "static", a bf16 upsampler, a bf16
         residual stream; with fp8="fused", ``fused_qkv``: the q|k|v GEMM and its head norms in one kernel where the
-        device runs it). This model is unchanged."""
+        device runs it; ``residual_gemm``: how to_out / ff_out add the residual, model/deploy.py). This model is
+        unchanged."""
         from .deploy import DeployedFrameDecoder
 
         return DeployedFrameDecoder(self, precision=precision, fp8=fp8, upsampler=upsampler, residual=residual,
-                                    fused_qkv=fused_qkv)
+                                    fused_qkv=fused_qkv, residual_gemm=residual_gemm)
 
     def _dataset_ids(self, dataset_ids, b: int, device) -> torch.Tensor:
         if dataset_ids is None:

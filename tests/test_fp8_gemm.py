@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flexrt.kernels.fp8_gemm import (FP8_MAX, _build, fp8_linear_gelu_quantize, fp8_linear_residual, fp8_qkv_rmsnorm,
-                                     fused_fp8_status)
+from flexrt.kernels.fp8_gemm import (FP8_MAX, RESIDUAL_GEMM_ENV, _build, fp8_linear_gelu_quantize, fp8_linear_residual,
+                                     fp8_linear_rowwise, fp8_qkv_rmsnorm, fused_fp8_status)
 from flexrt.model.deploy import Fp8Linear
 from flexrt.model.pipeline import build_pipeline
 from flexrt.runtime.engines import TorchEngine
@@ -127,6 +127,34 @@ def test_engine_fp8_fused_close_to_fp32_and_to_static():
         p.model.deploy_decoder("bf16", fp8="fused")
 
 
+def test_engine_rowwise_residual_gemms_compute_the_same_function(monkeypatch):
+    """FLEXRT_FP8_RESIDUAL_GEMM=rowwise (to_out / ff_out as torch's row-wise FP8 GEMM, the residual added after it)
+    against the default epilogue path: the same function up to the bf16 rounding of the product before the add;
+    the engine says which runs; a wrong value is one line."""
+    p = build_pipeline("tiny")
+    code, expr = torch.randn(3, 64, 64), torch.randn(3, 135) * 0.5
+    ref = TorchEngine(p, precision="fp32").decode(code, expr)
+    epilogue = TorchEngine(p, precision="bf16", fp8="fused", residual="bf16")
+    assert epilogue.info.detail["residual_gemm"] == "epilogue"
+    monkeypatch.setenv(RESIDUAL_GEMM_ENV, "rowwise")
+    rowwise = TorchEngine(p, precision="bf16", fp8="fused", residual="bf16")
+    assert rowwise.info.detail["residual_gemm"] == "rowwise"
+    assert all(b.residual_gemm == "rowwise" for b in rowwise.decoder.blocks)
+    a, b = epilogue.decode(code, expr), rowwise.decode(code, expr)
+    for k in ref.keys():
+        assert float((a[k] - b[k]).abs().max()) > 0, k  # really another path
+        torch.testing.assert_close(b[k], a[k], rtol=0.05, atol=0.02 * float(ref[k].abs().max()))
+    assert float(_render_psnr(b, ref).min()) >= 45.0
+    x8, w8, w_scale, bias, x_scale, _ = _operands()
+    y = (x8.double() * float(x_scale)) @ (w8.double() * w_scale.double()[:, None]).t() + bias.double()
+    out = fp8_linear_rowwise(x8, w8, w_scale, bias, x_scale)
+    assert out.dtype == torch.bfloat16
+    assert float(((out.double() - y).abs() / y.abs().clamp_min(1e-3)).max()) <= 2.0 ** -8 + 1e-6
+    monkeypatch.setenv(RESIDUAL_GEMM_ENV, "cutlass")
+    with pytest.raises(ValueError, match="FLEXRT_FP8_RESIDUAL_GEMM must be one of"):
+        TorchEngine(p, precision="bf16", fp8="fused", residual="bf16")
+
+
 def interpreter_check_of(module: str) -> dict:
     """``module.interpreter_check()`` in a subprocess with TRITON_INTERPRET=1 (set before Triton is imported) -> its
     result; skips the calling test without Triton."""
@@ -226,6 +254,25 @@ def test_gpu_triton_kernel_matches_the_reference_ops(kernel):
 
 
 @pytest.mark.gpu
+def test_gpu_rowwise_gemm_matches_the_reference_ops():
+    """fp8_linear_rowwise on the GPU (ATen's row-wise FP8 GEMM, bias in its epilogue) against the reference ops, with
+    the fused kernels' bar: within 1.5x the error of the tensor-wise cuBLAS path and no more elements differing."""
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("row-wise FP8 GEMMs need a CUDA GPU of compute capability >= 8.9")
+    one = torch.ones((), device="cuda")
+    for m, n, k in ((4096, 768, 768), (1000, 768, 3072)):
+        x8, w8, w_scale, bias, x_scale, _ = _operands(m, n, k, device="cuda")
+        out = fp8_linear_rowwise(x8, w8, w_scale, bias, x_scale).float()
+        ref = fp8_linear_rowwise(*[t.cpu() for t in (x8, w8, w_scale, bias, x_scale)]).float().cuda()
+        unfused = (torch._scaled_mm(x8, w8.t(), scale_a=x_scale, scale_b=one, out_dtype=torch.bfloat16,
+                                    use_fast_accum=True).float() * w_scale + bias.float()).to(torch.bfloat16)
+        err, share = _agreement(out, ref)
+        err_unfused, share_unfused = _agreement(unfused.float(), ref)
+        assert err <= 1.5 * err_unfused + 1e-6 and share <= share_unfused + 5e-3, \
+            (m, n, k, err, err_unfused, share, share_unfused)
+
+
+@pytest.mark.gpu
 def test_gpu_qkv_rmsnorm_kernel_matches_the_reference_ops():
     """The q|k|v kernel (FLEX-1's 4 heads of 192; 1,024 tokens a frame, and 1,000 so frames end inside row tiles)
     against the composed ops in fp32 on the CPU, with the same bar as the GEMM kernels: within 1.5x the error of the
@@ -265,6 +312,16 @@ def test_gpu_fp8_fused_compiled_graphs_close_to_fp32(upsampler):
     assert fast.info.detail["fp8_kernels"].startswith("fused FP8 epilogues: Triton")
     assert ("FP8 convolutions: Triton" in fast.info.detail["fp8_kernels"]) == (upsampler == "fp8")
     out = fast.decode(code, expr).map(lambda t: t.clone())
+    assert float(_render_psnr(out, ref).min()) >= 45.0
+    if upsampler == "fp8":  # the residual GEMMs as torch's row-wise FP8 GEMM (FLEXRT_FP8_RESIDUAL_GEMM=rowwise)
+        os.environ[RESIDUAL_GEMM_ENV] = "rowwise"
+        try:
+            rowwise = TorchEngine(p, device="cuda", precision="bf16", fp8="fused", residual="bf16",
+                                  upsampler=upsampler, graphs="cuda", compile=True)
+        finally:
+            del os.environ[RESIDUAL_GEMM_ENV]
+        assert rowwise.info.detail["residual_gemm"] == "rowwise"
+        assert float(_render_psnr(rowwise.decode(code, expr), ref).min()) >= 45.0
     if upsampler == "bf16":  # FP8 convolutions add their own (larger) error: judged by the render alone
         for k in ref.keys():
             rel = lambda x: float((x[k] - ref[k]).abs().max() / ref[k].abs().max())  # noqa: E731

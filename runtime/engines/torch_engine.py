@@ -20,7 +20,7 @@ import torch
 import torch._dynamo
 
 from flexrt.kernels.fp8_conv import fp8_conv_status
-from flexrt.kernels.fp8_gemm import fused_fp8_status, fused_qkv_available
+from flexrt.kernels.fp8_gemm import fused_fp8_status, fused_qkv_available, residual_gemm_choice
 from flexrt.model.flexavatar import FlexAvatarModel
 from flexrt.model.gaussians import GAUSSIAN_ATTRIBUTES, Gaussians
 from flexrt.model.pipeline import Pipeline
@@ -77,7 +77,8 @@ class TorchEngine(Engine):
             upsampler = "bf16" if precision == "bf16" else "fp32"
         # the per-frame decoder: its own copy of the weights (fused, cast); the model stays fp32 for avatar creation
         self.decoder = self.model.deploy_decoder(precision=precision, fp8=fp8, upsampler=upsampler, residual=residual,
-                                                 fused_qkv=fused_qkv_available(device)).to(device)
+                                                 fused_qkv=fused_qkv_available(device),
+                                                 residual_gemm=residual_gemm_choice()).to(device)
         if self.decoder.needs_calibration:  # static FP8 activation scales, fixed before any compile or capture
             self.decoder.calibrate_fp8(*fp8_calibration_inputs(self.model, device))
         self.model.to(device).eval()
@@ -102,6 +103,7 @@ class TorchEngine(Engine):
                                + ("+fp8-upsampler" if upsampler == "fp8" else ""),
                                detail={"graphs": graphs, "upsampler": upsampler, "compile": compile, "fp8": fp8,
                                        "residual": residual, **({"fp8_kernels": fp8_kernels} if fp8_kernels else {}),
+                                       **({"residual_gemm": residual_gemm_choice()} if fp8 == "fused" else {}),
                                        "torch": torch.__version__, **{k: v for k, v in identity.items()
                                                                       if k in ("weights", "preset")}})
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, tuple, tuple]] = {}

@@ -8,7 +8,7 @@ source dev/device_env.sh
 cd /tmp
 T0=$(date +%s); el() { echo "[probe30 $(( $(date +%s) - T0 ))s] $*"; }
 el tests
-timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider "$REPO/tests/test_fp8_gemm.py" "$REPO/tests/test_fp8.py" \
+timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider "$REPO/tests/test_fp8_gemm.py" "$REPO/tests/test_fp8_conv.py" "$REPO/tests/test_fp8.py" \
   "$REPO/tests/test_jpeg.py" "$REPO/tests/test_frames_gpu.py" > $OUT/gpu_tests.log 2>&1
 TESTS_RC=$?
 grep -E "passed|failed|Error|assert" $OUT/gpu_tests.log | tail -6

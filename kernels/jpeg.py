@@ -346,7 +346,10 @@ class JpegEncoder:
         valid = idx[None, :] < nbytes[:, None]
         is_ff = (raw == 0xFF) & valid
         ff = is_ff.to(torch.int32)  # (int32: half the bytes of the batch-wide scan)
-        stuffed_pos = idx[None, :] + (torch.cumsum(ff, dim=1, dtype=torch.int32) - ff)
+        # one scan over the whole batch, then each frame's count at its first byte subtracted: a 1-D cumsum is one
+        # device-wide scan (CUB), where a per-row cumsum of [B, capacity] took 0.33 ms a 64-frame batch on the H200
+        before = torch.cumsum(ff.view(-1), dim=0, dtype=torch.int32).view(b, -1) - ff  # 0xFF bytes before, batch
+        stuffed_pos = idx[None, :] + (before - before[:, :1])
         stuffed_len = nbytes + is_ff.sum(dim=1)
         fits = stuffed_len <= self.scan_bytes
         out = torch.zeros(b, self.capacity, dtype=torch.uint8, device=dev)

@@ -75,6 +75,20 @@ def test_sizes_that_are_not_multiples_of_16_and_single_frames():
     assert dec.shape == (37, 50, 3) and _psnr(img, dec) > 35
 
 
+def test_a_batch_encodes_each_frame_as_alone_with_byte_stuffing():
+    """Byte stuffing counts each frame's own 0xFF bytes (one batch-wide scan, each frame's offset subtracted): every
+    frame of a batch is byte for byte its encoding alone, noise frames (many stuffed bytes) after other frames too."""
+    imgs = _images(seed=3)
+    batch = np.stack([imgs["noise"], imgs["head"], _images(seed=4)["noise"], imgs["smooth"]])
+    enc = JpegEncoder(48, 64, 90)
+    blobs = enc.to_bytes(*enc.encode(torch.from_numpy(batch)))
+    assert all(b.count(b"\xff\x00") > 0 for b in (blobs[0], blobs[2]))  # the noise frames have stuffed bytes
+    for img, blob in zip(batch, blobs):
+        assert blob == enc.to_bytes(*enc.encode(torch.from_numpy(img)[None]))[0]
+        libjpeg = np.asarray(Image.open(io.BytesIO(_pillow(img, 90))).convert("RGB"))
+        assert _psnr(img, np.asarray(Image.open(io.BytesIO(blob)).convert("RGB"))) > _psnr(img, libjpeg) - 0.5
+
+
 def test_frames_that_do_not_fit_are_flagged_not_corrupted():
     imgs = _images()
     enc = JpegEncoder(48, 64, 95, capacity=2000)  # the noise frame needs ~6 KB, the white one < 1 KB

@@ -205,7 +205,7 @@ def render(
     width: int,
     height: int,
     background: torch.Tensor | None,  # [B, C, 3], [3] (every image) or None (black)
-    out_rgb: torch.Tensor,  # [B, C, H, W, 3] float32 / float16, contiguous
+    out_rgb: torch.Tensor,  # [B, C, H, W, 3] float32 / float16 / uint8, contiguous
     out_alpha: torch.Tensor,  # [B, C, H, W, 1]
     near_plane: float,
     far_plane: float,
@@ -225,7 +225,6 @@ def render(
     chunk = images_per_chunk(I, N, n_tiles, max_bitmap_bytes)
     if N >= 2**31 or n_tiles >= 2**31:
         raise ValueError(f"too many Gaussians ({N}) or tiles ({n_tiles}) for one call")
-    half = out_rgb.dtype == torch.float16
     marks = [] if (stats is not None and stats.get("profile")) else None
 
     def mark(tag):
@@ -262,7 +261,7 @@ def render(
     counter = ws.get(ops, "counter", 1, np.uint64) if stats is not None else None
     if counter is not None:
         ops.memset0(counter, 8)
-    blend = "fr_blend_f16" if half else "fr_blend_f32"
+    blend = {torch.float32: "fr_blend_f32", torch.float16: "fr_blend_f16", torch.uint8: "fr_blend_u8"}[out_rgb.dtype]
     bg_ptr = 0 if background is None else background.data_ptr()
     bg_stride = 3 if background is not None and background.ndim == 3 else 0
     for i0 in range(0, I, chunk):

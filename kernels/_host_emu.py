@@ -168,6 +168,7 @@ extern "C" void emu_fr_count_bits(unsigned gx, unsigned gy, unsigned bx, const u
     }
 EMU_BLEND(fr_blend_f32)
 EMU_BLEND(fr_blend_f16)
+EMU_BLEND(fr_blend_u8)
 """
 
 _lib = None
@@ -309,9 +310,9 @@ def rasterize_host_emu(
     C = viewmats.shape[1]
     rgb = torch.empty(B, C, height, width, 3, dtype=out_dtype)
     alpha = torch.empty(B, C, height, width, 1, dtype=out_dtype)
-    if poison:
-        rgb.fill_(float("nan"))
-        alpha.fill_(float("nan"))
+    if poison:  # NaN; uint8 outputs: 0xAB (a value the tests do not expect at every pixel)
+        rgb.fill_(0xAB if out_dtype == torch.uint8 else float("nan"))
+        alpha.fill_(0xAB if out_dtype == torch.uint8 else float("nan"))
     ops = HostOps()
     ws = cb.Workspace()
     cb.render(ops, ws, means, quats, scales, opacities, colors, viewmats, Ks, width, height, background, rgb, alpha,

@@ -15,7 +15,7 @@ NEAR_PLANE = 0.01
 FAR_PLANE = 1e10
 EPS2D = 0.3
 BACKENDS = ("cpu", "cupy")
-OUT_DTYPES = (torch.float32, torch.float16)
+OUT_DTYPES = (torch.float32, torch.float16, torch.uint8)
 
 
 def sh_dc_to_rgb(c: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -116,6 +116,9 @@ def rasterize(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Render 3D Gaussians -> (rgb [..., C, H, W, 3], alpha [..., C, H, W, 1]) in ``out_dtype``.
 
+    ``out_dtype=torch.uint8``: 0..255, ``uint8(clamp(x, 0, 1) * 255 + 0.5)`` (round half up) of the fp32 result,
+    computed in the blend kernel (no fp32 image is written: what a server encoding frames wants).
+
     ``backend="cpu"``: the pure-PyTorch reference (runs on the tensors' device). ``backend="cupy"``: the
     CUDA kernels (needs CUDA tensors, CuPy and a GPU; raises RuntimeError when CuPy/CUDA is missing).
     Inputs of other float dtypes are cast to float32. No autograd. ``workspace`` (cupy): caller-owned work
@@ -124,7 +127,7 @@ def rasterize(
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
     if out_dtype not in OUT_DTYPES:
-        raise ValueError(f"out_dtype must be torch.float32 or torch.float16, got {out_dtype}")
+        raise ValueError(f"out_dtype must be torch.float32, torch.float16 or torch.uint8, got {out_dtype}")
     batch, N, C = _validate(means, quats, scales, opacities, colors, viewmats, Ks, width, height, background)
     B = math.prod(batch)
     dev = means.device
@@ -158,7 +161,10 @@ def rasterize(
 
             rgb, alpha = rasterize_torch(*args, width, height, bg, near_plane=NEAR_PLANE, far_plane=FAR_PLANE,
                                          eps2d=EPS2D)
-            rgb, alpha = rgb.to(out_dtype), alpha.to(out_dtype)
+            if out_dtype == torch.uint8:  # the same two roundings as the kernel (x 255, then + 0.5)
+                rgb, alpha = ((t.clamp(0.0, 1.0) * 255.0 + 0.5).to(torch.uint8) for t in (rgb, alpha))
+            else:
+                rgb, alpha = rgb.to(out_dtype), alpha.to(out_dtype)
     return rgb.reshape(batch + (C, height, width, 3)), alpha.reshape(batch + (C, height, width, 1))
 
 

@@ -329,9 +329,10 @@ class FrameRenderer:
     def _render_group(self, grp: _Group) -> None:
         """rasterize -> uint8 -> [JPEG] on the current stream, into the group's buffers (what the graph replays)."""
         means, quats, scales, opac, rgb, view, K, bg = grp.inputs
+        # uint8 straight from the blend kernel (rgb_to_uint8's rounding; no fp32 image in memory)
         image, _alpha = rasterize(means, quats, scales, opac, rgb, view, K, grp.width, grp.height, background=bg,
-                                  backend="cupy", workspace=grp.workspace)  # [n,1,H,W,3]
-        rgb_to_uint8(image[:, 0], out=grp.u8)
+                                  backend="cupy", out_dtype=torch.uint8, workspace=grp.workspace)  # [n,1,H,W,3]
+        grp.u8.copy_(image[:, 0])
         if grp.quality is not None:
             data, lengths = self._encoder(grp.width, grp.height, grp.quality).encode(grp.u8)
             if grp.jpeg is None:

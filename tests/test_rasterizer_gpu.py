@@ -118,6 +118,21 @@ def test_fp16_output_close_to_fp32(cuda_backend):
     torch.testing.assert_close(a16.float(), a32, rtol=0, atol=1e-3)
 
 
+def test_uint8_output_is_the_fp32_output_rounded(cuda_backend):
+    """out_dtype=torch.uint8 (the server's frames): exactly runtime.frames.rgb_to_uint8 of the fp32 output, every
+    pixel (the same blend, then clamp, x 255, + 0.5, truncated), with a background colour and across images."""
+    from flexrt.runtime.frames import rgb_to_uint8
+
+    s, view, K = _scene(58361, 6, 512, 2, batch=(2,))
+    bg = torch.tensor([[0.2, 0.5, 1.0], [1.0, 1.0, 1.0]], device="cuda")[:, None].expand(2, 2, 3)
+    r32, a32 = rasterize(**s, viewmats=view, Ks=K, width=512, height=512, background=bg, backend="cupy")
+    r8, a8 = rasterize(**s, viewmats=view, Ks=K, width=512, height=512, background=bg, backend="cupy",
+                       out_dtype=torch.uint8)
+    assert r8.dtype == torch.uint8 and r8.shape == r32.shape and a8.shape == a32.shape
+    assert torch.equal(r8, rgb_to_uint8(r32)) and torch.equal(a8, rgb_to_uint8(a32))
+    assert 0 < int((r8 == 255).sum()) < r8.numel() and int(r8.float().std()) > 10  # a real image, not a constant
+
+
 def test_bitmap_chunks_give_identical_images(cuda_backend):
     """A bitmap budget that forces one image per pass gives bit-identical results to one pass for all."""
     B, C, W = 2, 3, 320

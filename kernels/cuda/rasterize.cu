@@ -8,7 +8,7 @@
 //   (host)       per-image stable sort of the depth keys (torch.sort) -> order[image, rank] = Gaussian
 //   fr_emit      [I*N threads]   in rank order: the blend record at its rank, and one bit (tile, rank) per tile
 //                                touched (exact ellipse vs tile-row test) with atomicOr
-//   fr_blend_*   [n_tiles, I]    4 warps per tile, one per 8x8 sub-tile: walk the tile's bitmap in rank order,
+//   fr_blend_*   [n_tiles, I]    (f32 / f16 / u8 outputs) 4 warps per tile, one per 8x8 sub-tile: walk the tile's bitmap in rank order,
 //                                drop records whose alpha stays below 1/255 at every pixel centre of the
 //                                sub-tile (exact ellipse vs rectangle test, one ballot per 32 candidates),
 //                                blend the rest front to back with gsplat's alpha and transmittance rules,
@@ -312,7 +312,15 @@ __device__ __forceinline__ void fr_blend_records(const float4* __restrict__ sA, 
     }
 }
 
-template <bool HALF>
+// the output's type: fp32, fp16, or uint8 (clamp to [0,1], x 255, + 0.5, truncated: what runtime/frames.py's
+// rgb_to_uint8 computes from the fp32 output, as two IEEE roundings without contraction into an FMA)
+enum FrOut { FR_OUT_F32 = 0, FR_OUT_F16 = 1, FR_OUT_U8 = 2 };
+
+__device__ __forceinline__ unsigned char fr_f2u8(const float f) {
+    return (unsigned char)__fadd_rn(__fmul_rn(fminf(fmaxf(f, 0.f), 1.f), 255.f), 0.5f);
+}
+
+template <int OUT>
 __device__ __forceinline__ void fr_blend_impl(
     const u32* __restrict__ bitmap,       // [images of this chunk, n_tiles, words]
     const float4* __restrict__ recA, const float4* __restrict__ recB, const float* __restrict__ recC,
@@ -431,7 +439,13 @@ __device__ __forceinline__ void fr_blend_impl(
         const long long pix = (image * height + py_i[p]) * (long long)width + px_i;
         const float o0 = acc[p][0] + T[p] * b0, o1 = acc[p][1] + T[p] * b1, o2 = acc[p][2] + T[p] * b2;
         const float oa = 1.f - T[p];
-        if (HALF) {
+        if (OUT == FR_OUT_U8) {
+            unsigned char* rgb = (unsigned char*)out_rgb;
+            rgb[pix * 3 + 0] = fr_f2u8(o0);
+            rgb[pix * 3 + 1] = fr_f2u8(o1);
+            rgb[pix * 3 + 2] = fr_f2u8(o2);
+            ((unsigned char*)out_alpha)[pix] = fr_f2u8(oa);
+        } else if (OUT == FR_OUT_F16) {
             unsigned short* rgb = (unsigned short*)out_rgb;
             rgb[pix * 3 + 0] = fr_f2h(o0);
             rgb[pix * 3 + 1] = fr_f2h(o1);
@@ -447,19 +461,20 @@ __device__ __forceinline__ void fr_blend_impl(
     }
 }
 
-#define FR_BLEND(NAME, HALF)                                                                                   \
+#define FR_BLEND(NAME, OUT)                                                                                    \
     extern "C" __global__ void __launch_bounds__(128) NAME(                                                    \
         const u32* __restrict__ bitmap, const float4* __restrict__ recA, const float4* __restrict__ recB,      \
         const float* __restrict__ recC, const int N, const int words,                                          \
         const int width, const int height, const int tiles_x, const long long image0,                          \
         const float* __restrict__ bg, const int bg_stride, void* __restrict__ out_rgb,                         \
         void* __restrict__ out_alpha) {                                                                        \
-        fr_blend_impl<HALF>(bitmap, recA, recB, recC, N, words, width, height, tiles_x, image0, bg,             \
+        fr_blend_impl<OUT>(bitmap, recA, recB, recC, N, words, width, height, tiles_x, image0, bg,              \
                             bg_stride, out_rgb, out_alpha);                                                    \
     }
 
-FR_BLEND(fr_blend_f32, false)
-FR_BLEND(fr_blend_f16, true)
+FR_BLEND(fr_blend_f32, FR_OUT_F32)
+FR_BLEND(fr_blend_f16, FR_OUT_F16)
+FR_BLEND(fr_blend_u8, FR_OUT_U8)
 
 // ---------------------------------------------------------------------------------------------------------
 // 4. statistics only: number of set bits (tile, Gaussian pairs) in bitmap[0, n_words)

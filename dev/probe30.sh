@@ -1,6 +1,6 @@
 # device call 30 (issue 10), PREPARED 2026-12-03, NOT RUN (the session's device time was spent): the committed code
 # (TMA FP8 GEMMs, the q|k|v + head RMS norm kernel) end to end: GPU tests; stage costs at every batch size (for
-# dev/batcher_sim.py); the stream sweep 1-96 (512² JPEG, random phases; becomes docs/results/h200-streams.json);
+# dev/batcher_sim.py); the stream sweep 1-96 (512² JPEG, random phases; ran 2026-12-03 08:43, cut at 48 streams by its budget);
 # expression -> frame at batch 1 (bar 2.29 ms); served EMO-1 PSNR vs fp32 (bar 45 dB). A failed test step stops
 # the call (its exit status decides; call 28 misread a log and measured a non-default mode).
 #   bash dev/probe30.sh            (carry .whl and .devdata/shared; ~560 s on a fresh machine)

@@ -1,4 +1,4 @@
-# device call 30 (issue 10), PREPARED 2026-12-03, NOT RUN (the session's device time was spent): the committed code
+# device call 30 (issue 10), prepared in session 14, run 2026-12-03 08:43 (session 15): commit 060dddb
 # (TMA FP8 GEMMs, the q|k|v + head RMS norm kernel) end to end: GPU tests; stage costs at every batch size (for
 # dev/batcher_sim.py); the stream sweep 1-96 (512² JPEG, random phases; ran 2026-12-03 08:43, cut at 48 streams by its budget);
 # expression -> frame at batch 1 (bar 2.29 ms); served EMO-1 PSNR vs fp32 (bar 45 dB). A failed test step stops

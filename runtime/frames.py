@@ -234,16 +234,20 @@ class FrameRenderer:
             self._release(slot)
             raise
 
-    def warmup(self, sizes: list[tuple[int, int, int | None]], max_batch: int) -> None:
+    def warmup(self, sizes: list[tuple[int, int, int | None]], max_batch: int, progress=None) -> None:
         """Capture the render graphs of every (slot, bucket <= max_batch, size, quality) named, so no stream waits
-        for a capture later (``sizes``: (width, height, JPEG quality or None for raw))."""
+        for a capture later (``sizes``: (width, height, JPEG quality or None for raw)). ``progress(done, total,
+        what)``: called after each (slot, size)'s graphs."""
         if not self.graphs:
             return
         buckets = sorted({batch_bucket(k) for k in range(1, max_batch + 1)}, reverse=True)  # largest pool first
-        for slot in self._slots:
-            for (w, h, q) in sizes:
-                for n in buckets:
-                    self._group(slot, n, w, h, q)
+        total = len(self._slots) * len(sizes)
+        for i, (slot, (w, h, q)) in enumerate((s, z) for s in self._slots for z in sizes):
+            for n in buckets:
+                self._group(slot, n, w, h, q)
+            if progress is not None:
+                progress(i + 1, total, f"render graphs {w}x{h} {'raw' if q is None else f'JPEG q{q}'}, "
+                                       f"slot {self._slots.index(slot)}, batches up to {buckets[0]}")
 
     # ---- GPU path ----
     def _acquire(self) -> _Slot:

@@ -655,9 +655,17 @@ class _RunningServer:
         # compile / capture every batch size the batcher can form before the first stream arrives (on the GPU
         # thread, which owns the engine's graphs); health stays NOT_SERVING until then
         t0 = time.perf_counter()
-        await self.service.batcher.run_on_gpu_thread(self.service.engine.warmup, cfg.max_batch_size)
         sizes = [(w, h, q) for (w, h) in cfg.warmup_sizes for q in (codec.DEFAULT_JPEG_QUALITY, None)]
-        await self.service.batcher.run_on_gpu_thread(self.service.renderer.warmup, sizes, cfg.max_batch_size)
+        logger.info("warm-up: decoder batch sizes up to %d, render graphs for %s (minutes on a fresh GPU with "
+                    "torch.compile; health says NOT_SERVING until it ends)", cfg.max_batch_size,
+                    ", ".join(f"{w}x{h}" for (w, h) in cfg.warmup_sizes) or "no frame size")
+
+        def progress(done: int, total: int, what: str) -> None:
+            logger.info("warm-up %d/%d: %s (%.0f s)", done, total, what, time.perf_counter() - t0)
+
+        await self.service.batcher.run_on_gpu_thread(self.service.engine.warmup, cfg.max_batch_size, progress)
+        await self.service.batcher.run_on_gpu_thread(self.service.renderer.warmup, sizes, cfg.max_batch_size,
+                                                     progress)
         logger.info("warm-up for batches up to %d took %.1f s (%s)", cfg.max_batch_size, time.perf_counter() - t0,
                     self.service.renderer.describe())
         memory = gpu_memory_summary(self.service.engine.device)

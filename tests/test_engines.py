@@ -93,8 +93,11 @@ def test_gpu_torch_cuda_graphs_equal_eager_with_bucket_padding():
         assert rel <= 2e-4, (k, rel)
     b2 = graphed.decode(code * 0.5, expr)  # replay with new inputs
     assert not torch.equal(b2.positions, b.positions)
-    graphed.warmup(8)
+    calls = []
+    graphed.warmup(8, progress=lambda *a: calls.append(a))
     assert set(graphed._graphs) == {1, 2, 4, 8}
+    assert calls == [(1, 3, "decoder batch 8 captured"), (2, 3, "decoder batch 2 captured"),
+                     (3, 3, "decoder batch 1 captured")]  # batch 4 was captured by the decode above
 
 
 @pytest.mark.gpu

@@ -303,6 +303,9 @@ def test_undecodable_messages_and_auth_before_parsing(engine, caplog):
     with start_server(engine, make_config(auth_token=token)) as server, \
             FlexAvatarClient(server.address, token=token) as client:
         avatar = client.create_avatar(npy=random_avatar_code(engine, seed=5)).avatar_id
+        started = [r.getMessage() for r in caplog.records if r.getMessage().startswith("warm-up")]
+        assert started[0].startswith("warm-up: decoder batch sizes up to") and "NOT_SERVING" in started[0], started
+        assert started[-1].startswith("warm-up for batches up to"), started  # says when it is over, and how long
         channel = grpc.insecure_channel(server.address)
         raw_create = channel.unary_unary("/flexavatar.v1.FlexAvatar/CreateAvatar")  # bytes in, bytes out
         raw_animate = channel.stream_stream("/flexavatar.v1.FlexAvatar/Animate")

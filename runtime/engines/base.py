@@ -54,9 +54,10 @@ class Engine(abc.ABC):
     def decode(self, avatar_code: torch.Tensor, expression_codes: torch.Tensor) -> Gaussians:
         """avatar_code [B,HT,D], expression_codes [B,135] -> Gaussians with attributes [B,G,*]."""
 
-    def warmup(self, max_batch: int) -> None:
+    def warmup(self, max_batch: int, progress=None) -> None:
         """Prepare every batch size up to ``max_batch`` (compilation, CUDA-graph capture) before serving, so
-        that no stream waits for it later. Backends with nothing to prepare do nothing."""
+        that no stream waits for it later. Backends with nothing to prepare do nothing. ``progress(done, total,
+        what)``: called after each batch size prepared (the server logs it; a fresh GPU takes minutes)."""
 
     # ---- input validation shared by every backend -------------------------------------------------
     def check_decode_inputs(self, avatar_code: torch.Tensor, expression_codes: torch.Tensor) -> None:

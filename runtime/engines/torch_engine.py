@@ -148,16 +148,21 @@ class TorchEngine(Engine):
         graph.replay()
         return Gaussians(*(o[:b] for o in outs))
 
-    def warmup(self, max_batch: int) -> None:
+    def warmup(self, max_batch: int, progress=None) -> None:
+        buckets = sorted({batch_bucket(b) for b in range(1, max_batch + 1)})
         if self.graphs != "cuda":
             if self._decode_fn is not self._decode_eager:  # compile for every bucket up to max_batch
-                for k in sorted({batch_bucket(b) for b in range(1, max_batch + 1)}):
+                for i, k in enumerate(buckets):
                     self.decode(torch.zeros(k, self.num_head_tokens, self.hidden_dim, device=self.device),
                                 torch.zeros(k, 135, device=self.device))
+                    if progress is not None:
+                        progress(i + 1, len(buckets), f"decoder batch {k} compiled")
             return
-        for k in sorted({batch_bucket(b) for b in range(1, max_batch + 1)}, reverse=True):  # largest pool first
-            if k not in self._graphs:
-                self._capture(k)
+        todo = [k for k in reversed(buckets) if k not in self._graphs]  # largest pool first
+        for i, k in enumerate(todo):
+            self._capture(k)
+            if progress is not None:
+                progress(i + 1, len(todo), f"decoder batch {k} captured")
 
     @torch.inference_mode(False)  # static buffers must stay writable outside inference mode
     @torch.no_grad()

@@ -32,4 +32,5 @@ LEFT=$(( 585 - $(date +%s) + T0 ))
 timeout $LEFT python3 -m flexrt.cli bench --preset flex1 --phases e2e --budget $(( LEFT - 5 )) \
   --backends torch-compiled-fp8-up8 --resolutions 512 --batch-sizes 1 --encodings jpeg --iters 50 --out $OUT/e2e 2>&1 \
   | grep -E "e2e|rror" | tail -3
+rm -f $OUT/e2e/bench.md
 el done

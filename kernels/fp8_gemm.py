@@ -308,8 +308,9 @@ def fp8_linear_rowwise(x8: torch.Tensor, w8: torch.Tensor, w_scale: torch.Tensor
     """x8 [M,K] e4m3, w8 [N,K] e4m3, w_scale [N] fp32, bias [N] bf16, x_scale [] fp32 -> bf16 [M,N] = x W^T + b.
 
     On a CUDA GPU: ``torch._scaled_mm`` with a scale per row of x (x_scale repeated) and per column of W^T, the
-    bias in its epilogue (ATen's CUTLASS row-wise kernel on compute capability 8.9 / 9.x); elsewhere the reference
-    ops. A plain aten call, so inductor fuses what follows it (the residual add into the next LayerNorm)."""
+    bias in its epilogue (torch 2.11 on the H200 runs cuBLASLt's outer-vector-scaled FP8 kernel,
+    ``nvjet_sm90_qqtst_..._ovscale_bias``, in call 32's profile); elsewhere the reference ops. A plain aten call,
+    so inductor fuses what follows it (the residual add into the next LayerNorm)."""
     _check(x8, w8, w_scale, bias, x_scale)
     if x8.device.type != "cuda":
         return _product_reference(x8, w8, w_scale, bias, x_scale).to(torch.bfloat16)

@@ -8,11 +8,11 @@
 //   (host)       per-image stable sort of the depth keys (torch.sort) -> order[image, rank] = Gaussian
 //   fr_emit      [I*N threads]   in rank order: the blend record at its rank, and one bit (tile, rank) per tile
 //                                touched (exact ellipse vs tile-row test) with atomicOr
-//   fr_blend_*   [n_tiles, I]    (f32 / f16 / u8 outputs) 4 warps per tile, one per 8x8 sub-tile: walk the tile's bitmap in rank order,
+//   fr_blend_*   [n_tiles, I]    4 warps per tile, one per 8x8 sub-tile: walk the tile's bitmap in rank order,
 //                                drop records whose alpha stays below 1/255 at every pixel centre of the
 //                                sub-tile (exact ellipse vs rectangle test, one ballot per 32 candidates),
 //                                blend the rest front to back with gsplat's alpha and transmittance rules,
-//                                early exit per warp
+//                                early exit per warp; fp32, fp16 or uint8 outputs
 //   fr_count_bits                (statistics only) total number of (tile, Gaussian) pairs
 //
 // Numerics follow kernels/_torch_ref.py (the oracle) operation by operation where it matters.

@@ -24,7 +24,7 @@ from flexrt.kernels._cupy_backend import Workspace
 from flexrt.kernels.jpeg import JpegEncoder
 from flexrt.kernels.rasterize import capture_graph
 from flexrt.kernels.scenes import head_cameras, head_scene
-from flexrt.runtime.frames import rgb_to_uint8
+from flexrt.kernels import rgb_to_uint8
 
 
 def main() -> int:

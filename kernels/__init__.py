@@ -29,7 +29,7 @@ Backends: ``cpu`` (vectorised PyTorch reference, ``_torch_ref``) and ``cupy`` (N
 from ._cupy_backend import Workspace
 from .differentiable import rasterize_differentiable, resolve_differentiable_backend
 from .jpeg import JpegEncoder
-from .rasterize import SH_C0, capture_graph, rasterize, sh_dc_to_rgb
+from .rasterize import SH_C0, capture_graph, rasterize, rgb_to_uint8, sh_dc_to_rgb
 
-__all__ = ["rasterize", "rasterize_differentiable", "resolve_differentiable_backend", "sh_dc_to_rgb", "SH_C0",
-           "JpegEncoder", "capture_graph", "Workspace"]
+__all__ = ["rasterize", "rasterize_differentiable", "resolve_differentiable_backend", "rgb_to_uint8", "sh_dc_to_rgb",
+           "SH_C0", "JpegEncoder", "capture_graph", "Workspace"]

@@ -18,6 +18,13 @@ BACKENDS = ("cpu", "cupy")
 OUT_DTYPES = (torch.float32, torch.float16, torch.uint8)
 
 
+def rgb_to_uint8(rgb: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """float rgb in [0,1] (any shape, any device) -> uint8, round half up: uint8(clamp(x, 0, 1) * 255 + 0.5), the
+    product and the sum rounded separately (the blend kernel's uint8 output computes the same)."""
+    x = (rgb.clamp(0.0, 1.0) * 255.0 + 0.5)
+    return x.to(torch.uint8) if out is None else out.copy_(x)
+
+
 def sh_dc_to_rgb(c: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """Raw SH-DC coefficients [..., 3] -> RGB [..., 3]: ``clamp_min(0.5 + C0 * c, 0)`` (gsplat, sh_degree=0).
 
@@ -116,8 +123,8 @@ def rasterize(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Render 3D Gaussians -> (rgb [..., C, H, W, 3], alpha [..., C, H, W, 1]) in ``out_dtype``.
 
-    ``out_dtype=torch.uint8``: 0..255, ``uint8(clamp(x, 0, 1) * 255 + 0.5)`` (round half up) of the fp32 result,
-    computed in the blend kernel (no fp32 image is written: what a server encoding frames wants).
+    ``out_dtype=torch.uint8``: 0..255, :func:`rgb_to_uint8` of the fp32 result (round half up), computed in the
+    blend kernel (no fp32 image is written: what a server encoding frames wants).
 
     ``backend="cpu"``: the pure-PyTorch reference (runs on the tensors' device). ``backend="cupy"``: the
     CUDA kernels (needs CUDA tensors, CuPy and a GPU; raises RuntimeError when CuPy/CUDA is missing).
@@ -161,8 +168,8 @@ def rasterize(
 
             rgb, alpha = rasterize_torch(*args, width, height, bg, near_plane=NEAR_PLANE, far_plane=FAR_PLANE,
                                          eps2d=EPS2D)
-            if out_dtype == torch.uint8:  # the same two roundings as the kernel (x 255, then + 0.5)
-                rgb, alpha = ((t.clamp(0.0, 1.0) * 255.0 + 0.5).to(torch.uint8) for t in (rgb, alpha))
+            if out_dtype == torch.uint8:
+                rgb, alpha = rgb_to_uint8(rgb), rgb_to_uint8(alpha)
             else:
                 rgb, alpha = rgb.to(out_dtype), alpha.to(out_dtype)
     return rgb.reshape(batch + (C, height, width, 3)), alpha.reshape(batch + (C, height, width, 1))
@@ -192,4 +199,4 @@ def capture_graph(fn, device: torch.device | int | None = None, pool=None):
     return graph, result
 
 
-__all__ = ["rasterize", "sh_dc_to_rgb", "SH_C0", "capture_graph"]
+__all__ = ["rasterize", "rgb_to_uint8", "sh_dc_to_rgb", "SH_C0", "capture_graph"]

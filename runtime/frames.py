@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from flexrt.kernels import JpegEncoder, Workspace, capture_graph, rasterize, sh_dc_to_rgb
+from flexrt.kernels import JpegEncoder, Workspace, capture_graph, rasterize, rgb_to_uint8, sh_dc_to_rgb
 from flexrt.proto import flexavatar_pb2 as pb
 
 from . import codec
@@ -46,12 +46,6 @@ logger = logging.getLogger(__name__)
 
 RASTERIZERS = ("auto", "cpu", "cupy")
 JPEG_BACKENDS = ("auto", "cuda", "cpu")
-
-
-def rgb_to_uint8(rgb: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """float rgb in [0,1] (any shape, any device) -> uint8, round half up, on the same device."""
-    x = (rgb.clamp(0.0, 1.0) * 255.0 + 0.5)
-    return x.to(torch.uint8) if out is None else out.copy_(x)
 
 
 def resolve_rasterizer(requested: str, device: torch.device) -> str:

@@ -428,7 +428,7 @@ def test_cuda_source_emulated_on_cpu_matches_reference(chunked, out_dtype):
     assert not torch.isnan(rgb.float()).any() and not torch.isnan(alpha.float()).any()  # outputs were poisoned
     e_rgb, e_alpha = rasterize_torch(*args, W, H, bg)
     if out_dtype == torch.uint8:  # the kernel's rounding of its fp32 result: within one step of the reference's
-        from flexrt.runtime.frames import rgb_to_uint8
+        from flexrt.kernels import rgb_to_uint8
         for out, ref in ((rgb, e_rgb), (alpha, e_alpha)):
             diff = (out.int() - rgb_to_uint8(ref).int()).abs()
             assert int(diff.max()) <= 1 and float((diff > 0).float().mean()) < 1e-3

@@ -119,9 +119,9 @@ def test_fp16_output_close_to_fp32(cuda_backend):
 
 
 def test_uint8_output_is_the_fp32_output_rounded(cuda_backend):
-    """out_dtype=torch.uint8 (the server's frames): exactly runtime.frames.rgb_to_uint8 of the fp32 output, every
+    """out_dtype=torch.uint8 (the server's frames): exactly kernels.rgb_to_uint8 of the fp32 output, every
     pixel (the same blend, then clamp, x 255, + 0.5, truncated), with a background colour and across images."""
-    from flexrt.runtime.frames import rgb_to_uint8
+    from flexrt.kernels import rgb_to_uint8
 
     s, view, K = _scene(58361, 6, 512, 2, batch=(2,))
     bg = torch.tensor([[0.2, 0.5, 1.0], [1.0, 1.0, 1.0]], device="cuda")[:, None].expand(2, 2, 3)

@@ -312,8 +312,8 @@ __device__ __forceinline__ void fr_blend_records(const float4* __restrict__ sA, 
     }
 }
 
-// the output's type: fp32, fp16, or uint8 (clamp to [0,1], x 255, + 0.5, truncated: what runtime/frames.py's
-// rgb_to_uint8 computes from the fp32 output, as two IEEE roundings without contraction into an FMA)
+// the output's type: fp32, fp16, or uint8 (clamp to [0,1], x 255, + 0.5, truncated: kernels/rasterize.py's
+// rgb_to_uint8 of the fp32 output, as two IEEE roundings without contraction into an FMA)
 enum FrOut { FR_OUT_F32 = 0, FR_OUT_F16 = 1, FR_OUT_U8 = 2 };
 
 __device__ __forceinline__ unsigned char fr_f2u8(const float f) {

@@ -9,7 +9,10 @@ VARIANT: "default", or "-"-separated parts:
          (whose frames are nearly done) is dispatched first
   b4     CUDA-graph capture buckets every 4 frames above 24 (``torch_engine.BATCH_BUCKETS``) instead of every 8:
          less padding (~10 % of the frames the GPU decodes and renders at 32-40 streams, from the sweep's batch
-         histograms), more graphs to capture at start-up
+         histograms), more graphs to capture at start-up (measured 2026-12-02 with aligned phases: no change;
+         every batch size has its own graph since 2026-12-03)
+  coarse the capture buckets before 2026-12-03 (1, 2, 4, 8, 12, 16, 20, 24, 32, 40, 48, 56, 64: a batch is padded
+         up to its bucket), for an A/B against every batch size having its own graph (the default since then)
 Prints the variant's settings first, so the log says what ran.
 """
 from __future__ import annotations
@@ -17,20 +20,23 @@ from __future__ import annotations
 import sys
 
 FINE_BUCKETS = (1, 2, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44, 48, 52, 56, 60, 64)
+COARSE_BUCKETS = (1, 2, 4, 8, 12, 16, 20, 24, 32, 40, 48, 56, 64)
 
 
 def apply(variant: str) -> list[str]:
     """Patch the runtime for ``variant``; returns what was changed (one line each)."""
     parts = set(variant.split("-")) - {"default"}
-    unknown = parts - {"prio", "b4"}
-    if unknown:
-        raise SystemExit(f"error: unknown variant part(s) {sorted(unknown)}; expected prio, b4 or default")
+    unknown = parts - {"prio", "b4", "coarse"}
+    if unknown or {"b4", "coarse"} <= parts:
+        raise SystemExit(f"error: unknown or conflicting variant part(s) {sorted(parts)}; expected prio, b4 or coarse "
+                         "(not both), or default")
     said = []
-    if "b4" in parts:
-        from flexrt.runtime.engines import torch_engine
+    for part, buckets in (("b4", FINE_BUCKETS), ("coarse", COARSE_BUCKETS)):
+        if part in parts:
+            from flexrt.runtime.engines import torch_engine
 
-        torch_engine.BATCH_BUCKETS = FINE_BUCKETS  # batch_bucket() and the warm-up read it when called
-        said.append(f"capture buckets {FINE_BUCKETS}")
+            torch_engine.BATCH_BUCKETS = buckets  # batch_bucket() and the warm-ups read it when called
+            said.append(f"capture buckets {buckets}")
     if "prio" in parts:
         import torch
 

@@ -11,11 +11,11 @@ GPU before ``result()``:
 
 1. inputs: the sessions' avatar codes (device tensors, uploaded once per stream) are stacked; expression codes,
    cameras and backgrounds travel in ONE host->device copy from the slot's pinned staging buffer (decode stream)
-2. decode: ``engine.decode`` -> Gaussians [B,G,*] (a CUDA-graph replay per batch bucket)
+2. decode: ``engine.decode`` -> Gaussians [B,G,*] (a CUDA-graph replay per batch size, ``torch_engine``)
 3. per output group (frames of one width, height and encoding): the group's Gaussians, cameras and backgrounds
-   are copied into the slot's fixed buffers for that group's bucket, SH-DC -> RGB on the way; event "decoded"
+   are copied into the slot's fixed buffers for that size and encoding, SH-DC -> RGB on the way; event "decoded"
 4. render (render stream, after "decoded"): rasterize -> uint8 -> JPEG (GPU), replayed from one CUDA graph per
-   (slot, bucket, size, quality); device->host copies into pinned memory; event "done"
+   (slot, group size, width x height, quality); device->host copies into pinned memory; event "done"
 5. ``result()``: waits for "done", cuts each frame's bytes (a JPEG frame too large for the GPU encoder's capacity
    is encoded on the CPU and counted), and hands the pipeline slot back.
 
@@ -135,15 +135,29 @@ class BatchResult:
 # ---------------------------------------------------------------------------------------------------------
 
 @dataclass
-class _Group:
-    """The fixed buffers of one output group (bucket frames of one size and encoding) in one slot."""
+class _Storage:
+    """One slot's buffers for one output kind (width, height, JPEG quality or None), sized for ``max_batch`` frames.
+    The group of every batch size of that kind views the first n frames of it, so a graph for each of the 64 batch
+    sizes costs graphs, not 64 copies of the buffers (a slot replays one group at a time)."""
 
-    n: int  # bucket size
+    inputs: tuple  # means [N,G,3], quats [N,G,4], scales [N,G,3], opacities [N,G], rgb [N,G,3],
+    # viewmats [N,1,4,4], Ks [N,1,3,3], backgrounds [N,1,3]
+    u8: torch.Tensor  # [N,H,W,3] uint8
+    host: object  # pinned: raw frames [N,H,W,3] uint8, or (JPEG data [N,cap] uint8, lengths [N] int64)
+    workspace: object  # the rasterizer's work buffers, grown to N frames before any graph reads them
+    jpeg: tuple | None  # (data [N,cap], lengths [N]) on the device
+
+
+@dataclass
+class _Group:
+    """The fixed buffers of one output group (n frames of one size and encoding) in one slot: views of the first n
+    frames of the slot's ``_Storage`` for that size and encoding."""
+
+    n: int  # the group's batch size (what its graph renders)
     width: int
     height: int
     quality: int | None  # JPEG quality when encoded on the GPU, else None (raw frames)
-    inputs: tuple  # means [n,G,3], quats [n,G,4], scales [n,G,3], opacities [n,G], rgb [n,G,3],
-    # viewmats [n,1,4,4], Ks [n,1,3,3], backgrounds [n,1,3]
+    inputs: tuple  # the storage's inputs [:n]
     u8: torch.Tensor  # [n,H,W,3] uint8
     host: tuple  # pinned: raw frames [n,H,W,3] uint8, or (JPEG data [n,cap] uint8, lengths [n] int64)
     workspace: object | None = None
@@ -157,7 +171,8 @@ class _Slot:
     staging: torch.Tensor | None = None  # pinned [max_batch, 163] float32
     index_staging: torch.Tensor | None = None  # pinned [max_batch] int64: frame indices of the output groups
     pool: object | None = None  # one CUDA-graph memory pool for the slot's groups (replayed one after another)
-    groups: dict = field(default_factory=dict)  # (bucket, W, H, quality) -> _Group
+    groups: dict = field(default_factory=dict)  # (n, W, H, quality) -> _Group
+    storage: dict = field(default_factory=dict)  # (W, H, quality) -> _Storage
 
 
 class Ticket:
@@ -229,7 +244,7 @@ class FrameRenderer:
             raise
 
     def warmup(self, sizes: list[tuple[int, int, int | None]], max_batch: int, progress=None) -> None:
-        """Capture the render graphs of every (slot, bucket <= max_batch, size, quality) named, so no stream waits
+        """Capture the render graphs of every (slot, batch size <= max_batch, size, quality) named, so no stream waits
         for a capture later (``sizes``: (width, height, JPEG quality or None for raw)). ``progress(done, total,
         what)``: called after each (slot, size)'s graphs."""
         if not self.graphs:
@@ -351,26 +366,38 @@ class FrameRenderer:
         grp = slot.groups.get(key)
         if grp is not None:
             return grp
-        dev, G = self.device, self.engine.num_gaussians
         with torch.cuda.stream(self.render_stream):
-            inputs = (torch.zeros(n, G, 3, device=dev), _unit_quats(n, G, dev), torch.full((n, G, 3), 1e-3, device=dev),
-                      torch.zeros(n, G, device=dev), torch.zeros(n, G, 3, device=dev),
-                      _default_view(n, dev), _default_K(n, w, h, dev), torch.ones(n, 1, 3, device=dev))
-            u8 = torch.zeros(n, h, w, 3, dtype=torch.uint8, device=dev)
-            if q is not None:
-                cap = self._encoder(w, h, q).capacity
-                host = (torch.empty(n, cap, dtype=torch.uint8).pin_memory(),
-                        torch.empty(n, dtype=torch.int64).pin_memory())
-            else:
-                host = torch.empty(n, h, w, 3, dtype=torch.uint8).pin_memory()
-            grp = _Group(n, w, h, q, inputs, u8, host, workspace=Workspace())
+            st = self._storage(slot, w, h, q)
+            host = (st.host[0][:n], st.host[1][:n]) if q is not None else st.host[:n]
+            grp = _Group(n, w, h, q, tuple(t[:n] for t in st.inputs), st.u8[:n], host, workspace=st.workspace,
+                         jpeg=None if st.jpeg is None else (st.jpeg[0][:n], st.jpeg[1][:n]))
             if self.graphs:
                 grp.graph, _ = capture_graph(lambda: self._render_group(grp), self.device, pool=slot.pool)
-            else:
-                self._render_group(grp)  # sizes the workspace, allocates the JPEG outputs
         torch.cuda.current_stream(self.device).wait_stream(self.render_stream)
         slot.groups[key] = grp
         return grp
+
+    def _storage(self, slot: _Slot, w: int, h: int, q: int | None) -> _Storage:
+        """The slot's buffers for (w, h, q), ``max_batch`` frames (its bucket), made on first use (on the render stream). One
+        eager render of all of them grows the rasterizer's workspace to its largest and allocates the JPEG outputs,
+        so no later capture (of any smaller batch) reallocates a buffer that an earlier graph reads."""
+        st = slot.storage.get((w, h, q))
+        if st is not None:
+            return st
+        n, dev, G = batch_bucket(self.max_batch), self.device, self.engine.num_gaussians
+        inputs = (torch.zeros(n, G, 3, device=dev), _unit_quats(n, G, dev), torch.full((n, G, 3), 1e-3, device=dev),
+                  torch.zeros(n, G, device=dev), torch.zeros(n, G, 3, device=dev),
+                  _default_view(n, dev), _default_K(n, w, h, dev), torch.ones(n, 1, 3, device=dev))
+        u8 = torch.zeros(n, h, w, 3, dtype=torch.uint8, device=dev)
+        if q is not None:
+            cap = self._encoder(w, h, q).capacity
+            host = (torch.empty(n, cap, dtype=torch.uint8).pin_memory(), torch.empty(n, dtype=torch.int64).pin_memory())
+        else:
+            host = torch.empty(n, h, w, 3, dtype=torch.uint8).pin_memory()
+        full = _Group(n, w, h, q, inputs, u8, host, workspace=Workspace())
+        self._render_group(full)  # grows the workspace to n frames, allocates the JPEG outputs (full.jpeg)
+        st = slot.storage[(w, h, q)] = _Storage(inputs, u8, host, full.workspace, full.jpeg)
+        return st
 
     def _finish(self, batch: FrameBatch, parts: list, ev: dict) -> BatchResult:
         # 5. wait for the batch, cut the bytes per frame

@@ -76,28 +76,38 @@ def test_torch_bf16_close_to_fp32():
 
 
 @pytest.mark.gpu
-def test_gpu_torch_cuda_graphs_equal_eager_with_bucket_padding():
+def test_gpu_torch_cuda_graphs_equal_eager_one_graph_per_batch_size(monkeypatch):
+    from flexrt.runtime.engines import torch_engine
+
     p = build_pipeline("tiny")
     eager = TorchEngine(p, device="cuda", graphs="none")
     graphed = TorchEngine(p, device="cuda", graphs="cuda")
     code = torch.randn(3, 64, 64, device="cuda")
     expr = torch.randn(3, 135, device="cuda")
-    b = graphed.decode(code, expr)  # batch 3 runs in the batch-4 graph, padded
-    assert b.positions.shape[0] == 3 and set(graphed._graphs) == {4}
+    b = graphed.decode(code, expr)  # batch 3 runs in its own graph: no padding
+    assert b.positions.shape[0] == 3 and set(graphed._graphs) == {3}
     b = b.map(lambda t: t.clone())  # outputs are views of the graph's static buffers until the next decode
-    pad = lambda t: torch.cat([t, torch.zeros_like(t[:1])])  # noqa: E731  the bucket's (zero) padding row
-    a = eager.decode(pad(code), pad(expr))
+    a = eager.decode(code, expr)
     for k in a.keys():  # the same graph up to cuBLAS's choice of algorithm under capture (measured <= 1.1e-5 abs
         # on positions of ~0.1; relative to the largest value <= 1e-4)
-        rel = float((b[k] - a[k][:3]).abs().max() / a[k][:3].abs().max())
+        rel = float((b[k] - a[k]).abs().max() / a[k].abs().max())
         assert rel <= 2e-4, (k, rel)
     b2 = graphed.decode(code * 0.5, expr)  # replay with new inputs
     assert not torch.equal(b2.positions, b.positions)
     calls = []
-    graphed.warmup(8, progress=lambda *a: calls.append(a))
-    assert set(graphed._graphs) == {1, 2, 4, 8}
-    assert calls == [(1, 3, "decoder batch 8 captured"), (2, 3, "decoder batch 2 captured"),
-                     (3, 3, "decoder batch 1 captured")]  # batch 4 was captured by the decode above
+    graphed.warmup(5, progress=lambda *a: calls.append(a))
+    assert set(graphed._graphs) == {1, 2, 3, 4, 5}
+    assert calls == [(1, 4, "decoder batch 5 captured"), (2, 4, "decoder batch 4 captured"),
+                     (3, 4, "decoder batch 2 captured"), (4, 4, "decoder batch 1 captured")]  # 3 was captured above
+    # a coarser bucket set (dev/serving_variants.py "coarse") pads: batch 3 runs in the batch-4 graph, its padding
+    # row's outputs dropped
+    monkeypatch.setattr(torch_engine, "BATCH_BUCKETS", (1, 2, 4, 8))
+    coarse = TorchEngine(p, device="cuda", graphs="cuda")
+    c = coarse.decode(code, expr)
+    assert c.positions.shape[0] == 3 and set(coarse._graphs) == {4}
+    for k in a.keys():
+        rel = float((c[k] - a[k]).abs().max() / a[k].abs().max())
+        assert rel <= 2e-4, (k, rel)
 
 
 @pytest.mark.gpu

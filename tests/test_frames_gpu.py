@@ -30,11 +30,11 @@ def engines():
     return tiny_engine(), TorchEngine(build_pipeline("tiny"), device="cuda", precision="fp32", graphs="cuda")
 
 
-def _batch(engine, seed: int) -> tuple[FrameBatch, list]:
+def _batch(engine, seed: int, specs=SPECS) -> tuple[FrameBatch, list]:
     codes = [random_avatar_code(engine, seed + k) for k in range(2)]
-    ex = expressions(len(SPECS), seed=seed)
+    ex = expressions(len(specs), seed=seed)
     frames, refs = [], []
-    for i, (size, enc, yaw) in enumerate(SPECS):
+    for i, (size, enc, yaw) in enumerate(specs):
         c2w, K = camera(yaw_deg=yaw)
         view, Kp = render_camera(c2w, K, *size)
         frames.append(dict(avatar_code=torch.from_numpy(codes[i % 2]).cuda(), expression_code=ex[i], viewmat=view,
@@ -87,6 +87,26 @@ def test_gpu_pipelined_graph_batches_equal_eager_in_order(engines):
         want = eager.render(batch)
         for a, b in zip(got.frames, want.frames):
             assert a.data == b.data  # the same kernels on the same inputs: bit-identical, JPEG bytes included
+
+
+def test_gpu_groups_of_every_size_share_the_slot_buffers(engines):
+    """Each group size has its own render graph over views of one set of buffers per slot and output kind: 64x64
+    raw groups of 3, 2 and 3 frames (batches of 5, 2, 5 frames) replayed one after another in one slot give the
+    eager renderer's bytes, and the slot holds one storage per output kind, not one per size."""
+    cpu_engine, gpu_engine = engines
+    graphed = FrameRenderer(gpu_engine, slots=1, max_batch=8)
+    eager = FrameRenderer(gpu_engine, graphs=False, slots=1, max_batch=8)
+    full, _ = _batch(cpu_engine, 7)
+    small, _ = _batch(cpu_engine, 8, specs=[SPECS[0], SPECS[4]])
+    for batch in (full, small, full):
+        got, want = graphed.render(batch), eager.render(batch)
+        assert [a.data for a in got.frames] == [b.data for b in want.frames]
+    slot = graphed._slots[0]
+    assert sorted(k[0] for k in slot.groups if k[1:] == (64, 64, None)) == [2, 3]
+    assert set(slot.storage) == {(64, 64, None), (80, 48, None), (64, 64, 90)}
+    st = slot.storage[(64, 64, None)]
+    assert st.u8.shape[0] == 8 and all(g.u8.data_ptr() == st.u8.data_ptr() for k, g in slot.groups.items()
+                                       if k[1:] == (64, 64, None))
 
 
 def test_gpu_jpeg_frames_too_large_for_the_capacity_are_encoded_on_the_cpu(engines):

@@ -9,9 +9,11 @@ calibration inputs (``fp8_calibration_inputs``) before any compile or
 capture. ``compile=True`` runs it through ``torch.compile`` (inductor fuses the many small elementwise
 kernels; the batch axis is compiled once as a dynamic size) before CUDA-graph capture.
 
-CUDA graphs (``graphs="cuda"``) are captured per batch *bucket* (``BATCH_BUCKETS``); a batch is padded up to its
-bucket (rows are independent, the padding rows' outputs are dropped), so a new batch size never triggers a capture
-or recompilation mid-stream once :meth:`warmup` has run. Outputs are views of the graph's static buffers, valid
+CUDA graphs (``graphs="cuda"``) are captured per batch *bucket* (``BATCH_BUCKETS``): every batch size from 1 to 64
+has its own, so no batch is padded (with buckets 8 frames apart, a server at 64 streams spent ~10 % of its GPU on
+padding rows: ``docs/SERVING.md``, "What holds 64 streams back"); a batch above the largest runs at its own size.
+A new batch size never triggers a capture or recompilation mid-stream once :meth:`warmup` has run (one compiled
+decoder serves every size above 1: its batch axis is dynamic). Outputs are views of the graph's static buffers, valid
 until the next ``decode`` call on this engine (the frame renderer copies them into its own buffers at once).
 """
 from __future__ import annotations
@@ -29,12 +31,13 @@ from .base import Engine, EngineInfo
 
 PRECISIONS = ("fp32", "bf16")
 GRAPH_MODES = ("none", "cuda")
-BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 20, 24, 32, 40, 48, 56, 64)
+BATCH_BUCKETS = tuple(range(1, 65))  # one CUDA graph per batch size (a coarser set pads batches up)
 MAX_BATCH = BATCH_BUCKETS[-1]
 
 
 def batch_bucket(b: int) -> int:
-    """The captured batch size a batch of ``b`` frames is padded to (``b`` itself above the largest bucket)."""
+    """The captured batch size a batch of ``b`` frames runs at: the smallest bucket >= b (with every size a bucket,
+    b itself; ``b`` above the largest bucket)."""
     return next((k for k in BATCH_BUCKETS if k >= b), b)
 
 

@@ -11,12 +11,20 @@ Streams send a frame every 1/30 s from random phases; a stream has at most 2 fra
 waiting (latest wins: a newer frame replaces it, counted as dropped), as the server does.
 
     python dev/batcher_sim.py [--costs docs/results/h200-stage-costs-up8.json] [--streams 32,40,48,56,64]
+                              [--buckets coarse|by4|by2|exact]
 
 What it said (2026-12-03, docs/SERVING.md "What holds 64 streams back"): with call 22's costs it predicts the sweep
 measured in call 23 within a few ms (40 streams p99 21.7 vs 20.4, 56: 83 vs 86, 64: 105 vs 103); other policies
 (an oracle start when the decode stream is free, a third slot, other leads, batch caps by size or arrival rate)
 do not lower p99 at 48-64 streams; ``speed`` (a uniformly faster GPU path) shows 56 streams need ~1.1x today's
 throughput and 64 streams ~1.26x. ``submit_ms`` (host time to enqueue a batch) did not matter.
+
+Padding (2026-12-03, session 16): a batch runs in the CUDA graph of its bucket, and with buckets 8 frames apart
+(``--buckets coarse``) the GPU decodes and renders the padding rows too. With random phases batches come in every
+size, and near saturation that padding is what pushes the queue over: with the v3 blend's costs
+(docs/results/model-costs-blend-v3.json) 64 streams p99 78 ms with the coarse buckets, 62 every 4, 48 every 2, 41
+with a graph per size (``exact``; 56 streams: 39 / 31 / 24 / 21). Hence one graph per batch size since then
+(runtime/engines/torch_engine.py ``BATCH_BUCKETS``), measured in device call 36.
 """
 from __future__ import annotations
 
@@ -26,7 +34,11 @@ import math
 import random
 from pathlib import Path
 
-BUCKETS = (1, 2, 4, 8, 12, 16, 20, 24, 32, 40, 48, 56, 64)
+BUCKET_SETS = {"coarse": (1, 2, 4, 8, 12, 16, 20, 24, 32, 40, 48, 56, 64),  # the served set until 2026-12-03
+               "by4": (1, 2, 4) + tuple(range(8, 65, 4)),
+               "by2": (1, 2, 4, 6, 8, 10, 12, 14, 16) + tuple(range(18, 65, 2)),
+               "exact": tuple(range(1, 65))}  # one graph per batch size: the served set since
+BUCKETS = BUCKET_SETS["coarse"]
 DT = 0.02  # ms per simulation step
 
 
@@ -156,7 +168,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--costs", default="docs/results/h200-stage-costs-up8.json")
     ap.add_argument("--streams", default="32,40,48,56,64")
+    ap.add_argument("--buckets", choices=sorted(BUCKET_SETS), default="coarse",
+                    help="the batch sizes with a CUDA graph (a batch runs, padded, in the smallest >= its size)")
     args = ap.parse_args()
+    global BUCKETS
+    BUCKETS = BUCKET_SETS[args.buckets]
     costs = Costs(json.loads(Path(args.costs).read_text())["rows"])
     for name, pol in [("current", policy_current())]:
         for s in [int(x) for x in args.streams.split(",")]:

@@ -3,19 +3,21 @@
 #   1. the stream sweep of the committed default (512² JPEG, random phases, 1-96; bench.json + plot come back),
 #      with torch's recompile log counted (do the 64 batch sizes recompile the dynamic-batch decoder?)
 #   2. FLEXRT_FP8_RESIDUAL_GEMM=rowwise at 56 / 64 / 72 streams, same machine (the A/B call 36 could not finish)
-#   bash dev/probe37.sh            (carry .whl and .devdata/shared; ~560 s)
+#   PROBE_S=520 bash dev/probe37.sh   (carry .whl and .devdata/shared; PROBE_S: the call's seconds, default 520)
 source dev/device_env.sh
 cd /tmp
+PROBE_S=${PROBE_S:-520}
 T0=$(date +%s); el() { echo "[probe37 $(( $(date +%s) - T0 ))s] $*"; }
 BENCH="--preset flex1 --phases grpc --stream-encoding jpeg --duration 5 --stream-warmup 1 --stream-phases random \
   --grpc-backend torch-compiled-fp8-up8 --backends torch-compiled-fp8-up8"
 el "sweep (one graph per batch size, epilogue residual GEMMs)"
-TORCH_LOGS=recompiles timeout 350 python3 -m flexrt.cli bench $BENCH --budget 340 --streams 1,32,48,56,64,72,80,96 \
+SWEEP_S=$(( PROBE_S - 130 < 340 ? PROBE_S - 130 : 340 ))
+TORCH_LOGS=recompiles timeout $(( SWEEP_S + 10 )) python3 -m flexrt.cli bench $BENCH --budget $SWEEP_S --streams 1,32,48,56,64,72,80,96 \
   --out $OUT/sweep > /tmp/sweep.log 2>&1
 grep -E "grpc|rror|Traceback" /tmp/sweep.log | tail -14
 echo "recompiles logged: $(grep -c 'Recompiling function' /tmp/sweep.log)"; grep -A3 -m1 "Recompiling function" /tmp/sweep.log | cut -c1-300
 rm -f $OUT/sweep/bench.md
-LEFT=$(( 585 - $(date +%s) + T0 ))
+LEFT=$(( PROBE_S - $(date +%s) + T0 ))
 if [ $LEFT -gt 90 ]; then
   el "rowwise residual GEMMs (${LEFT}s left)"
   FLEXRT_FP8_RESIDUAL_GEMM=rowwise timeout $(( LEFT - 5 )) python3 -m flexrt.cli bench $BENCH --budget $(( LEFT - 15 )) \

@@ -13,7 +13,7 @@ waiting (latest wins: a newer frame replaces it, counted as dropped), as the ser
     python dev/batcher_sim.py [--costs docs/results/h200-stage-costs-up8.json] [--streams 32,40,48,56,64]
                               [--buckets coarse|by4|by2|exact]
 
-What it said (2026-12-03, docs/SERVING.md "What holds 64 streams back"): with call 22's costs it predicts the sweep
+What it said (2026-12-03, docs/SERVING.md "Stream capacity"): with call 22's costs it predicts the sweep
 measured in call 23 within a few ms (40 streams p99 21.7 vs 20.4, 56: 83 vs 86, 64: 105 vs 103); other policies
 (an oracle start when the decode stream is free, a third slot, other leads, batch caps by size or arrival rate)
 do not lower p99 at 48-64 streams; ``speed`` (a uniformly faster GPU path) shows 56 streams need ~1.1x today's

@@ -7,7 +7,7 @@ bf16, static FP8 GEMMs, bf16 residual). Renders EMO-1 frames of the demo's avata
     python dev/fp8_conv_accuracy.py shipped [--with-fp8-gemms]     # the shipped tiny model, 8 frames at 128² (~1 min)
     python dev/fp8_conv_accuracy.py flex1 [--with-fp8-gemms]       # FLEX-1, random weights, 4 frames at 256² (~4 min)
 
-Results (this machine's CPU, 2026-12-03; docs/SERVING.md "What holds 64 streams back"): shipped 49.4 dB min (convs
+Results (this machine's CPU, 2026-12-03; docs/SERVING.md "Stream capacity"): shipped 49.4 dB min (convs
 alone), 46.3 dB with the FP8 GEMMs too; FLEX-1 random weights 65.1 dB (convs alone), 62.6 dB with the FP8
 GEMMs (~25 min on 2 cores: bf16 on a CPU is slow).
 """

@@ -2,7 +2,7 @@
 docs/results/h200-fp8-conv-probe.json: 1.25-1.59x per convolution, since then the decoder's ``upsampler="fp8"``,
 kernel in kernels/fp8_conv.py): the StyleGAN upsampler's 3x3 convolutions as FP8 implicit GEMMs with their epilogue
 fused, against what the decoder runs today (cuDNN bf16,
-channels-last, then inductor's bias + leaky ReLU + clamp kernel). docs/SERVING.md, "What holds 64 streams back":
+channels-last, then inductor's bias + leaky ReLU + clamp kernel). docs/SERVING.md, "Stream capacity":
 the four convolutions take 0.131 ms of a frame's 0.455 at ~80 % of the H200's bf16 peak, so only FP8 (twice the
 tensor-core rate) can make them much faster.
 

@@ -1,6 +1,6 @@
 """Development probe (not installed; run on the H200 2026-12-02, docs/results/h200-fused-ffn-probe.json): the
 sample stream's FP8 GEMMs with their epilogues fused, against what the FP8 decoder runs today (docs/SERVING.md,
-"What holds 64 streams back").
+"Stream capacity").
 
 Today (``model/deploy.py``: ``Fp8Linear`` static scaling, then ``F.gelu`` and the next layer's quantisation, or the
 residual add):

@@ -1,6 +1,6 @@
 """Development probe (not installed; 2026-12-03): the served frame path's GPU cost per batch size, to see where a
-64-stream load spends the H200 and what batches the scheduler should form (issue 10, docs/SERVING.md "What holds 64
-streams back").
+64-stream load spends the H200 and what batches the scheduler should form (issue 10, docs/SERVING.md "Stream
+capacity").
 
 With the server's engine (torch-compiled-fp8-fused, CUDA graphs) and its FrameRenderer (2 slots, 512² JPEG q90 on the
 GPU), for each batch size n:

@@ -20,7 +20,7 @@ memory-bound kernel reading it back for the scale, bias, GELU and quantisation (
 and joins); the epilogues also compute in fp32 with no bf16 rounding of the product, so they are closer to the fp32
 function. H200, 64 frames (docs/BENCHMARKS.md, "2026-12-03, 07:09-07:55 UTC"): q|k|v 0.43 ms against 0.86 for
 cuBLAS + the compiled norms and joins; the three epilogue GEMMs 1.3-2x cuBLAS's bare product (their epilogues do
-not overlap the MMAs: docs/SERVING.md, "What holds 64 streams back").
+not overlap the MMAs: docs/SERVING.md, "Stream capacity").
 
 Kernels (kernels/_fp8_triton.py): on compute capability >= 9.0 the operands, residual and output go through TMA
 descriptors and a persistent grid walks the tiles (``FLEXRT_FP8_GEMM=pointer`` forces the pointer-load kernel, for

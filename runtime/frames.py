@@ -378,9 +378,9 @@ class FrameRenderer:
         return grp
 
     def _storage(self, slot: _Slot, w: int, h: int, q: int | None) -> _Storage:
-        """The slot's buffers for (w, h, q), ``max_batch`` frames (its bucket), made on first use (on the render stream). One
-        eager render of all of them grows the rasterizer's workspace to its largest and allocates the JPEG outputs,
-        so no later capture (of any smaller batch) reallocates a buffer that an earlier graph reads."""
+        """The slot's buffers for (w, h, q), ``max_batch`` frames (its bucket), made on first use (on the render
+        stream). One eager render of all of them grows the rasterizer's workspace to its largest and allocates the
+        JPEG outputs, so no later capture (of any smaller batch) reallocates a buffer that an earlier graph reads."""
         st = slot.storage.get((w, h, q))
         if st is not None:
             return st

@@ -1027,7 +1027,9 @@ def add_parser(subparsers) -> None:
                         "facebook/dinov2-small model.safetensors); without them the term is off and every result "
                         "says so")
     g = p.add_argument_group("batching")
-    g.add_argument("--max-batch", type=int, default=d.max_batch_size, help="frames of different streams decoded in one engine call")
+    g.add_argument("--max-batch", type=int, default=d.max_batch_size,
+                   help="frames of different streams decoded in one engine call; on a GPU every batch size up to it "
+                        "gets its own CUDA graphs at start-up (no padding; GPU memory grows with it)")
     g.add_argument("--max-batch-wait-ms", type=float, default=d.max_batch_wait_ms,
                    help="with the GPU idle, how long the oldest frame waits for company at most")
     g.add_argument("--pipeline-slots", type=int, default=d.pipeline_slots,

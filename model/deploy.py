@@ -29,8 +29,8 @@ What differs from ``decode_frames`` (spec §5; each choice measured in docs/BENC
    GPU): ff_in applies the tanh GELU and quantises for ff_out, to_out and ff_out add the residual (bf16 residual
    stream only), so the memory-bound kernels between the GEMMs go away and the product is not rounded to bf16
    before its epilogue (``residual_gemm="rowwise"``, opt-in through ``FLEXRT_FP8_RESIDUAL_GEMM``: to_out and ff_out
-   as torch's row-wise FP8 GEMM instead, the residual add left to the LayerNorm kernel after each; an A/B not yet
-   decided, docs/SERVING.md). ``upsampler="bf16"`` runs the StyleGAN upsampler in bf16 channels-last instead of fp32;
+   as torch's row-wise FP8 GEMM instead, the residual add left to the LayerNorm kernel after each; slower in the
+   H200 stream sweep, docs/SERVING.md "Stream capacity"). ``upsampler="bf16"`` runs the StyleGAN upsampler in bf16 channels-last instead of fp32;
    ``upsampler="fp8"`` also runs its 3x3 convolutions with e4m3 operands (``Fp8ConvLayer``, ``kernels.fp8_conv``:
    per-channel weight scales, a static input scale calibrated with the GEMMs', the layer's bias + leaky ReLU + clamp
    in the convolution's epilogue).

@@ -256,7 +256,7 @@ class FrameRenderer:
                 self._group(slot, n, w, h, q)
             if progress is not None:
                 progress(i + 1, total, f"render graphs {w}x{h} {'raw' if q is None else f'JPEG q{q}'}, "
-                                       f"slot {self._slots.index(slot)}, batches up to {buckets[0]}")
+                                       f"slot {slot.index}, batches up to {buckets[0]}")
 
     # ---- GPU path ----
     def _acquire(self) -> _Slot:

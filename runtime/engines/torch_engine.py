@@ -80,9 +80,10 @@ class TorchEngine(Engine):
         if upsampler == "auto":  # bf16 with bf16: 0.74 -> 0.59 ms a frame at batch 32, render PSNR 84.5 dB vs fp32
             upsampler = "bf16" if precision == "bf16" else "fp32"
         # the per-frame decoder: its own copy of the weights (fused, cast); the model stays fp32 for avatar creation
+        residual_gemm = residual_gemm_choice()  # FLEXRT_FP8_RESIDUAL_GEMM (fp8="fused" only)
         self.decoder = self.model.deploy_decoder(precision=precision, fp8=fp8, upsampler=upsampler, residual=residual,
                                                  fused_qkv=fused_qkv_available(device),
-                                                 residual_gemm=residual_gemm_choice()).to(device)
+                                                 residual_gemm=residual_gemm).to(device)
         if self.decoder.needs_calibration:  # static FP8 activation scales, fixed before any compile or capture
             self.decoder.calibrate_fp8(*fp8_calibration_inputs(self.model, device))
         self.model.to(device).eval()
@@ -107,7 +108,7 @@ class TorchEngine(Engine):
                                + ("+fp8-upsampler" if upsampler == "fp8" else ""),
                                detail={"graphs": graphs, "upsampler": upsampler, "compile": compile, "fp8": fp8,
                                        "residual": residual, **({"fp8_kernels": fp8_kernels} if fp8_kernels else {}),
-                                       **({"residual_gemm": residual_gemm_choice()} if fp8 == "fused" else {}),
+                                       **({"residual_gemm": residual_gemm} if fp8 == "fused" else {}),
                                        "torch": torch.__version__, **{k: v for k, v in identity.items()
                                                                       if k in ("weights", "preset")}})
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, tuple, tuple]] = {}

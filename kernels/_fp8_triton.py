@@ -22,7 +22,7 @@ def _tile(tile, grid_m, grid_n, GROUP_M: tl.constexpr):
 
 @triton.jit
 def _epilogue(acc, offs_m, offs_n, M, N, w_scale_ptr, bias_ptr, x_scale, out_ptr, out_scale_ptr, res_ptr,
-              stride_om, stride_on, RESIDUAL: tl.constexpr, FAST: tl.constexpr = False):
+              stride_om, stride_on, RESIDUAL: tl.constexpr):
     # fp32: dequantise (tensor-wise x scale, per-channel w scale), bias, then the residual add (bf16 out) or
     # tanh GELU and the next GEMM's quantisation (e4m3 out, saturating)
     n_ok = offs_n < N
@@ -36,15 +36,26 @@ def _epilogue(acc, offs_m, offs_n, M, N, w_scale_ptr, bias_ptr, x_scale, out_ptr
         tl.store(out_ptrs, (res.to(tl.float32) + y).to(out_ptr.dtype.element_ty), mask=out_mask)
     else:
         # tanh GELU (Hendrycks & Gimpel 2016), tanh(z) = 2 sigmoid(2z) - 1, sqrt(2/pi) = 0.79788...
-        if FAST:  # the same function in fewer instructions: y / (s (1 + 2^(y (A y^2 + B)))), one approximate
-            # division (2 ulp) a value instead of two IEEE ones; the e4m3 result keeps 3 mantissa bits
-            # A = -2 sqrt(2/pi) 0.044715 log2(e), B = -2 sqrt(2/pi) log2(e)
-            e = tl.exp2(y * (-0.1029432395800235 * (y * y) - 2.302208198144325))
-            g = tl.fdiv(y * (1.0 / tl.load(out_scale_ptr)), 1.0 + e)
-        else:
-            g = y * tl.sigmoid(2.0 * 0.7978845608028654 * (y + 0.044715 * y * y * y)) / tl.load(out_scale_ptr)
+        g = y * tl.sigmoid(2.0 * 0.7978845608028654 * (y + 0.044715 * y * y * y)) / tl.load(out_scale_ptr)
         q = tl.minimum(tl.maximum(g, -448.0), 448.0)  # FP8_MAX (no globals in jit)
         tl.store(out_ptrs, q.to(out_ptr.dtype.element_ty), mask=out_mask)
+
+
+@triton.jit
+def _gelu_tanh_quantize(y, inv_scale, HW_TANH: tl.constexpr):
+    # e4m3( clamp( gelu_tanh(y) / scale, +-448 ) ), gelu_tanh(y) = y/2 (1 + tanh(sqrt(2/pi) (y + 0.044715 y^3)))
+    # (Hendrycks & Gimpel 2016). HW_TANH: the tanh as one tanh.approx.f32 (sm_75+, relative error 2^-11; the e4m3
+    # result keeps 3 mantissa bits) -- ~9 instructions a value instead of the exp2 + division form's ~22, which
+    # matters because the epilogue does not overlap the MMAs (2026-12-03, session 17); without it (Triton's
+    # interpreter runs no PTX) tanh(u) = 2 sigmoid(2u) - 1.
+    u = y * (0.7978845608028654 + 0.035677408136300125 * (y * y))
+    if HW_TANH:
+        t = tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [u], dtype=tl.float32, is_pure=True,
+                                      pack=1)
+    else:
+        t = 2.0 * tl.sigmoid(2.0 * u) - 1.0
+    hy = y * (0.5 * inv_scale)
+    return tl.minimum(tl.maximum(hy * t + hy, -448.0), 448.0)  # FP8_MAX (no globals in jit)
 
 
 @triton.jit
@@ -77,7 +88,7 @@ def fp8_gemm_epilogue_tma(x_desc, w_desc, w_scale_ptr, bias_ptr, out_desc, x_sca
                           M, N, K, M_CLASS,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                           GROUP_M: tl.constexpr, NUM_SMS: tl.constexpr, CTAS: tl.constexpr, FLATTEN: tl.constexpr,
-                          RESIDUAL: tl.constexpr):
+                          RESIDUAL: tl.constexpr, HW_TANH: tl.constexpr):
     # Hopper: operands, residual and output through TMA descriptors (zero-filled loads and clipped stores past the
     # edges: no masks, no per-element addresses), a persistent grid of CTAS programs per SM walking the tiles (2: one
     # program's epilogue runs while the other's MMAs do); flattened, the next tile's loads overlap this epilogue
@@ -91,7 +102,7 @@ def fp8_gemm_epilogue_tma(x_desc, w_desc, w_scale_ptr, bias_ptr, out_desc, x_sca
             a = x_desc.load([off_m, k * BLOCK_K])  # [BM,BK]
             b = w_desc.load([off_n, k * BLOCK_K])  # [BN,BK]
             acc = tl.dot(a, b.T, acc)
-        # epilogue in fp32 (as _epilogue with FAST): dequantise, bias, residual add or GELU + quantise
+        # epilogue in fp32: dequantise, bias, residual add or GELU + quantise
         offs_n = off_n + tl.arange(0, BLOCK_N)
         n_ok = offs_n < N
         w_scale = tl.load(w_scale_ptr + offs_n, mask=n_ok, other=0.0)
@@ -100,9 +111,8 @@ def fp8_gemm_epilogue_tma(x_desc, w_desc, w_scale_ptr, bias_ptr, out_desc, x_sca
         if RESIDUAL:
             out_desc.store([off_m, off_n], (res_desc.load([off_m, off_n]).to(tl.float32) + y).to(tl.bfloat16))
         else:
-            e = tl.exp2(y * (-0.1029432395800235 * (y * y) - 2.302208198144325))
-            g = tl.fdiv(y * (1.0 / tl.load(out_scale_ptr)), 1.0 + e)
-            out_desc.store([off_m, off_n], tl.minimum(tl.maximum(g, -448.0), 448.0).to(tl.float8e4nv))
+            q = _gelu_tanh_quantize(y, 1.0 / tl.load(out_scale_ptr), HW_TANH)
+            out_desc.store([off_m, off_n], q.to(tl.float8e4nv))
 
 
 @triton.jit
@@ -158,10 +168,12 @@ def fp8_qkv_rmsnorm_tma(x_desc, w_desc, w_scale_ptr, bias_ptr, x_scale_ptr, gain
 
 
 @triton.jit
-def fp8_conv3x3_kernel(x_ptr, w_ptr, w_scale_ptr, bias_ptr, out_ptr, x_scale_ptr, B, H, W, C, N, B_CLASS,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                       GROUP_M: tl.constexpr):
-    # x [B,H,W,C] e4m3, w [N,3,3,C] e4m3, out [B,H,W,N] bf16, all contiguous
+def fp8_conv3x3_kernel(x_ptr, w_ptr, w_scale_ptr, bias_ptr, out_ptr, x_scale_ptr, out_scale_ptr, B, H, W, C, N,
+                       N_OUT, B_CLASS, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                       GROUP_M: tl.constexpr, SHUFFLE: tl.constexpr):
+    # x [B,H,W,C] e4m3, w [N,3,3,C] e4m3, all contiguous; out [B,H,W,N] bf16 (SHUFFLE 0), or [B,2H,2W,N_OUT] e4m3
+    # with N = 4 N_OUT and the weight's output channels phase-major (SHUFFLE 1, any N_OUT; 2: N_OUT a multiple of
+    # BLOCK_N, so that one tile is one phase and its rows are contiguous runs of channels)
     # 1. the tile: BLOCK_M output pixels x BLOCK_N channels, grouped order (neighbouring programs share pixels)
     m_total = B * H * W
     pid_m, pid_n = _tile(tl.program_id(0), tl.cdiv(m_total, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
@@ -172,27 +184,47 @@ def fp8_conv3x3_kernel(x_ptr, w_ptr, w_scale_ptr, bias_ptr, out_ptr, x_scale_ptr
     n_ok = offs_n < N
     w_pix = offs_m % W
     h_pix = (offs_m // W) % H
-    # 2. implicit GEMM: K = 9 taps x C channels; a tap reads the pixel shifted by (dy, dx), zero outside
+    # 2. implicit GEMM: K = 9 taps x C channels, one loop over (tap, channel block) pairs so that the software
+    # pipeliner keeps the next steps' loads in flight across taps (a loop nest restarts its pipeline at every tap:
+    # C = 256 is two BLOCK_K steps a tap); a tap reads the pixel shifted by (dy, dx), zero outside the image
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for tap in range(9):
+    c_blocks = tl.cdiv(C, BLOCK_K)
+    for step in range(9 * c_blocks):
+        tap = step // c_blocks
+        c0 = (step - tap * c_blocks) * BLOCK_K
         dy = tap // 3 - 1
         dx = tap % 3 - 1
         hs = h_pix + dy
         ws = w_pix + dx
         inside = m_ok & (hs >= 0) & (hs < H) & (ws >= 0) & (ws < W)
         src = (offs_m + dy * W + dx) * C  # same image: the shifted row / column
-        for c0 in range(0, C, BLOCK_K):
-            c_ok = (c0 + offs_k) < C
-            a = tl.load(x_ptr + src[:, None] + (c0 + offs_k)[None, :], mask=inside[:, None] & c_ok[None, :],
-                        other=0.0)
-            b = tl.load(w_ptr + offs_n[None, :] * (9 * C) + tap * C + (c0 + offs_k)[:, None],
-                        mask=n_ok[None, :] & c_ok[:, None], other=0.0)
-            acc = tl.dot(a, b, acc)
+        c_ok = (c0 + offs_k) < C
+        a = tl.load(x_ptr + src[:, None] + (c0 + offs_k)[None, :], mask=inside[:, None] & c_ok[None, :], other=0.0)
+        b = tl.load(w_ptr + offs_n[None, :] * (9 * C) + tap * C + (c0 + offs_k)[:, None],
+                    mask=n_ok[None, :] & c_ok[:, None], other=0.0)
+        acc = tl.dot(a, b, acc)
     # 3. epilogue in fp32: dequantise, bias, leaky ReLU x sqrt(2), clamp +-256, one rounding to bf16
     w_scale = tl.load(w_scale_ptr + offs_n, mask=n_ok, other=0.0)
     bias = tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0)
     y = acc * (tl.load(x_scale_ptr) * w_scale)[None, :] + bias[None, :]
     y = tl.where(y >= 0, y, 0.2 * y) * 1.4142135623730951  # LRELU_SLOPE, LRELU_GAIN (no globals in jit)
     y = tl.minimum(tl.maximum(y, -256.0), 256.0)  # CONV_CLAMP
-    tl.store(out_ptr + offs_m[:, None] * N + offs_n[None, :], y.to(out_ptr.dtype.element_ty),
-             mask=m_ok[:, None] & n_ok[None, :])
+    if SHUFFLE:
+        # 4. the next convolution's input: PixelShuffle(2) and e4m3 with its input scale, so no bf16 image and no
+        #    shuffle kernel in between. Channel p N_OUT + o (phase p = 2i + j) of pixel (h, w) -> channel o of pixel
+        #    (2h + i, 2w + j) of [B,2H,2W,N_OUT]
+        q = tl.minimum(tl.maximum(y * (1.0 / tl.load(out_scale_ptr)), -448.0), 448.0)  # FP8_MAX
+        row = (offs_m // W) * (4 * W) + 2 * w_pix  # sub-pixel (0, 0) of (b, h, w), in pixels of the output
+        if SHUFFLE == 2:  # one phase a tile: the offsets are a row base plus BLOCK_N consecutive channels
+            n0 = pid_n * BLOCK_N
+            phase = n0 // N_OUT
+            o = (n0 - phase * N_OUT) + tl.arange(0, BLOCK_N)
+            ptrs = out_ptr + ((row + (phase // 2) * (2 * W) + phase % 2) * N_OUT)[:, None] + o[None, :]
+        else:
+            phase = offs_n // N_OUT
+            col = ((phase // 2) * (2 * W) + phase % 2) * N_OUT + (offs_n - phase * N_OUT)
+            ptrs = out_ptr + (row * N_OUT)[:, None] + col[None, :]
+        tl.store(ptrs, q.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+    else:
+        tl.store(out_ptr + offs_m[:, None] * N + offs_n[None, :], y.to(out_ptr.dtype.element_ty),
+                 mask=m_ok[:, None] & n_ok[None, :])

@@ -132,6 +132,35 @@ def _num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+# Autotuning candidates (tiles measured on the H200: dev/fused_ffn_probe.py, dev/gemm_tma_probe.py). Each kernel's
+# tile is chosen per shape class at first use; dev/triton_compile_check.py compiles every one for sm_90 on a CPU and
+# reports its shared memory and registers, which decide how many programs share an SM.
+# pointer-load kernel: (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages)
+POINTER_TILES = ((128, 128, 128, 8, 3), (128, 256, 128, 8, 3), (128, 128, 64, 4, 4), (256, 128, 128, 8, 3),
+                 (128, 256, 64, 8, 4), (64, 128, 128, 4, 4))
+# TMA persistent kernel: (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, programs an SM, flattened tile loop).
+# 8 warps: two warp groups split one tile. Two programs an SM would let one's epilogue run while the other's MMAs do
+# (the overlap Triton 3.6 does not build inside one program on Hopper); the 8-warp two-program tiles cap registers
+# at 128 and spill. 4-warp tiles that do fit two programs an SM (<= 255 registers, <= ~113 KB shared) were measured
+# on the H200 (2026-12-03, dev/kernel_ab_probe.py, call 38): they never won the autotuning by more than its noise,
+# so they are not candidates (each candidate costs compile time at every server start).
+TMA_TILES = tuple((bm, bn, bk, 8, s, c, f)
+                  for bm, bn, bk, s, c in ((128, 256, 128, 3, 1), (128, 256, 64, 4, 1), (128, 128, 128, 3, 1),
+                                           (128, 128, 128, 3, 2), (128, 128, 64, 3, 2), (256, 128, 128, 3, 1))
+                  for f in (True, False))
+# q|k|v kernel: (BLOCK_M, BLOCK_K, warps, stages, programs an SM, flattened tile loop); a tile is BLOCK_M x one head
+QKV_TILES = tuple((bm, bk, w, s, c, f)
+                  for bm, bk, w, s, c in ((128, 128, 8, 3, 1), (128, 64, 8, 4, 1), (128, 128, 8, 4, 1),
+                                          (64, 128, 4, 4, 1), (64, 128, 4, 3, 2), (128, 64, 8, 3, 2))
+                  for f in (True, False))
+
+
+def register_cap(warps: int, ctas: int) -> int | None:
+    """Registers a thread that let ``ctas`` programs of ``warps`` warps share an SM's 64 K (None: no cap needed)."""
+    cap = 65536 // (ctas * 32 * warps)
+    return cap if cap < 255 else None
+
+
 @functools.lru_cache(maxsize=None)
 def _build(autotune: bool = True):
     """-> (launch, launch_qkv). ``launch(x8, w8, w_scale, bias, x_scale, out, out_scale=None, residual=None,
@@ -144,10 +173,8 @@ def _build(autotune: bool = True):
 
     from flexrt.kernels._fp8_triton import fp8_gemm_epilogue, fp8_gemm_epilogue_tma, fp8_qkv_rmsnorm_tma, quick_bench
 
-    # tiles measured on the H200 (dev/fused_ffn_probe.py): 128-256 x 128-256 with BLOCK_K 64-128 win at FLEX-1's shapes
     configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
-               for bm, bn, bk, w, s in ((128, 128, 128, 8, 3), (128, 256, 128, 8, 3), (128, 128, 64, 4, 4),
-                                        (256, 128, 128, 8, 3), (128, 256, 64, 8, 4), (64, 128, 128, 4, 4))]
+               for bm, bn, bk, w, s in POINTER_TILES]
 
     def _tma_blocks(nargs):  # the descriptors' block shapes follow the config being run
         nargs["x_desc"].block_shape = [nargs["BLOCK_M"], nargs["BLOCK_K"]]
@@ -156,25 +183,19 @@ def _build(autotune: bool = True):
             if name in nargs:
                 nargs[name].block_shape = [nargs["BLOCK_M"], nargs["BLOCK_N"]]
 
-    # TMA: 1 or 2 programs an SM (2 where shared memory and registers allow: 128x128 tiles, <= 3 stages, registers
-    # capped at 128 a thread so that two 256-thread programs fit the SM's 64 K)
     tma_configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "CTAS": c, "FLATTEN": f},
-                                 num_warps=8, num_stages=s, maxnreg=128 if c == 2 else None, pre_hook=_tma_blocks)
-                   for bm, bn, bk, s, c in ((128, 256, 128, 3, 1), (128, 256, 64, 4, 1), (128, 128, 128, 3, 1),
-                                            (128, 128, 128, 3, 2), (128, 128, 64, 3, 2), (256, 128, 128, 3, 1))
-                   for f in (True, False)]
+                                 num_warps=w, num_stages=s, maxnreg=register_cap(w, c), pre_hook=_tma_blocks)
+                   for bm, bn, bk, w, s, c, f in TMA_TILES]
     qkv_configs = [triton.Config({"BLOCK_M": bm, "BLOCK_K": bk, "GROUP_M": 8, "CTAS": c, "FLATTEN": f},
-                                 num_warps=w, num_stages=s, maxnreg=(65536 // (2 * 32 * w)) if c == 2 else None,
-                                 pre_hook=_tma_blocks)
-                   for bm, bk, w, s, c in ((128, 128, 8, 3, 1), (128, 64, 8, 4, 1), (128, 128, 8, 4, 1),
-                                           (64, 128, 4, 4, 1), (64, 128, 4, 3, 2), (128, 64, 8, 3, 2))
-                   for f in (True, False)]
+                                 num_warps=w, num_stages=s, maxnreg=register_cap(w, c), pre_hook=_tma_blocks)
+                   for bm, bk, w, s, c, f in QKV_TILES]
     key = ["M_CLASS", "N", "K", "RESIDUAL"]
     tuned = triton.autotune(configs=configs, key=key, do_bench=quick_bench)(fp8_gemm_epilogue)
     tuned_tma = triton.autotune(configs=tma_configs, key=key, do_bench=quick_bench)(fp8_gemm_epilogue_tma)
     tuned_qkv = triton.autotune(configs=qkv_configs, key=["M_CLASS", "K", "N_HEADS", "SUB"],
                                 do_bench=quick_bench)(fp8_qkv_rmsnorm_tma)
     fixed = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}
+    hw_tanh = os.environ.get("TRITON_INTERPRET", "0") != "1"  # the interpreter runs no PTX (inline tanh.approx)
 
     def launch(x8, w8, w_scale, bias, x_scale, out, out_scale=None, residual=None, kernel="tma"):
         m, k = x8.shape
@@ -188,11 +209,11 @@ def _build(autotune: bool = True):
             x_d, w_d, out_d, res_d = (TensorDescriptor.from_tensor(t, [64, 64]) for t in (x8, w8, out, res))
             args = (x_d, w_d, w_scale, bias, out_d, x_scale, o_scale, res_d, m, n, k, _m_class(m))
             if autotune:
-                tuned_tma[grid](*args, NUM_SMS=sms, RESIDUAL=residual is not None)
+                tuned_tma[grid](*args, NUM_SMS=sms, RESIDUAL=residual is not None, HW_TANH=hw_tanh)
             else:
                 _tma_blocks({"x_desc": x_d, "w_desc": w_d, "out_desc": out_d, "res_desc": res_d, **fixed})
                 fp8_gemm_epilogue_tma[grid](*args, NUM_SMS=sms, CTAS=1, FLATTEN=True, RESIDUAL=residual is not None,
-                                            **fixed)
+                                            HW_TANH=hw_tanh, **fixed)
             return out
         grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
         args = (x8, w8, w_scale, bias, out, x_scale, o_scale, res, m, n, k, _m_class(m),
@@ -218,7 +239,14 @@ def _build(autotune: bool = True):
                                       FLATTEN=True)
         return out
 
+    launch.tuners = {"pointer": tuned, "tma": tuned_tma, "qkv": tuned_qkv}  # read by chosen_tiles()
     return launch, launch_qkv
+
+
+def chosen_tiles() -> dict:
+    """The tiles the autotuners chose so far: {kernel: {autotuning key: config}} (for probes and logs)."""
+    return {name: {str(key): str(config) for key, config in tuner.cache.items()}
+            for name, tuner in _build()[0].tuners.items()}
 
 
 def _check(x8, w8, w_scale, bias, x_scale, residual=None) -> None:

@@ -50,7 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flexrt.kernels.fp8_conv import conv_reference, fp8_conv3x3_lrelu, quantize_weight
+from flexrt.kernels.fp8_conv import (conv_reference, fp8_conv3x3_lrelu, fp8_conv3x3_lrelu_shuffle, quantize_weight,
+                                     shuffle_phase_major, to_phase_major)
 from flexrt.kernels.fp8_gemm import (FP8_MAX, RESIDUAL_GEMMS, fp8_linear_gelu_quantize, fp8_linear_residual,
                                      fp8_linear_rowwise, fp8_qkv_rmsnorm)
 
@@ -207,7 +208,12 @@ class Fp8ConvLayer(_StaticInputScale):
     them unquantised with the dequantised weight). The bias, leaky ReLU, gain and clamp run in the convolution's
     epilogue (``kernels.fp8_conv``: Triton on the GPU, the reference ops on a CPU).
 
-    x [B,C,H,W] bf16 in channels-last memory -> [B,C',H',W'] bf16 channels-last (the upsampler's bf16 layout)."""
+    x [B,C,H,W] bf16 in channels-last memory -> [B,C',H',W'] bf16 channels-last (the upsampler's bf16 layout).
+
+    An up-conv whose output only feeds another Fp8ConvLayer (a synthesis block's conv0 -> conv1) gets
+    ``output_scale`` [] = that layer's ``input_scale`` (``DeployedFrameDecoder.calibrate_fp8`` links them): its
+    epilogue then pixel-shuffles and quantises (``fp8_conv3x3_lrelu_shuffle``) and it returns the next layer's input
+    as e4m3 [B,H',W',C'] (NHWC), which a layer takes as already quantised with its ``input_scale``."""
 
     def __init__(self, layer: SynthesisLayer):
         super().__init__()
@@ -217,25 +223,40 @@ class Fp8ConvLayer(_StaticInputScale):
         w = layer.folded if layer.up == 1 else layer.folded_subpixel  # [N,C,3,3]
         w8, w_scale = quantize_weight(w)
         bias = layer.bias.detach().float()
-        if layer.up != 1:  # sub-pixel channel o*4 + phase carries output channel o's bias (PixelShuffle's order)
-            bias = bias.repeat_interleave(layer.up ** 2)
-        self.register_buffer("weight_fp8", w8)  # [N,3,3,C]
+        if layer.up != 1:  # sub-pixel channel o*4 + phase carries output channel o's bias (PixelShuffle's order),
+            # then every per-channel tensor goes phase-major (channel phase * N' + o), the shuffle epilogue's order
+            if layer.up != 2:
+                raise ValueError(f"Fp8ConvLayer: up-convs by 2 only (FLEX-1's), got up={layer.up}")
+            bias = bias.repeat_interleave(4)
+            w8, w_scale, bias = (to_phase_major(t) for t in (w8, w_scale, bias))
+        self.register_buffer("weight_fp8", w8)  # [N,3,3,C] (up-convs: output channels phase-major)
         self.register_buffer("weight_scale", w_scale)  # [N]
         self.register_buffer("bias", bias.contiguous())  # [N] fp32
         self.register_buffer("input_scale", None)  # [] fp32 once calibrated
+        self.register_buffer("output_scale", None)  # [] fp32: the next Fp8ConvLayer's input_scale (up-convs only)
         self.scaling = "static"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x_nhwc = x.permute(0, 2, 3, 1).contiguous()  # a view when x is channels-last
-        if self.input_scale is None:  # calibration pass: observe |x|, convolve unquantised
-            self._observe(x_nhwc)
-            one = torch.ones((), device=x.device)
-            y = conv_reference(x_nhwc, self.weight_fp8, self.weight_scale, self.bias, one).to(torch.bfloat16)
+        if x.dtype == torch.float8_e4m3fn:  # [B,H,W,C] from the previous up-conv's epilogue, in this layer's scale
+            x8 = x
         else:
+            x_nhwc = x.permute(0, 2, 3, 1).contiguous()  # a view when x is channels-last
+            if self.input_scale is None:  # calibration pass: observe |x|, convolve unquantised
+                self._observe(x_nhwc)
+                one = torch.ones((), device=x.device)
+                y = conv_reference(x_nhwc, self.weight_fp8, self.weight_scale, self.bias, one).to(torch.bfloat16)
+                return self._bf16_out(y)
             x8 = (x_nhwc.float() / self.input_scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
-            y = fp8_conv3x3_lrelu(x8, self.weight_fp8, self.weight_scale, self.bias, self.input_scale)
-        y = y.permute(0, 3, 1, 2)  # [B,N,H,W] view, channels-last memory
-        return F.pixel_shuffle(y, self.up) if self.up != 1 else y
+        if self.output_scale is not None:  # the next convolution's quantised input, pixel-shuffled in the epilogue
+            return fp8_conv3x3_lrelu_shuffle(x8, self.weight_fp8, self.weight_scale, self.bias, self.input_scale,
+                                             self.output_scale)
+        return self._bf16_out(fp8_conv3x3_lrelu(x8, self.weight_fp8, self.weight_scale, self.bias, self.input_scale))
+
+    def _bf16_out(self, y: torch.Tensor) -> torch.Tensor:
+        """y [B,H,W,N] bf16 -> [B,N',H',W'] channels-last (up-convs: shuffled from their phase-major channels)."""
+        if self.up != 1:
+            y = shuffle_phase_major(y)
+        return y.permute(0, 3, 1, 2)  # a view, channels-last memory
 
 
 class DeployedJointBlock(nn.Module):
@@ -421,11 +442,16 @@ class DeployedFrameDecoder(nn.Module):
                                f"fp8={self.fp8!r}, upsampler={self.upsampler_precision!r}")
         for m in layers:
             m.input_scale, m.observed_amax = None, None
+            if isinstance(m, Fp8ConvLayer):
+                m.output_scale = None
         self(avatar_codes, expression_codes)
         names = {m: n for n, m in self.named_modules()}
         amax = {names[m]: float(m.observed_amax) for m in layers}
         for m in layers:
             m.calibrate(margin)
+        for block in self.upsampler.blocks:  # conv0 -> conv1: the up-conv's epilogue quantises for conv1
+            if isinstance(block.conv0, Fp8ConvLayer) and isinstance(block.conv1, Fp8ConvLayer) and block.conv0.up == 2:
+                block.conv0.output_scale = block.conv1.input_scale
         return amax
 
     def forward(self, avatar_code: torch.Tensor, expression_codes: torch.Tensor) -> Gaussians:

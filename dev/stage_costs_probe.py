@@ -31,7 +31,13 @@ def main() -> int:
     ap.add_argument("--batches", default="1,2,4,8,12,16,24,32,48,64")
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--cpu-smoke", action="store_true", help="tiny preset on the CPU: checks the script runs")
+    ap.add_argument("--graphs-for-batches-only", action="store_true",
+                    help="capture CUDA graphs for the --batches sizes only, not every size up to the largest (a "
+                         "shorter warm-up; each measured size runs in its own graph either way)")
     args = ap.parse_args()
+    if args.graphs_for_batches_only:
+        from flexrt.runtime.engines import torch_engine
+        torch_engine.BATCH_BUCKETS = tuple(sorted(int(b) for b in args.batches.split(",")))
     from flexrt.benchmarks.bench_decoder import BenchContext
     from flexrt.benchmarks.bench_e2e import camera_tensors
     from flexrt.proto import flexavatar_pb2 as pb

@@ -1,7 +1,9 @@
 """FP8 3x3 convolutions with the StyleGAN layer's epilogue fused: the decoder's upsampler at twice bf16's rate.
 
-    from flexrt.kernels.fp8_conv import fp8_conv3x3_lrelu, fp8_conv_status
+    from flexrt.kernels.fp8_conv import fp8_conv3x3_lrelu, fp8_conv3x3_lrelu_shuffle, fp8_conv_status
     y = fp8_conv3x3_lrelu(x8, w8, w_scale, bias, x_scale)    # [B,H,W,C] e4m3 -> [B,H,W,N] bf16 (NHWC)
+    x8_next = fp8_conv3x3_lrelu_shuffle(x8, w8p, w_scale_p, bias_p, x_scale, next_scale)
+                                                             # up-conv: -> [B,2H,2W,N/4] e4m3, the next conv's input
 
 The function (model/stylegan.py ``SynthesisLayer`` with its folded weight; the up-convs in their sub-pixel form,
 before the pixel shuffle, which the caller applies):

@@ -33,7 +33,8 @@ What differs from ``decode_frames`` (spec §5; each choice measured in docs/BENC
    H200 stream sweep, docs/SERVING.md "Stream capacity"). ``upsampler="bf16"`` runs the StyleGAN upsampler in bf16 channels-last instead of fp32;
    ``upsampler="fp8"`` also runs its 3x3 convolutions with e4m3 operands (``Fp8ConvLayer``, ``kernels.fp8_conv``:
    per-channel weight scales, a static input scale calibrated with the GEMMs', the layer's bias + leaky ReLU + clamp
-   in the convolution's epilogue).
+   in the convolution's epilogue); each block's up-conv then writes conv1's e4m3 input, pixel-shuffled, from its
+   epilogue (its output channels stored phase-major; ``Fp8ConvLayer.output_scale``).
 
 5. Attention token-major: the joint blocks keep q, k, v as [B,S,H,hd] (S = sample + context tokens) from the
    projection to the attention kernel and back, with the q/k RMS norms cast to the stream's dtype in the kernel

@@ -46,7 +46,7 @@ def main() -> int:
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     from flexrt.kernels import _fp8_triton as K
-    from flexrt.kernels.fp8_conv import CONV_TILES, quantize_weight, to_phase_major
+    from flexrt.kernels.fp8_conv import CONV_TILES, _b_class, quantize_weight, to_phase_major
     from flexrt.kernels.fp8_gemm import FP8_MAX, TMA_TILES, _m_class, _num_sms, register_cap
 
     spec = importlib.util.spec_from_file_location("old_fp8_triton", Path(args.old) / "kernels" / "_fp8_triton.py")
@@ -131,7 +131,7 @@ def main() -> int:
             x8 = (x / x_scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).contiguous()
             w8, w_scale = quantize_weight(torch.randn(n, c, 3, 3, device=dev, generator=g) / (9 * c) ** 0.5)
             bias = 0.1 * torch.randn(n, device=dev, generator=g)
-            b_class = 1 << max(0, (frames - 1).bit_length())
+            b_class = _b_class(frames)
             grid = lambda meta: (triton.cdiv(frames * r * r, meta["BLOCK_M"])  # noqa: E731
                                  * triton.cdiv(n, meta["BLOCK_N"]),)
             y_old = torch.empty(frames, r, r, n, device=dev, dtype=torch.bfloat16)

@@ -68,8 +68,8 @@ CONV_TILES = ((128, 128, 128, 8, 3), (128, 256, 128, 8, 3), (128, 128, 64, 4, 4)
 @functools.lru_cache(maxsize=None)
 def _build(autotune: bool = True):
     """-> launch(x8, w8, w_scale, bias, x_scale, out, out_scale=None): ``out`` [B,H,W,N] bf16, or with ``out_scale``
-    [B,2H,2W,N/4] e4m3 (w8's rows phase-major; pixel-shuffled, quantised); ``autotune=False``: one small fixed tile (Triton's CPU
-    interpreter, TRITON_INTERPRET=1, has no driver to time configs with)."""
+    [B,2H,2W,N/4] e4m3 (w8's rows phase-major; pixel-shuffled, quantised); ``autotune=False``: one small fixed tile
+    (Triton's CPU interpreter, TRITON_INTERPRET=1, has no driver to time configs with)."""
     import triton
 
     from flexrt.kernels._fp8_triton import fp8_conv3x3_kernel, quick_bench
@@ -87,7 +87,8 @@ def _build(autotune: bool = True):
         o_scale = x_scale if out_scale is None else out_scale  # (unused without the shuffle: any fp32 pointer)
         # the shuffle: 2 = one phase a tile (N' a multiple of every tile's BLOCK_N <= 256: FLEX-1's 512 and 256)
         shuffle = 0 if out_scale is None else 2 if (n // 4) % 256 == 0 else 1
-        args = (x8, w8, w_scale, bias, out, x_scale, o_scale, b, h, w, c, n, n // 4 if shuffle else n, _b_class(b))
+        n_out = n // 4 if shuffle else n
+        args = (x8, w8, w_scale, bias, out, x_scale, o_scale, b, h, w, c, n, n_out, _b_class(b))
         if autotune:
             tuned[grid](*args, SHUFFLE=shuffle)
         else:

@@ -239,14 +239,7 @@ def _build(autotune: bool = True):
                                       FLATTEN=True)
         return out
 
-    launch.tuners = {"pointer": tuned, "tma": tuned_tma, "qkv": tuned_qkv}  # read by chosen_tiles()
     return launch, launch_qkv
-
-
-def chosen_tiles() -> dict:
-    """The tiles the autotuners chose so far: {kernel: {autotuning key: config}} (for probes and logs)."""
-    return {name: {str(key): str(config) for key, config in tuner.cache.items()}
-            for name, tuner in _build()[0].tuners.items()}
 
 
 def _check(x8, w8, w_scale, bias, x_scale, residual=None) -> None:

@@ -130,7 +130,8 @@ def test_up_conv_quantises_for_the_next_fp8_conv():
     DeployedFrameDecoder.calibrate_fp8 does), conv0 hands conv1 its e4m3 NHWC input and the block's output stays
     within e4m3's error of the unlinked path (bf16 image, shuffle, quantise)."""
     torch.manual_seed(0)
-    conv0, conv1 = SynthesisLayer(32, 24, up=2).requires_grad_(False), SynthesisLayer(24, 24, up=1).requires_grad_(False)
+    conv0 = SynthesisLayer(32, 24, up=2).requires_grad_(False)
+    conv1 = SynthesisLayer(24, 24, up=1).requires_grad_(False)
     for layer in (conv0, conv1):
         layer.bias.normal_(0.0, 1.0)
         layer.folded = layer.folded_weight()

@@ -47,7 +47,7 @@ def main() -> int:
 
     from flexrt.kernels import _fp8_triton as K
     from flexrt.kernels.fp8_conv import CONV_TILES, _b_class, quantize_weight, to_phase_major
-    from flexrt.kernels.fp8_gemm import FP8_MAX, TMA_TILES, _m_class, _num_sms, register_cap
+    from flexrt.kernels.fp8_gemm import FP8_MAX, TMA_TILES, _m_class, _num_sms, _tma_blocks, register_cap
 
     spec = importlib.util.spec_from_file_location("old_fp8_triton", Path(args.old) / "kernels" / "_fp8_triton.py")
     old = importlib.util.module_from_spec(spec)
@@ -57,17 +57,11 @@ def main() -> int:
     g = torch.Generator(device=dev).manual_seed(0)
     one = torch.ones((), device=dev)
 
-    def blocks(nargs):
-        nargs["x_desc"].block_shape = [nargs["BLOCK_M"], nargs["BLOCK_K"]]
-        nargs["w_desc"].block_shape = [nargs["BLOCK_N"], nargs["BLOCK_K"]]
-        for name in ("out_desc", "res_desc"):
-            nargs[name].block_shape = [nargs["BLOCK_M"], nargs["BLOCK_N"]]
-
     def gemm_tuner(fn, tiles):
         return triton.autotune(
             configs=[triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "CTAS": c,
                                     "FLATTEN": f}, num_warps=w, num_stages=s, maxnreg=register_cap(w, c),
-                                   pre_hook=blocks) for bm, bn, bk, w, s, c, f in tiles],
+                                   pre_hook=_tma_blocks) for bm, bn, bk, w, s, c, f in tiles],
             key=["M_CLASS", "N", "K", "RESIDUAL"], do_bench=K.quick_bench)(fn)
 
     def conv_tuner(fn):

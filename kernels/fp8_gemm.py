@@ -161,6 +161,15 @@ def register_cap(warps: int, ctas: int) -> int | None:
     return cap if cap < 255 else None
 
 
+def _tma_blocks(nargs: dict) -> None:
+    """Autotuning pre-hook: the TMA descriptors' block shapes follow the config being run."""
+    nargs["x_desc"].block_shape = [nargs["BLOCK_M"], nargs["BLOCK_K"]]
+    nargs["w_desc"].block_shape = [nargs.get("SUB", nargs.get("BLOCK_N")), nargs["BLOCK_K"]]
+    for name in ("out_desc", "res_desc"):
+        if name in nargs:
+            nargs[name].block_shape = [nargs["BLOCK_M"], nargs["BLOCK_N"]]
+
+
 @functools.lru_cache(maxsize=None)
 def _build(autotune: bool = True):
     """-> (launch, launch_qkv). ``launch(x8, w8, w_scale, bias, x_scale, out, out_scale=None, residual=None,
@@ -175,13 +184,6 @@ def _build(autotune: bool = True):
 
     configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
                for bm, bn, bk, w, s in POINTER_TILES]
-
-    def _tma_blocks(nargs):  # the descriptors' block shapes follow the config being run
-        nargs["x_desc"].block_shape = [nargs["BLOCK_M"], nargs["BLOCK_K"]]
-        nargs["w_desc"].block_shape = [nargs.get("SUB", nargs.get("BLOCK_N")), nargs["BLOCK_K"]]
-        for name in ("out_desc", "res_desc"):
-            if name in nargs:
-                nargs[name].block_shape = [nargs["BLOCK_M"], nargs["BLOCK_N"]]
 
     tma_configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "CTAS": c, "FLATTEN": f},
                                  num_warps=w, num_stages=s, maxnreg=register_cap(w, c), pre_hook=_tma_blocks)
